@@ -1,0 +1,15 @@
+"""qpfast: fast, query-grounded constrained generation for LLM query processing."""
+from __future__ import annotations
+
+from .normalize import NormalizedQuery, normalize
+from .parse import ParseError, parse
+from .render import render
+from .result import Entity, QPResult, Term
+from .schema import DEFAULT_SCHEMA, Schema
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_SCHEMA", "Entity", "NormalizedQuery", "ParseError", "QPResult", "Schema", "Term",
+    "normalize", "parse", "render", "__version__",
+]
