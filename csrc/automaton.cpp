@@ -94,6 +94,7 @@ StepResult Automaton::step_glue(GState& st, uint8_t b) const {
   }
   st.alive = alive;
   ++st.gpos;
+  r.glue_byte = true;
   for (size_t i = 0; i < alts.size(); ++i) {
     if ((alive >> i & 1) && alts[i].bytes.size() == st.gpos) {
       enter_node(st, alts[i].target);

@@ -46,7 +46,8 @@ enum Event : uint8_t { EV_NONE = 0, EV_ENTITY_END, EV_TYPE, EV_SEG_END, EV_DIGIT
 struct StepResult {
   Reject reject = OK;
   Event event = EV_NONE;
-  int value = 0;  // label id / digit
+  int value = 0;          // label id / digit
+  bool glue_byte = false; // the byte was part of a literal (at position gpos-1 of it)
 };
 
 struct GState {

@@ -1,5 +1,127 @@
+// Bindings for Vocab, Grammar, Matcher and the batched mask fill (buffers cross as the
+// buffer protocol: int32, [rows, ceil(vocab_size/32)], rows contiguous).
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+#include <thread>
+
+#include "grammar.h"
+#include "matcher.h"
+#include "vocab.h"
 
 namespace py = pybind11;
+using namespace qpfast;
 
-void bind_matcher(py::module_& m) { (void)m; }
+namespace {
+
+// Checks a bitmask buffer and returns (base pointer, rows, row stride in words).
+uint32_t* check_mask(const py::buffer& buf, int words, int64_t& rows, int64_t& stride, const char* name) {
+  py::buffer_info info = buf.request(true);
+  if (info.readonly) throw py::value_error(std::string(name) + ": buffer is read-only");
+  if (info.itemsize != 4 || (info.format != "i" && info.format != "I" && info.format != "l" && info.format != "=i" &&
+                              info.format != "<i" && info.format != "=I" && info.format != "<I"))
+    throw py::type_error(std::string(name) + ": expected an int32 buffer, got format '" + info.format + "'");
+  if (info.ndim == 1) {
+    rows = 1;
+    stride = words;
+    if (info.shape[0] != words) goto bad_shape;
+    if (info.strides[0] != 4) throw py::value_error(std::string(name) + ": must be contiguous");
+  } else if (info.ndim == 2) {
+    rows = info.shape[0];
+    if (info.shape[1] != words) goto bad_shape;
+    if (info.strides[1] != 4 || info.strides[0] % 4 != 0 || info.strides[0] < 4 * words)
+      throw py::value_error(std::string(name) + ": rows must be contiguous int32 (C order)");
+    stride = info.strides[0] / 4;
+  } else {
+    goto bad_shape;
+  }
+  return static_cast<uint32_t*>(info.ptr);
+bad_shape:
+  std::string shape;
+  for (auto s : info.shape) shape += (shape.empty() ? "" : ", ") + std::to_string(s);
+  throw py::value_error(std::string(name) + ": expected shape [rows, " + std::to_string(words) + "] (ceil(vocab_size/32) int32 words a row), got [" + shape + "]");
+}
+
+}  // namespace
+
+void bind_matcher(py::module_& m) {
+  py::class_<Vocab, std::shared_ptr<Vocab>>(m, "Vocab")
+      .def(py::init([](const std::vector<py::bytes>& toks, std::vector<uint8_t> special, std::vector<int> end_ids,
+                       int vocab_size, bool prefix_space) {
+             std::vector<std::string> b;
+             b.reserve(toks.size());
+             for (const auto& t : toks) b.emplace_back(t);
+             py::gil_scoped_release nogil;
+             return std::make_shared<Vocab>(std::move(b), std::move(special), std::move(end_ids), vocab_size, prefix_space);
+           }),
+           py::arg("token_bytes"), py::arg("special"), py::arg("end_ids"), py::arg("vocab_size"), py::arg("prefix_space"))
+      .def_property_readonly("vocab_size", &Vocab::size)
+      .def_property_readonly("num_tokens", &Vocab::num_tokens)
+      .def_property_readonly("words", &Vocab::words)
+      .def_property_readonly("end_ids", &Vocab::end_ids)
+      .def_property_readonly("prefix_space", &Vocab::prefix_space)
+      .def("token_bytes", [](const Vocab& v, int id) {
+        if (id < 0 || id >= v.num_tokens()) throw py::index_error("token id out of range");
+        return py::bytes(v.bytes(id));
+      })
+      .def("is_special", &Vocab::special);
+
+  py::class_<CoreSpec>(m, "CoreSpec")
+      .def(py::init([](int g, int a, std::vector<std::array<int, 3>> spans) { return CoreSpec{g, a, std::move(spans)}; }));
+
+  py::class_<Grammar, std::shared_ptr<Grammar>>(m, "Grammar")
+      .def(py::init([](std::shared_ptr<Vocab> v, const CompiledSchema& s, const std::vector<CoreSpec>& cores) {
+             return std::make_shared<Grammar>(std::move(v), s, cores);
+           }),
+           py::arg("vocab"), py::arg("schema"), py::arg("cores"))
+      .def("literals", [](const Grammar& g) {
+        py::list out;
+        for (int gi = 0; gi < G_COUNT; ++gi) {
+          py::list alts;
+          for (const auto& a : g.schema().groups[gi]) alts.append(py::bytes(a.bytes));
+          out.append(alts);
+        }
+        return out;
+      })
+      .def("core", [](const Grammar& g, int gi, int a) {
+        const Core& c = g.core(gi, a);
+        py::list toks;
+        for (int p = c.cs; p < c.ce; ++p) if (c.token_at[p] >= 0) toks.append(c.token_at[p]);
+        return py::make_tuple(c.cs, c.ce, toks);
+      });
+
+  py::class_<Matcher, std::shared_ptr<Matcher>>(m, "Matcher")
+      .def(py::init([](std::shared_ptr<Grammar> g, const py::bytes& normalized, int max_tokens) {
+             std::string q = normalized;
+             return std::make_shared<Matcher>(std::move(g), q, max_tokens);
+           }),
+           py::arg("grammar"), py::arg("normalized"), py::arg("max_tokens") = -1)
+      .def("fill_bitmask", [](const Matcher& mt, const py::buffer& buf, int64_t row, int words) {
+        int64_t rows, stride;
+        uint32_t* base = check_mask(buf, words, rows, stride, "bitmask");
+        if (row < 0 || row >= rows) throw py::index_error("row: " + std::to_string(row) + " out of range for " + std::to_string(rows) + " rows");
+        py::gil_scoped_release nogil;
+        mt.fill_bitmask(base + row * stride);
+      }, py::arg("bitmask"), py::arg("row"), py::arg("words"))
+      .def("accept", &Matcher::accept)
+      .def("rollback", &Matcher::rollback)
+      .def("forced_tokens", &Matcher::forced_tokens)
+      .def("is_finished", &Matcher::is_finished)
+      .def("is_complete", &Matcher::is_complete)
+      .def("remaining_min_tokens", &Matcher::remaining_min_tokens)
+      .def_property_readonly("num_tokens", &Matcher::num_tokens)
+      .def_property_readonly("max_tokens", &Matcher::max_tokens)
+      .def("text_bytes", [](const Matcher& mt) { return py::bytes(mt.text()); });
+
+  m.def("fill_bitmasks", [](const std::vector<std::shared_ptr<Matcher>>& ms, const py::buffer& buf, int words, int nthreads) {
+    int64_t rows, stride;
+    uint32_t* base = check_mask(buf, words, rows, stride, "bitmask");
+    if (static_cast<int64_t>(ms.size()) > rows)
+      throw py::value_error("bitmask: " + std::to_string(rows) + " rows for " + std::to_string(ms.size()) + " matchers");
+    std::vector<const Matcher*> ptrs;
+    for (const auto& p : ms) ptrs.push_back(p.get());
+    py::gil_scoped_release nogil;
+    fill_bitmasks(ptrs, base, stride, nthreads);
+  }, py::arg("matchers"), py::arg("bitmask"), py::arg("words"), py::arg("nthreads") = 1);
+}

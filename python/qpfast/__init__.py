@@ -13,3 +13,8 @@ __all__ = [
     "DEFAULT_SCHEMA", "Entity", "NormalizedQuery", "ParseError", "QPResult", "Schema", "Term",
     "normalize", "parse", "render", "__version__",
 ]
+
+from .matcher import Matcher, fill_bitmasks  # noqa: E402
+from .vocab import Vocab  # noqa: E402
+
+__all__ += ["Matcher", "Vocab", "fill_bitmasks"]

@@ -1,0 +1,119 @@
+"""`qpfast.Matcher`: the query-grounded constrained decoder for one query (C++ core)."""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import _C
+from .normalize import normalize
+from .schema import DEFAULT_SCHEMA, Schema
+from .vocab import Vocab
+
+
+def _as_mask_array(bitmask: Any, name: str = "bitmask"):
+    """A writable int32 numpy view of a numpy array or a CPU torch tensor (no copy)."""
+    if isinstance(bitmask, np.ndarray):
+        if bitmask.dtype != np.int32:
+            raise TypeError(f"{name}: expected dtype int32, got {bitmask.dtype}")
+        return bitmask
+    mod = type(bitmask).__module__
+    if mod.startswith("torch"):
+        import torch
+        if bitmask.dtype != torch.int32:
+            raise TypeError(f"{name}: expected dtype torch.int32, got {bitmask.dtype}")
+        if bitmask.device.type != "cpu":
+            raise ValueError(f"{name}: must be a CPU tensor (fill on CPU, then copy to {bitmask.device})")
+        if not bitmask.is_contiguous():
+            raise ValueError(f"{name}: must be contiguous")
+        return bitmask.numpy()
+    raise TypeError(f"{name}: expected a numpy int32 array or a CPU torch.int32 tensor, got {type(bitmask).__name__}")
+
+
+class Matcher:
+    """Walks one query's output token by token and says which tokens may come next.
+
+    The output is always valid qp-json/1 for *this* query: segments spell out the query,
+    entities are spans of it in order, labels come from the schema, and with `max_tokens`
+    only choices that can still finish within the budget (end token included) are allowed.
+    """
+
+    def __init__(self, vocab: Vocab, query: str, schema: Schema | None = None, max_tokens: int | None = None):
+        if not isinstance(vocab, Vocab):
+            raise TypeError(f"vocab: expected qpfast.Vocab, got {type(vocab).__name__}")
+        schema = schema or DEFAULT_SCHEMA
+        if not isinstance(schema, Schema):
+            raise TypeError(f"schema: expected qpfast.Schema, got {type(schema).__name__}")
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+            raise ValueError(f"max_tokens: expected a positive int or None, got {max_tokens!r}")
+        self.query = query
+        self.normalized = normalize(query, schema)
+        if not self.normalized:
+            raise ValueError(f"query: empty after normalization ({query!r})")
+        self.vocab = vocab
+        self.schema = schema
+        self._m = _C.Matcher(vocab.grammar(schema), self.normalized.encode("utf-8"),
+                             -1 if max_tokens is None else max_tokens)
+
+    @property
+    def max_tokens(self) -> int | None:
+        b = self._m.max_tokens
+        return None if b < 0 else b
+
+    @property
+    def num_tokens(self) -> int:
+        return self._m.num_tokens
+
+    def fill_bitmask(self, bitmask: Any, row: int = 0) -> None:
+        """Writes the allowed-token bitmask into `bitmask[row]` (int32, ceil(V/32) words)."""
+        self._m.fill_bitmask(_as_mask_array(bitmask), int(row), self.vocab.words)
+
+    def accept(self, token_id: int) -> bool:
+        """Advances by one token; returns False (and changes nothing) if it is not allowed."""
+        if isinstance(token_id, bool) or not isinstance(token_id, (int, np.integer)):
+            raise TypeError(f"token_id: expected int, got {type(token_id).__name__}")
+        token_id = int(token_id)
+        if not 0 <= token_id < self.vocab.vocab_size:
+            raise ValueError(f"token_id: {token_id} is not in [0, {self.vocab.vocab_size})")
+        return self._m.accept(token_id)
+
+    def rollback(self, n: int) -> None:
+        self._m.rollback(int(n))
+
+    def forced_tokens(self) -> list[int]:
+        """Tokens that are the only choice at each of the next steps (canonical literal tokens)."""
+        return self._m.forced_tokens()
+
+    def is_finished(self) -> bool:
+        """The end token has been accepted."""
+        return self._m.is_finished()
+
+    def is_complete(self) -> bool:
+        """The JSON is complete; only an end token may follow."""
+        return self._m.is_complete()
+
+    def remaining_min_tokens(self) -> int:
+        """Fewest tokens (end token included) that can still finish the output."""
+        return self._m.remaining_min_tokens()
+
+    def text(self) -> str:
+        return self._m.text_bytes().decode("utf-8", "replace")
+
+    def text_bytes(self) -> bytes:
+        return self._m.text_bytes()
+
+
+def fill_bitmasks(matchers: Sequence[Matcher], bitmask: Any, nthreads: int | None = None) -> None:
+    """Row i of `bitmask` <- matchers[i]'s mask, in one call with the GIL released."""
+    if not matchers:
+        return
+    words = matchers[0].vocab.words
+    for m in matchers:
+        if not isinstance(m, Matcher):
+            raise TypeError(f"matchers: expected qpfast.Matcher items, got {type(m).__name__}")
+        if m.vocab.words != words:
+            raise ValueError("matchers: all matchers must share one vocabulary size")
+    if nthreads is None:
+        nthreads = min(len(matchers) // 8 + 1, os.cpu_count() or 1)
+    _C.fill_bitmasks([m._m for m in matchers], _as_mask_array(bitmask), words, int(nthreads))
