@@ -129,14 +129,17 @@ Grammar::Grammar(std::shared_ptr<const Vocab> vocab, const CompiledSchema& schem
     Automaton a(schema_, dummy);
     const auto& groups = vocab_->quote_groups();
     for (size_t gi = 0; gi < groups.size(); ++gi) {
-      GState st;
-      st.mode = N_INTENT;
-      st.nchars = 1;
-      bool keep = true;
-      for (unsigned char b : groups[gi].tail) {
-        bool in_glue = st.mode == M_GLUE;
-        if (a.step(st, b).reject != OK) { keep = false; break; }
-        if (in_glue && st.mode != M_GLUE && st.mode != N_END) break;
+      bool keep = false;
+      for (int start = 0; start < 2 && !keep; ++start) {  // 0 or 1 characters already written
+        GState st;
+        st.mode = N_INTENT;
+        st.nchars = static_cast<uint16_t>(start);
+        keep = true;
+        for (unsigned char b : groups[gi].tail) {
+          bool in_glue = st.mode == M_GLUE;
+          if (a.step(st, b).reject != OK) { keep = false; break; }
+          if (in_glue && st.mode != M_GLUE && st.mode != N_END) break;
+        }
       }
       if (keep) intent_groups_.push_back(static_cast<int>(gi));
     }

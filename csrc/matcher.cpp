@@ -125,11 +125,19 @@ std::vector<int> Matcher::forced_tokens() const {
   if (finished_) return out;
   GState st = st_;
   int used = num_tokens();
-  while (st.mode == M_GLUE && (st.alive & (st.alive - 1)) == 0) {
-    const Core& c = g_->core(st.group, __builtin_ctz(st.alive));
-    if (c.empty() || st.gpos < c.cs || st.gpos >= c.ce) break;
-    int tok = c.token_at[st.gpos];
-    if (tok < 0) break;
+  // A token is forced when every literal still possible requires it here (then it is the
+  // only token the mask allows).
+  while (st.mode == M_GLUE) {
+    int tok = -1;
+    bool agree = true;
+    for (int a = 0; a < 8 && agree; ++a) {
+      if (!(st.alive >> a & 1)) continue;
+      const Core& c = g_->core(st.group, a);
+      int t = (!c.empty() && st.gpos >= c.cs && st.gpos < c.ce) ? c.token_at[st.gpos] : -1;
+      if (t < 0 || (tok >= 0 && t != tok)) agree = false;
+      tok = t;
+    }
+    if (!agree || tok < 0) break;
     GState s2 = st;
     if (!try_token(s2, tok)) break;
     if (budget_ >= 0 && 1 + cost(s2) > budget_ - used) break;
@@ -367,17 +375,23 @@ void Matcher::fill_bitmask(uint32_t* row) const {
   if (st_.mode == N_INTENT && st_.need == 0 && !st_.esc) {
     // Free text: whole token classes at once, then the tokens that hold '"' or '\\'.
     const int rem = g_->schema().spec.intent_max_chars - st_.nchars;
-    bool safe = rem >= 1, partial = rem >= 1;
+    // A complete token leaves `close` tokens to go; one ending inside a character `need` more.
+    int left = kInf, close = 0;
     if (budget_ >= 0) {
       ensure_costs();
       Counters c{st_.spos, st_.nseg, st_.nweights, st_.prev_end};
-      int close = group_cost(G_INTENT_END, c, 0xFF);
-      int left = budget_ - num_tokens();
-      safe = safe && close < kInf && 1 + close <= left;
-      partial = partial && close < kInf && 1 + 3 + close <= left;  // up to 3 continuation bytes
+      close = group_cost(G_INTENT_END, c, 0xFF);
+      left = budget_ - num_tokens();
     }
-    if (safe) { const uint32_t* m = v.safe_le(rem); for (int w = 0; w < W; ++w) row[w] |= m[w]; }
-    if (partial) { const uint32_t* m = v.partial_le(rem); for (int w = 0; w < W; ++w) row[w] |= m[w]; }
+    auto fits = [&](int need) { return close < kInf && 1 + need + close <= left; };
+    if (rem >= 1) {
+      auto orr = [&](const uint32_t* m) { for (int w = 0; w < W; ++w) row[w] |= m[w]; };
+      if (fits(0)) orr(v.safe_le(rem));
+      for (int need = 1; need <= 3; ++need)
+        if (fits(need)) orr(v.partial_le(need, rem));
+      for (const auto& t : v.long_text_tokens())
+        if (t.chars <= rem && fits(t.need)) row[t.id >> 5] |= 1u << (t.id & 31);
+    }
     // Tokens with a quote or backslash: one walk per distinct tail, then every token of the
     // group whose leading characters still fit.
     const int maxc = g_->schema().spec.intent_max_chars;

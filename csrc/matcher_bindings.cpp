@@ -9,6 +9,7 @@
 #include "grammar.h"
 #include "matcher.h"
 #include "vocab.h"
+#include "walk.h"
 
 namespace py = pybind11;
 using namespace qpfast;
@@ -113,6 +114,22 @@ void bind_matcher(py::module_& m) {
       .def_property_readonly("num_tokens", &Matcher::num_tokens)
       .def_property_readonly("max_tokens", &Matcher::max_tokens)
       .def("text_bytes", [](const Matcher& mt) { return py::bytes(mt.text()); });
+
+  m.def("random_walks", [](std::shared_ptr<Grammar> g, const std::vector<py::bytes>& normalized, std::vector<int> max_tokens,
+                           uint64_t seed, double bias_end) {
+    std::vector<std::string> qs;
+    for (const auto& q : normalized) qs.emplace_back(q);
+    std::vector<WalkResult> rs;
+    {
+      py::gil_scoped_release nogil;
+      rs = random_walks(std::move(g), qs, max_tokens, seed, bias_end);
+    }
+    py::list out;
+    for (const auto& r : rs) out.append(py::make_tuple(py::bytes(r.text), r.tokens, r.forced, r.error));
+    return out;
+  }, py::arg("grammar"), py::arg("normalized"), py::arg("max_tokens"), py::arg("seed") = 0, py::arg("bias_end") = 0.3,
+     "Fuzzing aid: one random walk per query through the matcher, checking the mask against accept(),\n"
+     "forced tokens, rollback and the budget. Returns [(text, tokens, forced_steps, error)].");
 
   m.def("fill_bitmasks", [](const std::vector<std::shared_ptr<Matcher>>& ms, const py::buffer& buf, int words, int nthreads) {
     int64_t rows, stride;

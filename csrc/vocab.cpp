@@ -51,11 +51,11 @@ void ByteTrie::build(std::vector<std::pair<std::string, int>> entries) {
 namespace {
 
 // Classifies a token as the body of a JSON string that starts at a character boundary.
-// Returns 0 = unusable, 1 = safe (complete chars), 2 = partial (ends inside a character);
-// `chars` = characters including a trailing partial one.
-int classify_text(const std::string& s, int& chars) {
+// Returns 0 = unusable, 1 = safe (complete chars), 2 = partial (ends inside a character,
+// `need` more bytes to go); `chars` = characters including a trailing partial one.
+int classify_text(const std::string& s, int& chars, int& need) {
   chars = 0;
-  int need = 0;
+  need = 0;
   unsigned lo = 0x80, hi = 0xBF;
   for (unsigned char b : s) {
     if (need) {
@@ -109,40 +109,37 @@ Vocab::Vocab(std::vector<std::string> token_bytes, std::vector<uint8_t> special,
   }
 
   // Free-text classes.
-  std::vector<int> cls(n, 0), chars(n, 0);
+  const int K = kClassMasks;
+  safe_le_.assign(static_cast<size_t>(K + 1) * W, 0);
+  for (auto& p : partial_le_) p.assign(static_cast<size_t>(K + 1) * W, 0);
   for (int i = 0; i < n; ++i) {
     if (special_[i] || bytes_[i].empty()) continue;
-    cls[i] = classify_text(bytes_[i], chars[i]);
-    if (cls[i]) class_max_ = std::max(class_max_, chars[i]);
+    int chars, need;
+    int cls = classify_text(bytes_[i], chars, need);
+    if (!cls) continue;
+    if (chars > K) { long_text_.push_back({i, chars, cls == 1 ? 0 : need}); continue; }
+    auto& v = cls == 1 ? safe_le_ : partial_le_[need - 1];
+    v[static_cast<size_t>(chars) * W + (i >> 5)] |= 1u << (i & 31);
   }
+  for (auto* v : {&safe_le_, &partial_le_[0], &partial_le_[1], &partial_le_[2]})
+    for (int k = 1; k <= K; ++k)
+      for (int w = 0; w < W; ++w) (*v)[static_cast<size_t>(k) * W + w] |= (*v)[static_cast<size_t>(k - 1) * W + w];
 
-  class_max_ = std::min(class_max_, 1024);
+  // Quote/backslash tokens grouped by tail.
   std::map<std::pair<bool, std::string>, std::vector<std::pair<int, int>>> groups;
   for (int i = 0; i < n; ++i) {
     if (special_[i]) continue;
     const std::string& s = bytes_[i];
     size_t q = s.find_first_of("\"\\");
     if (q == std::string::npos) continue;
-    int k = 0;
-    if (q > 0 && classify_text(s.substr(0, q), k) != 1) continue;
+    int k = 0, need = 0;
+    if (q > 0 && classify_text(s.substr(0, q), k, need) != 1) continue;
     groups[{q == 0, s.substr(q)}].push_back({k, i});
   }
   for (auto& kv : groups) {
     std::sort(kv.second.begin(), kv.second.end());
     quote_groups_.push_back(QuoteGroup{kv.first.second, std::move(kv.second)});
   }
-  safe_le_.assign(static_cast<size_t>(class_max_ + 1) * W, 0);
-  partial_le_.assign(static_cast<size_t>(class_max_ + 1) * W, 0);
-  for (int i = 0; i < n; ++i) {
-    if (!cls[i] || chars[i] > class_max_) continue;
-    auto& v = cls[i] == 1 ? safe_le_ : partial_le_;
-    v[static_cast<size_t>(chars[i]) * W + (i >> 5)] |= 1u << (i & 31);
-  }
-  for (int k = 1; k <= class_max_; ++k)
-    for (int w = 0; w < W; ++w) {
-      safe_le_[static_cast<size_t>(k) * W + w] |= safe_le_[static_cast<size_t>(k - 1) * W + w];
-      partial_le_[static_cast<size_t>(k) * W + w] |= partial_le_[static_cast<size_t>(k - 1) * W + w];
-    }
 }
 
 }  // namespace qpfast

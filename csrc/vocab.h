@@ -69,11 +69,15 @@ class Vocab {
   const ByteTrie& trie() const { return trie_; }
 
   // --- free-text classes (a JSON string body starting at a character boundary) ---
-  // Tokens of only complete, non-control characters and no '"' or '\\', with at most k of them.
+  // Tokens of only complete, non-control characters and no '"' or '\\', with at most k of them
+  // (k <= kClassMasks; longer tokens are in long_text_tokens()).
   const uint32_t* safe_le(int k) const { return class_row(safe_le_, k); }
-  // Same, but ending inside a valid UTF-8 sequence; k counts that last partial character.
-  const uint32_t* partial_le(int k) const { return class_row(partial_le_, k); }
-  int class_max() const { return class_max_; }
+  // Same, but ending inside a valid UTF-8 sequence that still needs `need` (1..3) bytes; k
+  // counts that last partial character.
+  const uint32_t* partial_le(int need, int k) const { return class_row(partial_le_[need - 1], k); }
+  struct LongText { int id, chars, need; };
+  const std::vector<LongText>& long_text_tokens() const { return long_text_; }
+  static constexpr int kClassMasks = 64;
   // Tokens that hold '"' or '\\', grouped by their tail from the first such byte on; the part
   // before it is `k` complete safe characters (k = 0: the token starts with the tail).
   struct QuoteGroup {
@@ -87,7 +91,7 @@ class Vocab {
 
  private:
   const uint32_t* class_row(const std::vector<uint32_t>& v, int k) const {
-    if (k > class_max_) k = class_max_;
+    if (k > kClassMasks) k = kClassMasks;
     if (k < 0) k = 0;
     return v.data() + static_cast<size_t>(k) * words();
   }
@@ -98,8 +102,8 @@ class Vocab {
   bool prefix_space_;
   ByteTrie trie_;
   std::vector<QuoteGroup> quote_groups_;
-  int class_max_ = 0;
-  std::vector<uint32_t> safe_le_, partial_le_, end_mask_;
+  std::vector<uint32_t> safe_le_, partial_le_[3], end_mask_;
+  std::vector<LongText> long_text_;
   std::array<int, 256> byte_tok_{};
 };
 

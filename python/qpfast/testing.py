@@ -77,17 +77,28 @@ def sp_tokenizer_dir() -> str:
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tk = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
-    tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tk.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next") if False else None
-    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                    decoders.Strip(" ", 1, 0)])
+    def build(model):
+        tk = Tokenizer(model)
+        tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                        decoders.Strip(" ", 1, 0)])
+        return tk
+
     specials = ["<unk>", "<s>", "</s>"]
-    byte_pieces = [f"<0x{b:02X}>" for b in range(256)]
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials + byte_pieces, show_progress=False,
+    tk = build(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials, show_progress=False,
                                   initial_alphabet=list("{}[]\",:0123456789>"))
     corpus = _SP_CORPUS * 20 + ['{"ner":[["兰蔻","品牌"]],"seg":["兰蔻","小黑瓶"],"weight":[3,3],"cat":"美妆>护肤","intent":"x"}'] * 20
     tk.train_from_iterator(corpus, trainer)
+    # As in Llama-2, the 256 byte pieces <0xNN> are ordinary vocabulary entries (ids 3..258).
+    import json as _json
+    trained = _json.loads(tk.to_str())["model"]
+    vocab = {t: i for i, t in enumerate(specials + [f"<0x{b:02X}>" for b in range(256)])}
+    for t, _ in sorted(trained["vocab"].items(), key=lambda kv: kv[1]):
+        vocab.setdefault(t, len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
+    tk = build(models.BPE(vocab, merges, byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tk.add_special_tokens(specials)
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                                   pad_token="</s>")
     out.parent.mkdir(parents=True, exist_ok=True)

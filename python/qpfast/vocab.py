@@ -30,6 +30,14 @@ def _byte_level_table() -> dict[int, int]:
 _BYTE_LEVEL = _byte_level_table()
 
 
+def _splits_on_punctuation(tokenizer: Any) -> bool:
+    """True when the tokenizer pre-splits text with a regex (GPT-2/Qwen/Llama-3 style), so no
+    token can merge a JSON literal's inner punctuation run with the letters next to it."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    desc = str(getattr(backend, "pre_tokenizer", "")) if backend is not None else ""
+    return "Split" in desc or "use_regex=True" in desc
+
+
 def _decoder_kind(tokenizer: Any) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     desc = str(getattr(backend, "decoder", "")) if backend is not None else ""
@@ -48,7 +56,8 @@ class Vocab:
     """
 
     def __init__(self, token_bytes: Sequence[bytes], special: Sequence[bool], end_ids: Iterable[int],
-                 vocab_size: int | None = None, prefix_space: bool = False, tokenizer: Any = None):
+                 vocab_size: int | None = None, prefix_space: bool = False, tokenizer: Any = None,
+                 canonical_literals: bool = False):
         token_bytes = list(token_bytes)
         if vocab_size is None:
             vocab_size = len(token_bytes)
@@ -64,6 +73,9 @@ class Vocab:
         self.vocab_size = vocab_size
         self.prefix_space = bool(prefix_space)
         self.tokenizer = tokenizer
+        # Literal cores (canonical tokens, jump-forward) need the tokenizer and a regex
+        # pre-tokenizer; without one, literals stay free (any tokenization, nothing forced).
+        self.canonical_literals = bool(canonical_literals and tokenizer is not None)
         self._grammars: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -131,7 +143,7 @@ class Vocab:
             ids = tokenizer.encode("{", add_special_tokens=False)
             prefix_space = bool(ids) and token_bytes[ids[0]].startswith(b" ")
         return cls(token_bytes, special, end_token_ids, vocab_size=vocab_size or n, prefix_space=prefix_space,
-                   tokenizer=tokenizer)
+                   tokenizer=tokenizer, canonical_literals=_splits_on_punctuation(tokenizer))
 
     def grammar(self, schema: Schema | None = None):
         """The compiled (vocabulary x schema) grammar, cached per schema."""
@@ -145,7 +157,7 @@ class Vocab:
                     from .literals import canonical_cores
                     cschema = schema.compiled()
                     plain = _C.Grammar(self._c, cschema, [])
-                    cores = canonical_cores(self, plain, schema) if self.tokenizer is not None else []
+                    cores = canonical_cores(self, plain, schema) if self.canonical_literals else []
                     g = _C.Grammar(self._c, cschema, cores) if cores else plain
                     self._grammars[key] = g
         return g

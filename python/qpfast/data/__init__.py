@@ -1,0 +1,21 @@
+"""Generated QP data: Xiaohongshu-style queries with gold qp-json/1 labels (default schema).
+
+- `gazetteers`: entity values for the ten entity types, by domain group;
+- `pattern` / `templates`: the template language and the hand-written catalog (44 categories);
+- `splits`: the seeded train / dev / test partition of values and templates;
+- `generator`: `QueryGenerator`, drafts -> raw queries -> targets rendered by `qpfast.render`;
+- `perturb` / `stream`: the perturbed, unlabelled stage-1 query stream;
+- `dataset`: `generate_splits`, `write_splits`, JSONL files.
+"""
+from __future__ import annotations
+
+from .dataset import generate_splits, read_jsonl, write_jsonl, write_splits
+from .generator import Example, QueryGenerator
+from .splits import SPLITS, SplitPlan, split_plan
+from .stream import unlabelled_queries
+from .templates import TEMPLATES
+
+__all__ = [
+    "Example", "QueryGenerator", "SPLITS", "SplitPlan", "TEMPLATES", "generate_splits", "read_jsonl",
+    "split_plan", "unlabelled_queries", "write_jsonl", "write_splits",
+]

@@ -1,0 +1,110 @@
+"""Tests of ``qpfast eval`` and ``qpfast data`` (`qpfast.cli`)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import qpfast
+from qpfast import cli, evaluate
+from qpfast.evaluate import REPORT_KEYS
+
+RECORDS = [
+    ("兰蔻小黑瓶适合什么肤质", {"ner": [["兰蔻", "品牌"], ["小黑瓶", "产品"]], "seg": ["兰蔻", "小黑瓶", "适合", "什么", "肤质"],
+                          "weight": [3, 3, 1, 0, 2], "cat": "美妆>护肤", "intent": "想了解兰蔻小黑瓶适合的肤质"}),
+    ("成都 周末 攻略", {"ner": [["成都", "地点"], ["周末", "时间"]], "seg": ["成都", "周末", "攻略"], "weight": [3, 1, 2],
+                   "cat": "旅行>国内", "intent": "寻找成都周末旅游攻略"}),
+    ("狗狗拉肚子怎么办", {"ner": [], "seg": ["狗狗", "拉肚子", "怎么办"], "weight": [2, 2, 0], "cat": "宠物>狗",
+                   "intent": "解决狗狗拉肚子的问题"}),
+]
+
+
+@pytest.fixture()
+def data_file(tmp_path):
+    path = tmp_path / "data.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for q, d in RECORDS:
+            f.write(json.dumps({"query": q, "target": qpfast.render(d, query=q)}, ensure_ascii=False) + "\n")
+    return path
+
+
+def test_eval_legacy_table_json_and_predictions(data_file, tmp_path, capsys):
+    out_json, out_pred = tmp_path / "rep.json", tmp_path / "pred.jsonl"
+    rc = cli.main(["eval", "--data", str(data_file), "--legacy", "--json", str(out_json),
+                   "--predictions", str(out_pred)])
+    assert rc == 0
+    table = capsys.readouterr().out
+    for label in ("seg F1", "NER F1", "weight F1", "category acc", "intent char F1", "overall", "invalid"):
+        assert label in table
+    rep = json.loads(out_json.read_text(encoding="utf-8"))
+    assert list(rep) == list(REPORT_KEYS) and rep["n"] == 3 and rep["invalid_rate"] == 0.0
+    preds = [json.loads(line) for line in out_pred.read_text(encoding="utf-8").splitlines()]
+    assert [p["query"] for p in preds] == [q for q, _ in RECORDS]
+    assert all(set(p) == {"query", "output"} for p in preds)
+    for p in preds:
+        qpfast.parse(p["output"], p["query"], strict=True)
+    # the JSON matches the library's evaluation of the written predictions
+    golds = [qpfast.render(d, query=q) for q, d in RECORDS]
+    again = evaluate.evaluate([p["query"] for p in preds], golds, [p["output"] for p in preds])
+    assert again == rep
+
+
+def test_eval_model_uses_the_engine_predictor(data_file, tmp_path, monkeypatch, capsys):
+    golds = {q: qpfast.render(d, query=q) for q, d in RECORDS}
+    seen = {}
+
+    def fake_model_predictor(model_dir, **kw):
+        seen["dir"] = model_dir
+        return lambda queries: [golds[q] if i else "garbage" for i, q in enumerate(queries)]
+
+    monkeypatch.setattr(evaluate, "model_predictor", fake_model_predictor)
+    out_json = tmp_path / "rep.json"
+    assert cli.main(["eval", "--data", str(data_file), "--model", "some/dir", "--json", str(out_json)]) == 0
+    rep = json.loads(out_json.read_text(encoding="utf-8"))
+    assert seen["dir"] == "some/dir"
+    assert rep["invalid_rate"] == pytest.approx(1 / 3) and rep["cat_acc"] == pytest.approx(2 / 3)
+
+
+def test_eval_model_without_engine_fails_clearly(data_file, monkeypatch, capsys):
+    monkeypatch.delattr(qpfast, "Engine", raising=False)
+    monkeypatch.setitem(sys.modules, "qpfast.engine", None)  # import qpfast.engine -> ImportError
+    rc = cli.main(["eval", "--data", str(data_file), "--model", "nowhere"])
+    assert rc == 2
+    assert "qpfast.Engine" in capsys.readouterr().err
+
+
+def test_eval_arguments(data_file, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["eval", "--data", str(data_file)])  # needs --model or --legacy
+    assert e.value.code == 2
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--data", str(data_file), "--legacy", "--model", "x"])
+    assert cli.main([]) == 2  # no subcommand: help, status 2
+
+
+def test_eval_rejects_a_bad_data_file(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "a"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="bad.jsonl:1"):
+        cli.main(["eval", "--data", str(bad), "--legacy"])
+
+
+def test_data_then_eval(tmp_path, capsys):
+    out = tmp_path / "gen"
+    assert cli.main(["data", "--out", str(out), "--n", "30", "--dev", "5", "--test", "20",
+                     "--unlabelled", "10", "--seed", "3"]) == 0
+    lines = {p.stem: p.read_text(encoding="utf-8").splitlines() for p in out.iterdir()}
+    assert {k: len(v) for k, v in lines.items()} == {"train": 30, "dev": 5, "test": 20, "unlabelled": 10}
+    rep_path = tmp_path / "rep.json"
+    assert cli.main(["eval", "--data", str(out / "test.jsonl"), "--legacy", "--limit", "8",
+                     "--json", str(rep_path)]) == 0
+    assert json.loads(rep_path.read_text(encoding="utf-8"))["n"] == 8
+
+
+def test_python_dash_m():
+    r = subprocess.run([sys.executable, "-m", "qpfast", "eval", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--legacy" in r.stdout and "--predictions" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "qpfast", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and qpfast.__version__ in r.stdout

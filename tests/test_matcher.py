@@ -1,0 +1,385 @@
+"""The constrained decoder (qpfast.Matcher): canonical acceptance, soundness, budgets, errors.
+
+Runs with the real Qwen vocabulary (byte-level BPE, 151,936 lm_head rows) and with a
+Llama-2-style SentencePiece vocabulary (`▁` pieces, `<0xNN>` byte fallback, dummy prefix).
+"""
+from __future__ import annotations
+
+import random
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import qpfast
+from qpfast import _C, Matcher, Vocab, fill_bitmasks, normalize, parse, render
+from qpfast.testing import qwen_tokenizer, sp_tokenizer
+from strategies import SCHEMA_POOL, hostile_queries, valid_results
+
+QWEN_LM_HEAD = 151936
+EXAMPLE_Q = "兰蔻小黑瓶适合什么肤质"
+EXAMPLE = ('{"ner":[["兰蔻","品牌"],["小黑瓶","产品"]],"seg":["兰蔻","小黑瓶","适合","什么","肤质"],'
+           '"weight":[3,3,1,0,2],"cat":"美妆>护肤","intent":"想了解兰蔻小黑瓶适合哪些肤质"}')
+
+
+@pytest.fixture(scope="module", params=["qwen", "sp"])
+def vocab(request) -> Vocab:
+    return _vocab(request.param)
+
+
+_VOCABS: dict[str, Vocab] = {}
+
+
+def _vocab(kind: str) -> Vocab:
+    if kind not in _VOCABS:
+        if kind == "qwen":
+            _VOCABS[kind] = Vocab.from_tokenizer(qwen_tokenizer(), vocab_size=QWEN_LM_HEAD)
+        else:
+            tok = sp_tokenizer()
+            _VOCABS[kind] = Vocab.from_tokenizer(tok, vocab_size=len(tok) + 14)  # padded lm_head
+    return _VOCABS[kind]
+
+
+def allowed(mask_row: np.ndarray) -> set[int]:
+    bits = np.unpackbits(mask_row.view(np.uint8), bitorder="little")
+    return set(np.flatnonzero(bits).tolist())
+
+
+def feed(vocab: Vocab, m: Matcher, ids: list[int]) -> None:
+    """Feeds ids one by one, checking each is in the mask at its step and accepted."""
+    mask = np.zeros((1, vocab.words), dtype=np.int32)
+    for step, i in enumerate(ids):
+        m.fill_bitmask(mask, 0)
+        bit = (int(mask[0, i >> 5]) >> (i & 31)) & 1
+        assert bit, f"step {step}: canonical token {i} {vocab.token_bytes[i]!r} not in the mask after {m.text()!r}"
+        assert m.accept(i), f"step {step}: token {i} refused after {m.text()!r}"
+
+
+def canonical_ids(vocab: Vocab, target: str) -> list[int]:
+    return vocab.tokenizer.encode(target, add_special_tokens=False) + [vocab.end_ids[0]]
+
+
+# ------------------------------------------------------------------ canonical acceptance
+
+
+def test_design_example_is_accepted_token_by_token(vocab):
+    m = Matcher(vocab, EXAMPLE_Q)
+    feed(vocab, m, canonical_ids(vocab, EXAMPLE))
+    assert m.is_finished() and m.text() == EXAMPLE
+    assert parse(m.text(), EXAMPLE_Q) == parse(EXAMPLE, EXAMPLE_Q)
+
+
+@pytest.mark.parametrize("kind", ["qwen", "sp"])
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=valid_results())
+def test_canonical_tokens_always_allowed_default_schema(kind, data):
+    vocab = _vocab(kind)
+    raw, result = data
+    target = render(result, query=raw)
+    m = Matcher(vocab, raw)
+    feed(vocab, m, canonical_ids(vocab, target))
+    assert m.is_finished() and m.text() == target
+
+
+@pytest.mark.parametrize("kind", ["qwen", "sp"])
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.sampled_from(SCHEMA_POOL).flatmap(lambda s: st.tuples(st.just(s), valid_results(s))))
+def test_canonical_tokens_always_allowed_other_schemas(kind, data):
+    vocab = _vocab(kind)
+    schema, (raw, result) = data
+    target = render(result, schema, query=raw)
+    m = Matcher(vocab, raw, schema)
+    feed(vocab, m, canonical_ids(vocab, target))
+    assert m.is_finished() and m.text() == target
+
+
+def test_canonical_acceptance_under_exact_budget(vocab):
+    ids = canonical_ids(vocab, EXAMPLE)
+    m = Matcher(vocab, EXAMPLE_Q, max_tokens=len(ids))
+    feed(vocab, m, ids)
+    assert m.is_finished()
+
+
+# ------------------------------------------------------------------ soundness (random walks)
+
+
+ADVERSARIAL = [
+    EXAMPLE_Q, 'iphone 15 "pro" \\ max', "a", "😀👨\u200d👩\u200d👧 x", 'c++ ","" test', '"', "\\\\", "a  b   c",
+    "x" * 70, '"],["', "é́ ｆｕｌｌ", "<|im_end|>", "品牌 品牌", "aaaa", "a a a a", "美妆>护肤", "\u200d", "1,2,3",
+    '{"ner":[]}', "\\u4e2d\\n",
+]
+
+
+def run_walks(vocab, queries, budgets, seed, schema=None):
+    g = vocab.grammar(schema)
+    norms = [normalize(q, schema).encode() for q in queries]
+    out = _C.random_walks(g, norms, budgets, seed, 0.3)
+    checked = 0
+    for q, b, (text, ntok, _forced, err) in zip(queries, budgets, out):
+        if err.startswith("setup:"):  # refused up front: an empty query, or a budget below the minimum
+            assert ("max_tokens" in err and b > 0) or ("empty" in err and not normalize(q, schema)), err
+            continue
+        assert not err, f"{q!r} budget={b}: {err}; text so far {text[:200]!r}"
+        if b > 0:
+            assert ntok <= b
+        parse(text.decode("utf-8"), q, schema, strict=True)  # raises on any invalid output
+        checked += 1
+    return checked
+
+
+def _walk_inputs(n, seed):
+    rng = random.Random(seed)
+    queries, budgets = [], []
+    for i in range(n):
+        q = ADVERSARIAL[i % len(ADVERSARIAL)]
+        if i % 4 == 3:  # random hostile mixes
+            q = "".join(rng.choice(['"', "\\", "a", "中", " ", "😀", "1", ",", "]", "\u0301", "ab"]) for _ in range(rng.randint(1, 12)))
+        queries.append(q)
+        budgets.append(-1 if i % 3 else rng.randint(12, 100))
+    return queries, budgets
+
+
+def test_random_walks_always_end_in_strict_valid_text(vocab):
+    queries, budgets = _walk_inputs(3000, seed=1)
+    assert run_walks(vocab, queries, budgets, seed=1) > 2000
+
+
+@pytest.mark.parametrize("schema", SCHEMA_POOL[1:], ids=lambda s: ",".join(s.fields))
+def test_random_walks_other_schemas(schema):
+    for kind in ("qwen", "sp"):
+        queries, budgets = _walk_inputs(150, seed=2)
+        run_walks(_vocab(kind), queries, budgets, seed=2, schema=schema)
+
+
+@pytest.mark.slow
+def test_random_walks_100k(vocab):
+    queries, budgets = _walk_inputs(100_000, seed=3)
+    assert run_walks(vocab, queries, budgets, seed=3) > 60_000
+
+
+# ------------------------------------------------------------------ budgets and forced tokens
+
+
+def test_budget_minimum_is_enforced_and_exact(vocab):
+    m = Matcher(vocab, EXAMPLE_Q)
+    need = m.remaining_min_tokens()
+    assert need >= 5
+    with pytest.raises(ValueError, match="max_tokens"):
+        Matcher(vocab, EXAMPLE_Q, max_tokens=need - 1)
+    # Exactly the minimum still finishes, whatever the (random) choices.
+    for seed in range(20):
+        out = _C.random_walks(vocab.grammar(), [normalize(EXAMPLE_Q).encode()], [need], seed, 0.0)
+        text, ntok, _, err = out[0]
+        assert not err and ntok <= need
+        parse(text.decode(), EXAMPLE_Q)
+
+
+def test_remaining_min_tokens_along_the_canonical_path(vocab):
+    ids = canonical_ids(vocab, EXAMPLE)
+    m = Matcher(vocab, EXAMPLE_Q)
+    for k, i in enumerate(ids):
+        left = m.remaining_min_tokens()
+        assert left >= 1
+        if vocab.canonical_literals:  # pieces split where the tokenizer splits: never above the real rest
+            assert left <= len(ids) - k
+        assert m.accept(i)
+    assert m.remaining_min_tokens() == 0
+
+
+def test_forced_tokens_are_the_canonical_literal_tokens():
+    vocab = _vocab("qwen")
+    tok = vocab.tokenizer
+    m = Matcher(vocab, EXAMPLE_Q)
+    forced = m.forced_tokens()
+    assert forced and tok.decode(forced) == '{"ner":['
+    ids = canonical_ids(vocab, EXAMPLE)
+    assert ids[: len(forced)] == forced
+    # Jump-forward over every forced run reproduces the canonical ids exactly.
+    m, out, jumped = Matcher(vocab, EXAMPLE_Q), [], 0
+    it = iter(ids)
+    while not m.is_finished():
+        f = m.forced_tokens()
+        if f:
+            for t in f:
+                assert m.accept(t)
+            out += f
+            jumped += len(f)
+            for _ in f:
+                next(it)
+            continue
+        t = next(it)
+        assert m.accept(t)
+        out.append(t)
+    assert out == ids and jumped >= 8
+
+
+def test_after_the_json_only_end_tokens(vocab):
+    m = Matcher(vocab, EXAMPLE_Q)
+    ids = canonical_ids(vocab, EXAMPLE)
+    for i in ids[:-1]:
+        assert m.accept(i)
+    assert m.is_complete() and not m.is_finished()
+    mask = np.zeros((1, vocab.words), dtype=np.int32)
+    m.fill_bitmask(mask)
+    assert allowed(mask[0]) == set(vocab.end_ids)
+    assert m.accept(ids[-1]) and m.is_finished()
+    assert not m.accept(ids[-1])
+
+
+def test_grounding_examples():
+    vocab = _vocab("qwen")
+    tok = vocab.tokenizer
+    m = Matcher(vocab, "兰蔻 小黑瓶")
+    for piece in ['{"ner":[["', "兰"]:
+        for t in tok.encode(piece, add_special_tokens=False):
+            assert m.accept(t)
+    mask = np.zeros((1, vocab.words), dtype=np.int32)
+    m.fill_bitmask(mask)
+    texts = {tok.decode([i]) for i in allowed(mask[0])}
+    assert "蔻" in texts and "黑" not in texts and '","' in texts  # "兰" alone is a span too
+    assert m.accept(tok.encode("蔻", add_special_tokens=False)[0])
+    m.fill_bitmask(mask)
+    texts = {tok.decode([i]) for i in allowed(mask[0])}
+    assert '","' in texts and " " in texts and "小" not in texts  # the span may go on over the space
+
+
+def test_rollback_restores_state(vocab):
+    ids = canonical_ids(vocab, EXAMPLE)
+    m = Matcher(vocab, EXAMPLE_Q)
+    mask_a = np.zeros((1, vocab.words), dtype=np.int32)
+    mask_b = np.zeros_like(mask_a)
+    for i in ids[:20]:
+        assert m.accept(i)
+    m.fill_bitmask(mask_a)
+    for i in ids[20:30]:
+        assert m.accept(i)
+    m.rollback(10)
+    m.fill_bitmask(mask_b)
+    assert (mask_a == mask_b).all() and m.num_tokens == 20
+    with pytest.raises(ValueError, match="n:"):
+        m.rollback(21)
+
+
+# ------------------------------------------------------------------ batch and threads
+
+
+def test_fill_bitmasks_matches_rows_and_threads(vocab):
+    rng = random.Random(0)
+    queries = [rng.choice(ADVERSARIAL) for _ in range(24)]
+    ms = [Matcher(vocab, q) for q in queries]
+    ids = canonical_ids(vocab, EXAMPLE)
+    m0 = Matcher(vocab, EXAMPLE_Q)  # one mid-way through a text
+    for i in ids[:40]:
+        m0.accept(i)
+    ms.append(m0)
+    single = np.zeros((len(ms), vocab.words), dtype=np.int32)
+    for r, m in enumerate(ms):
+        m.fill_bitmask(single, r)
+    for nthreads in (1, 2, 4):
+        batch = np.full((len(ms), vocab.words), -1, dtype=np.int32)
+        fill_bitmasks(ms, batch, nthreads=nthreads)
+        assert (batch == single).all()
+    # Many Python threads filling concurrently give the same rows.
+    results = [None] * 4
+
+    def work(k):
+        b = np.zeros_like(single)
+        for _ in range(5):
+            fill_bitmasks(ms, b, nthreads=2)
+        results[k] = b
+
+    ts = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert all((r == single).all() for r in results)
+
+
+def test_torch_tensor_buffers(vocab):
+    torch = pytest.importorskip("torch")
+    m = Matcher(vocab, EXAMPLE_Q)
+    t = torch.zeros((2, vocab.words), dtype=torch.int32)
+    m.fill_bitmask(t, 1)
+    a = np.zeros((2, vocab.words), dtype=np.int32)
+    m.fill_bitmask(a, 1)
+    assert (t.numpy() == a).all() and a[1].any() and not a[0].any()
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_hostile_raw_queries_are_normalized_and_decode():
+    vocab = _vocab("qwen")
+    for raw in ["a\x00b", "x\ud800y\udfff", "中" * 10_000, "  \t混合\nＦＵＬＬ  "]:
+        m = Matcher(vocab, raw)
+        assert m.normalized == normalize(raw)
+        out = _C.random_walks(vocab.grammar(), [m.normalized.encode()], [-1], 0, 0.5)
+        assert not out[0][3]
+        parse(out[0][0].decode(), raw)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(raw=hostile_queries())
+def test_any_raw_query_decodes_or_is_rejected_clearly(raw):
+    vocab = _vocab("qwen")
+    norm = normalize(raw)
+    if not norm:
+        with pytest.raises(ValueError, match="query"):
+            Matcher(vocab, raw)
+        return
+    out = _C.random_walks(vocab.grammar(), [norm.encode()], [-1], len(raw), 0.5)
+    assert not out[0][3], out[0][3]
+    parse(out[0][0].decode(), raw)
+
+
+def test_bad_arguments_raise_clear_errors():
+    vocab = _vocab("qwen")
+    with pytest.raises(ValueError, match="query"):
+        Matcher(vocab, " \t\x00 ")
+    with pytest.raises(TypeError, match="vocab"):
+        Matcher("not a vocab", "q")
+    with pytest.raises(TypeError, match="query"):
+        Matcher(vocab, 123)
+    with pytest.raises(TypeError, match="schema"):
+        Matcher(vocab, "q", schema={"fields": []})
+    with pytest.raises(ValueError, match="max_tokens"):
+        Matcher(vocab, "q", max_tokens=0)
+    m = Matcher(vocab, "q")
+    with pytest.raises(ValueError, match="token_id"):
+        m.accept(QWEN_LM_HEAD)
+    with pytest.raises(ValueError, match="token_id"):
+        m.accept(-1)
+    with pytest.raises(TypeError, match="token_id"):
+        m.accept("7")
+    assert not m.accept(151900)  # an lm_head row past the tokenizer: never allowed
+    with pytest.raises(ValueError, match="bitmask"):
+        m.fill_bitmask(np.zeros((1, vocab.words + 1), dtype=np.int32))
+    with pytest.raises(TypeError, match="bitmask"):
+        m.fill_bitmask(np.zeros((1, vocab.words), dtype=np.int64))
+    with pytest.raises(ValueError, match="bitmask"):
+        m.fill_bitmask(np.zeros((vocab.words, 2), dtype=np.int32).T)  # not C-contiguous rows
+    with pytest.raises(IndexError, match="row"):
+        m.fill_bitmask(np.zeros((2, vocab.words), dtype=np.int32), 2)
+    with pytest.raises(ValueError, match="bitmask"):
+        fill_bitmasks([m, m, m], np.zeros((2, vocab.words), dtype=np.int32))
+    with pytest.raises(ValueError, match="vocab_size"):
+        Vocab.from_tokenizer(qwen_tokenizer(), vocab_size=1000)
+    with pytest.raises(TypeError, match="tokenizer"):
+        Vocab.from_tokenizer(object())
+
+
+def test_vocab_bytes_match_the_tokenizer():
+    for kind in ("qwen", "sp"):
+        vocab = _vocab(kind)
+        tok = vocab.tokenizer
+        text = '兰蔻 "小黑瓶" \\ é😀 abc 123 {"ner":[]}'
+        ids = tok.encode(text, add_special_tokens=False)
+        got = b"".join(vocab.token_bytes[i] for i in ids)
+        assert got.decode("utf-8").lstrip(" ") == text
+        assert vocab.prefix_space == (kind == "sp")
+    q = _vocab("qwen")
+    assert q.vocab_size == QWEN_LM_HEAD and q.words == (QWEN_LM_HEAD + 31) // 32
+    assert {151643, 151645} <= set(q.end_ids)
