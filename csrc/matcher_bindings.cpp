@@ -68,6 +68,17 @@ void bind_matcher(py::module_& m) {
       })
       .def("is_special", &Vocab::special);
 
+  m.def("decode_pieces", [](const std::vector<std::string>& pieces, const std::string& mode) {
+    std::vector<std::string> out;
+    {
+      py::gil_scoped_release nogil;
+      out = decode_pieces(pieces, mode);
+    }
+    py::list res(out.size());
+    for (size_t i = 0; i < out.size(); ++i) res[i] = py::bytes(out[i]);
+    return res;
+  }, py::arg("pieces"), py::arg("mode"), "Token strings -> token bytes (modes: byte_level, sentencepiece, raw).");
+
   py::class_<CoreSpec>(m, "CoreSpec")
       .def(py::init([](int g, int a, std::vector<std::array<int, 3>> spans) { return CoreSpec{g, a, std::move(spans)}; }));
 

@@ -13,7 +13,8 @@ namespace qpfast {
 // A byte trie over (bytes, token id) entries; node 0 is the root, children sorted by byte.
 class ByteTrie {
  public:
-  void build(std::vector<std::pair<std::string, int>> entries);
+  // entries: (bytes, token id); the strings must outlive the call only.
+  void build(std::vector<std::pair<const std::string*, int>> entries);
   int child(int node, uint8_t b) const {
     if (node == 0) return root_[b];
     const TNode& n = nodes_[node];
@@ -45,6 +46,11 @@ class ByteTrie {
   std::vector<int> tok_ids_;
   int max_len_ = 0;
 };
+
+// Token strings of a Hugging Face vocabulary -> token bytes. mode: "byte_level" (GPT-2's
+// byte-to-unicode alphabet: Qwen, Llama-3), "sentencepiece" ("▁" is a space, "<0xNN>" a
+// byte), anything else: the string's own UTF-8.
+std::vector<std::string> decode_pieces(const std::vector<std::string>& pieces, const std::string& mode);
 
 class Vocab {
  public:

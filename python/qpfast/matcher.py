@@ -114,6 +114,6 @@ def fill_bitmasks(matchers: Sequence[Matcher], bitmask: Any, nthreads: int | Non
             raise TypeError(f"matchers: expected qpfast.Matcher items, got {type(m).__name__}")
         if m.vocab.words != words:
             raise ValueError("matchers: all matchers must share one vocabulary size")
-    if nthreads is None:
-        nthreads = min(len(matchers) // 8 + 1, os.cpu_count() or 1)
+    if nthreads is None:  # a row takes a few µs: threads pay off only for large batches
+        nthreads = min(len(matchers) // 64 + 1, os.cpu_count() or 1)
     _C.fill_bitmasks([m._m for m in matchers], _as_mask_array(bitmask), words, int(nthreads))

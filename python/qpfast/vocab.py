@@ -1,7 +1,6 @@
 """`qpfast.Vocab`: a model's token ids as bytes, for the C++ constrained decoder."""
 from __future__ import annotations
 
-import re
 import threading
 from typing import Any, Iterable, Sequence
 
@@ -11,23 +10,6 @@ from .schema import DEFAULT_SCHEMA, Schema
 # End-of-generation tokens of common chat models (used when the tokenizer has them).
 _END_TOKEN_TEXTS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>", "<end_of_turn>",
                     "<|end|>", "<|eos|>")
-_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
-
-
-def _byte_level_table() -> dict[int, int]:
-    """GPT-2's bytes_to_unicode, inverted into a str.translate table (char -> byte value)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {c: b for b, c in zip(bs, cs)}
-
-
-_BYTE_LEVEL = _byte_level_table()
 
 
 def _splits_on_punctuation(tokenizer: Any) -> bool:
@@ -105,19 +87,9 @@ class Vocab:
         token_bytes: list[bytes] = [b""] * n
         special = [True] * n
         added = {int(i): t for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()}
-        for piece, i in vocab.items():
-            if i in added:
-                continue
-            if kind == "byte_level":
-                try:
-                    b = piece.translate(_BYTE_LEVEL).encode("latin-1")
-                except UnicodeEncodeError:
-                    b = piece.encode("utf-8")
-            elif kind == "sentencepiece":
-                m = _BYTE_PIECE.fullmatch(piece)
-                b = bytes([int(m.group(1), 16)]) if m else piece.replace("▁", " ").encode("utf-8")
-            else:
-                b = piece.encode("utf-8")
+        base = [(p, i) for p, i in vocab.items() if i not in added and i < n]
+        decoded = _C.decode_pieces([p for p, _ in base], kind)
+        for (_, i), b in zip(base, decoded):
             token_bytes[i] = b
             special[i] = False
         for i, t in added.items():
