@@ -1,0 +1,133 @@
+"""qpfast.kernels: attention and constrained-decoding kernels (Triton), with torch references.
+
+Public functions (DESIGN.md §3)::
+
+    prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None) -> o
+    decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None) -> o
+    apply_bitmask_(logits, bitmask) -> logits            # in place, disallowed -> -inf
+    masked_argmax(logits, bitmask) -> LongTensor [B]     # -1 for a row with no allowed token
+    masked_sample(logits, bitmask, temperature=1.0, top_p=1.0, generator=None) -> LongTensor [B]
+
+Shapes and semantics are documented in :mod:`qpfast.kernels.reference`, which holds the
+plain-torch versions under the same names.
+
+Dispatch, per call, on the first tensor argument:
+
+* CUDA tensors run the Triton kernels (:mod:`.prefill`, :mod:`.decode`, :mod:`.bitmask`);
+* with ``TRITON_INTERPRET=1`` in the environment, tensors on any device run the Triton
+  kernels in Triton's interpreter (slow; for tests).  Triton decides between compiling and
+  interpreting when it is imported, so set the variable before anything imports triton;
+* otherwise (CPU, or no usable triton) the torch references run.
+
+Importing this package never imports triton; the kernel modules load on first use.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import warnings
+
+from . import reference
+from .reference import NO_TOKEN
+
+__all__ = [
+    "prefill_attention", "decode_attention", "apply_bitmask_", "masked_argmax",
+    "masked_sample", "reference", "HAS_TRITON", "NO_TOKEN", "backend",
+]
+
+
+
+def _triton_installed() -> bool:
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):  # e.g. sys.modules["triton"] = None
+        return False
+
+
+#: True when the ``triton`` package is installed (it may still fail to import).
+HAS_TRITON = _triton_installed()
+
+_modules: dict[str, object] = {}
+_broken: list[str] = []
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def backend(tensor) -> str:
+    """``"triton"``, ``"interpreter"`` or ``"reference"``: what a call on ``tensor`` runs."""
+    if not HAS_TRITON or _broken:
+        return "reference"
+    if _interpret():
+        return "interpreter"
+    if getattr(tensor, "is_cuda", False):
+        return "triton"
+    return "reference"
+
+
+def _kernel_module(name: str, tensor):
+    """The Triton module ``name`` when ``tensor`` should run on Triton, else None."""
+    if backend(tensor) == "reference":
+        return None
+    mod = _modules.get(name)
+    if mod is None:
+        try:
+            mod = importlib.import_module(f"{__name__}.{name}")
+        except Exception as exc:  # triton present but unusable: fall back, say so once
+            _broken.append(f"{type(exc).__name__}: {exc}")
+            warnings.warn(f"qpfast.kernels: triton kernels unavailable ({_broken[0]}); "
+                          "using the torch references", RuntimeWarning, stacklevel=3)
+            return None
+        _modules[name] = mod
+    return mod
+
+
+def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None):
+    """Causal varlen GQA attention on a cached prefix; see
+    :func:`qpfast.kernels.reference.prefill_attention`.
+
+    q ``[total_q, Hq, D]``; k, v ``[total_k, Hkv, D]``; int32 cu_seqlens ``[B+1]``;
+    returns ``[total_q, Hq, D]``.
+    """
+    mod = _kernel_module("prefill", q)
+    impl = mod.prefill_attention if mod is not None else reference.prefill_attention
+    return impl(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale)
+
+
+def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None):
+    """One-token attention against the KV cache; see
+    :func:`qpfast.kernels.reference.decode_attention`.
+
+    q ``[B, Hq, D]``; caches ``[B, Hkv, max_len, D]``; int32 seq_lens ``[B]``;
+    returns ``[B, Hq, D]``.
+    """
+    mod = _kernel_module("decode", q)
+    impl = mod.decode_attention if mod is not None else reference.decode_attention
+    return impl(q, k_cache, v_cache, seq_lens, sm_scale)
+
+
+def apply_bitmask_(logits, bitmask):
+    """Set disallowed logits ``[B, V]`` to -inf in place (int32 bitmask ``[B, ceil(V/32)]``,
+    bit set = allowed); returns logits."""
+    mod = _kernel_module("bitmask", logits)
+    impl = mod.apply_bitmask_ if mod is not None else reference.apply_bitmask_
+    return impl(logits, bitmask)
+
+
+def masked_argmax(logits, bitmask):
+    """Greedy allowed token per row, int64 ``[B]``; -1 where no token is allowed; see
+    :func:`qpfast.kernels.reference.masked_argmax`."""
+    mod = _kernel_module("bitmask", logits)
+    impl = mod.masked_argmax if mod is not None else reference.masked_argmax
+    return impl(logits, bitmask)
+
+
+def masked_sample(logits, bitmask, temperature=1.0, top_p=1.0, generator=None):
+    """Sample an allowed token per row from ``softmax(logits / temperature)`` restricted to
+    the top-p nucleus, int64 ``[B]``; temperature 0 is greedy; -1 where no token is
+    allowed; see :func:`qpfast.kernels.reference.masked_sample`."""
+    mod = _kernel_module("bitmask", logits)
+    impl = mod.masked_sample if mod is not None else reference.masked_sample
+    return impl(logits, bitmask, temperature, top_p, generator)

@@ -1,0 +1,488 @@
+#!/usr/bin/env python
+"""GPU benchmark of qpfast.kernels at query-processing shapes.
+
+    python bench/bench_kernels.py [--out results.json] [--quick] [--no-engine]
+
+Prints one table per kernel family and writes every number (with the card, the date and
+the library versions) to ``--out``.  Without CUDA it prints a note, writes
+``{"skipped": ...}`` to ``--out`` if given, and exits 0.
+
+What is measured (``triton.testing.do_bench`` medians: L2 flushed before every call,
+device events around it; each measurement taken twice, both reported):
+
+* ceilings, measured on the card: device-to-device copy bandwidth (bytes read + written)
+  and a bf16 8192^3 matrix product; the datasheet HBM bandwidth comes from the device
+  name (H100 SXM 3.35 TB/s, H100 PCIe 2.0 TB/s, H200 4.8 TB/s);
+* prefill attention: cached prefix 128-512, 8-40 new tokens per query, batch 1-256, head
+  dim 128, GQA 16:2 and 8:1 (and Qwen3-0.6B's 16:8), bf16.  The baseline is torch SDPA
+  restricted to the flash backend over the same uniform-length batch ([B, H, Q, D] queries
+  against [B, H, P+Q, D] keys with a bottom-right causal mask, GQA native when the backend
+  takes it).  Ragged batches (query lengths spread over 8-40) are timed for qpfast alone.
+  TFLOP/s counts only the visible (causal) pairs: 4·D·Hq·Σ(Q·P + Q(Q+1)/2);
+* decode attention: batch 1-256, cache length 160-600, same head layouts; the baseline is
+  flash SDPA with one query; fraction of HBM bandwidth = (K/V read once + q + o) / time;
+* bitmask: apply_bitmask_, masked_argmax and masked_sample on [B, 151936] logits with a
+  QP-like sparse mask, against the torch references run on the GPU;
+* ``engine_benchmark()``: the end-to-end engine on a random 0.6B Qwen3-shaped model,
+  skipped with a note when ``qpfast.Engine`` is not available.
+
+Every kernel output is first compared with the reference on the same bf16 inputs
+(‖out − ref‖ / ‖ref‖ reported as ``rel_err``; token picks must match exactly).
+
+See /work/.library/device/METHOD.md for the method these timings follow.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import platform
+import sys
+import tempfile
+import time
+import traceback
+
+import torch
+
+try:
+    import triton
+    import triton.testing
+except ImportError:  # pragma: no cover - the script needs triton on a GPU machine
+    triton = None
+
+import qpfast.kernels as K
+from qpfast.kernels import reference as R
+
+VOCAB = 151_936          # Qwen2/Qwen3 lm_head rows
+HEAD_DIM = 128
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+
+def datasheet_hbm(name: str) -> float | None:
+    """Datasheet HBM bandwidth in bytes/s for the cards this project uses."""
+    n = name.upper()
+    if "H200" in n:
+        return 4.8e12
+    if "H100" in n:
+        return 2.0e12 if "PCIE" in n else 3.35e12
+    if "A100" in n:
+        return 2.0e12 if "80GB" in n else 1.555e12
+    return None
+
+
+def bench(fn) -> tuple[float, float]:
+    """Median milliseconds of ``fn``, measured twice (the spread shows the noise)."""
+    a = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+    b = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+    return a, b
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double(), ref.double()
+    if not torch.isfinite(out).all():
+        return math.inf
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def measure_ceilings() -> dict:
+    n = 1 << 28                                               # 512 MiB of bf16
+    src = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    copy_ms, _ = bench(lambda: dst.copy_(src))
+    m = 8192
+    a = torch.randn(m, m, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(m, m, device="cuda", dtype=torch.bfloat16)
+    mm_ms, _ = bench(lambda: a @ b)
+    return {"copy_bytes_per_s": 2 * n * 2 / (copy_ms * 1e-3),
+            "bf16_matmul_flops_per_s": 2 * m ** 3 / (mm_ms * 1e-3)}
+
+
+def _fmt(x, spec=".3f"):
+    return "-" if x is None else format(x, spec)
+
+
+def print_table(title: str, rows: list[dict], cols: list[tuple[str, str, str]]) -> None:
+    print(f"\n== {title}")
+    print("  ".join(f"{h:>{max(len(h), 9)}}" for h, _, _ in cols))
+    for r in rows:
+        cells = []
+        for h, key, spec in cols:
+            v = r.get(key)
+            s = v if isinstance(v, str) else _fmt(v, spec)
+            cells.append(f"{s:>{max(len(h), 9)}}")
+        print("  ".join(cells))
+
+
+# --------------------------------------------------------------------------------------
+# prefill
+# --------------------------------------------------------------------------------------
+
+def _sdpa_flash():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION])
+
+
+def _sdpa_prefill_fn(qb, kb, vb, scale):
+    """Flash SDPA over a uniform batch with a bottom-right causal mask; GQA native if the
+    backend takes it, else with K/V expanded beforehand (noted in the results)."""
+    import torch.nn.functional as F
+    from torch.nn.attention.bias import causal_lower_right
+    mask = causal_lower_right(qb.shape[2], kb.shape[2])
+    group = qb.shape[1] // kb.shape[1]
+
+    def native():
+        with _sdpa_flash():
+            return F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale,
+                                                  enable_gqa=group > 1)
+    try:
+        native()
+        return native, "flash"
+    except RuntimeError:
+        ke = kb.repeat_interleave(group, 1)
+        ve = vb.repeat_interleave(group, 1)
+
+        def expanded():
+            with _sdpa_flash():
+                return F.scaled_dot_product_attention(qb, ke, ve, attn_mask=mask, scale=scale)
+        try:
+            expanded()
+            return expanded, "flash (K/V pre-expanded)"
+        except RuntimeError as exc:
+            return None, f"unavailable: {exc}"[:80]
+
+
+def bench_prefill(quick: bool) -> list[dict]:
+    heads = [(16, 2), (8, 1)] if quick else [(16, 2), (8, 1), (16, 8)]
+    batches = [1, 64] if quick else [1, 16, 64, 256]
+    lengths = [(128, 8), (512, 40)] if quick else [(128, 8), (128, 40), (512, 8), (512, 40), (300, 24)]
+    rows = []
+    dt = torch.bfloat16
+    for (hq, hkv), bsz, (prefix, qlen) in ((h, b, n) for h in heads for b in batches for n in lengths):
+        klen = prefix + qlen
+        q = torch.randn(bsz * qlen, hq, HEAD_DIM, device="cuda", dtype=dt)
+        k = torch.randn(bsz * klen, hkv, HEAD_DIM, device="cuda", dtype=dt)
+        v = torch.randn_like(k)
+        cu_q = torch.arange(0, bsz + 1, device="cuda", dtype=torch.int32) * qlen
+        cu_k = torch.arange(0, bsz + 1, device="cuda", dtype=torch.int32) * klen
+        scale = HEAD_DIM ** -0.5
+        ours = K.prefill_attention(q, k, v, cu_q, cu_k)
+        ref = R.prefill_attention(q, k, v, cu_q, cu_k)
+        err = rel_err(ours, ref)
+        ms, ms2 = bench(lambda: K.prefill_attention(q, k, v, cu_q, cu_k))
+
+        qb = q.view(bsz, qlen, hq, HEAD_DIM).transpose(1, 2)
+        kb = k.view(bsz, klen, hkv, HEAD_DIM).transpose(1, 2)
+        vb = v.view(bsz, klen, hkv, HEAD_DIM).transpose(1, 2)
+        sdpa, how = _sdpa_prefill_fn(qb.contiguous(), kb.contiguous(), vb.contiguous(), scale)
+        sdpa_ms = bench(sdpa)[0] if sdpa is not None else None
+
+        pairs = bsz * (qlen * prefix + qlen * (qlen + 1) // 2)
+        flops = 4 * HEAD_DIM * hq * pairs
+        nbytes = 2 * (2 * q.numel() + k.numel() + v.numel())
+        rows.append(dict(kind="uniform", heads=f"{hq}:{hkv}", batch=bsz, prefix=prefix, qlen=qlen,
+                         ms=ms, ms_repeat=ms2, sdpa_ms=sdpa_ms, sdpa=how,
+                         speedup_vs_sdpa=(sdpa_ms / ms) if sdpa_ms else None,
+                         tflops=flops / (ms * 1e-3) / 1e12, bytes=nbytes,
+                         bytes_per_s=nbytes / (ms * 1e-3), rel_err=err))
+
+    # ragged: query lengths spread over 8..40, prefixes over 128..512 (no SDPA baseline)
+    g = torch.Generator().manual_seed(0)
+    for (hq, hkv), bsz in ((h, b) for h in heads[:2] for b in batches[1:]):
+        qlens = torch.randint(8, 41, (bsz,), generator=g)
+        prefixes = torch.randint(128, 513, (bsz,), generator=g)
+        klens = qlens + prefixes
+        q = torch.randn(int(qlens.sum()), hq, HEAD_DIM, device="cuda", dtype=dt)
+        k = torch.randn(int(klens.sum()), hkv, HEAD_DIM, device="cuda", dtype=dt)
+        v = torch.randn_like(k)
+        cu_q = torch.cat([torch.zeros(1, dtype=torch.long), qlens.cumsum(0)]).int().cuda()
+        cu_k = torch.cat([torch.zeros(1, dtype=torch.long), klens.cumsum(0)]).int().cuda()
+        err = rel_err(K.prefill_attention(q, k, v, cu_q, cu_k), R.prefill_attention(q, k, v, cu_q, cu_k))
+        ms, ms2 = bench(lambda: K.prefill_attention(q, k, v, cu_q, cu_k))
+        pairs = int((qlens * prefixes + qlens * (qlens + 1) // 2).sum())
+        flops = 4 * HEAD_DIM * hq * pairs
+        nbytes = 2 * (2 * q.numel() + k.numel() + v.numel())
+        rows.append(dict(kind="ragged", heads=f"{hq}:{hkv}", batch=bsz, prefix="128-512", qlen="8-40",
+                         ms=ms, ms_repeat=ms2, sdpa_ms=None, sdpa="-", speedup_vs_sdpa=None,
+                         tflops=flops / (ms * 1e-3) / 1e12, bytes=nbytes,
+                         bytes_per_s=nbytes / (ms * 1e-3), rel_err=err))
+    return rows
+
+
+# --------------------------------------------------------------------------------------
+# decode
+# --------------------------------------------------------------------------------------
+
+def bench_decode(quick: bool) -> list[dict]:
+    import torch.nn.functional as F
+    heads = [(16, 2), (8, 1)] if quick else [(16, 2), (8, 1), (16, 8)]
+    batches = [1, 64, 256] if quick else [1, 8, 32, 64, 128, 256]
+    lens = [600] if quick else [160, 600]
+    rows = []
+    dt = torch.bfloat16
+    for (hq, hkv), bsz, seq in ((h, b, n) for h in heads for b in batches for n in lens):
+        q = torch.randn(bsz, hq, HEAD_DIM, device="cuda", dtype=dt)
+        kc = torch.randn(bsz, hkv, seq, HEAD_DIM, device="cuda", dtype=dt)
+        vc = torch.randn_like(kc)
+        seq_lens = torch.full((bsz,), seq, device="cuda", dtype=torch.int32)
+        err = rel_err(K.decode_attention(q, kc, vc, seq_lens), R.decode_attention(q, kc, vc, seq_lens))
+        ms, ms2 = bench(lambda: K.decode_attention(q, kc, vc, seq_lens))
+        from qpfast.kernels.decode import _num_sms, decode_num_splits
+        splits = decode_num_splits(bsz, hkv, seq, _num_sms(q.device))
+
+        q4 = q[:, :, None]
+        try:
+            def sdpa():
+                with _sdpa_flash():
+                    return F.scaled_dot_product_attention(q4, kc, vc, enable_gqa=hq != hkv)
+            sdpa()
+            sdpa_ms, how = bench(sdpa)[0], "flash"
+        except RuntimeError as exc:
+            sdpa_ms, how = None, f"unavailable: {exc}"[:80]
+        nbytes = 2 * (kc.numel() + vc.numel() + 2 * q.numel())
+        rows.append(dict(heads=f"{hq}:{hkv}", batch=bsz, seq_len=seq, splits=splits, ms=ms, ms_repeat=ms2,
+                         sdpa_ms=sdpa_ms, sdpa=how, speedup_vs_sdpa=(sdpa_ms / ms) if sdpa_ms else None,
+                         bytes=nbytes, bytes_per_s=nbytes / (ms * 1e-3), rel_err=err))
+    return rows
+
+
+# --------------------------------------------------------------------------------------
+# bitmask
+# --------------------------------------------------------------------------------------
+
+def _qp_bitmask(rows: int, vocab: int, allowed_frac: float, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    words = (vocab + 31) // 32
+    bits = torch.rand(rows, words * 32, device="cuda", generator=g) < allowed_frac
+    packed = (bits.view(rows, words, 32).long() << torch.arange(32, device="cuda")).sum(-1)
+    return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+
+
+def bench_bitmask(quick: bool) -> list[dict]:
+    rows_out = []
+    batches = [1, 64] if quick else [1, 16, 64, 256]
+    for bsz, dt, frac in ((b, d, f) for b in batches for d in (torch.bfloat16, torch.float32)
+                          for f in (0.01, 0.5)):
+        logits = torch.randn(bsz, VOCAB, device="cuda", dtype=dt)
+        bm = _qp_bitmask(bsz, VOCAB, frac)
+        esz = logits.element_size()
+        words_bytes = bm.numel() * 4
+        # correctness first
+        a = logits.clone()
+        K.apply_bitmask_(a, bm)
+        b = logits.clone()
+        R.apply_bitmask_(b, bm)
+        apply_ok = torch.equal(a, b)
+        argmax_ok = torch.equal(K.masked_argmax(logits, bm), R.masked_argmax(logits, bm))
+        work = logits.clone()
+        cases = [
+            ("apply_bitmask_", lambda: K.apply_bitmask_(work, bm), lambda: R.apply_bitmask_(work, bm),
+             words_bytes + (1 - frac) * logits.numel() * esz, apply_ok),
+            ("masked_argmax", lambda: K.masked_argmax(logits, bm), lambda: R.masked_argmax(logits, bm),
+             words_bytes + logits.numel() * esz, argmax_ok),
+            ("masked_sample", lambda: K.masked_sample(logits, bm, temperature=0.7),
+             lambda: R.masked_sample(logits, bm, temperature=0.7),
+             words_bytes + logits.numel() * esz, None),
+            ("masked_sample top_p=0.9", lambda: K.masked_sample(logits, bm, temperature=0.7, top_p=0.9),
+             lambda: R.masked_sample(logits, bm, temperature=0.7, top_p=0.9),
+             words_bytes + 8 * logits.numel() * esz, None),
+        ]
+        for name, ours, ref, nbytes, ok in cases:
+            ms, ms2 = bench(ours)
+            ref_ms = bench(ref)[0]
+            rows_out.append(dict(op=name, batch=bsz, dtype=str(dt).replace("torch.", ""), allowed=frac,
+                                 ms=ms, ms_repeat=ms2, torch_ms=ref_ms, speedup_vs_torch=ref_ms / ms,
+                                 bytes=nbytes, bytes_per_s=nbytes / (ms * 1e-3),
+                                 matches_reference=ok))
+    return rows_out
+
+
+# --------------------------------------------------------------------------------------
+# engine (end to end)
+# --------------------------------------------------------------------------------------
+
+QP_QUERIES = [
+    "兰蔻小黑瓶适合什么肤质", "iphone 15 pro max 和 华为 mate60 哪个好", "周末 上海 去哪玩",
+    "油皮 夏天 粉底液 推荐", "小米su7 值得买吗", "学生党 平价 口红 推荐", "雅思 7 分 怎么 准备",
+    "猫咪 不吃 东西 怎么办", "北京 三里屯 咖啡 探店", "耐克 574 尺码 偏大 吗", "宝妈 产后 减脂 食谱",
+    "成都 民宿 推荐 带院子", "考研 英语 作文 模板", "switch 塞尔达 新手 攻略", "租房 押一付三 合同 注意",
+    "星巴克 新品 拿铁 好喝吗",
+]
+
+
+def _qwen3_06b_dir(out_dir: str) -> str:
+    """A random-weight checkpoint with Qwen3-0.6B's shapes (28 layers, hidden 1024, 16:8
+    heads of dim 128, MLP 3072, vocabulary 151,936, tied embeddings) and Qwen's tokenizer."""
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+    from qpfast.testing import qwen_tokenizer_dir
+    tok = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
+    cfg = Qwen3Config(vocab_size=VOCAB, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                      num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                      max_position_embeddings=4096, tie_word_embeddings=True,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+def engine_benchmark(batch: int = 64, repeats: int = 3) -> dict:
+    """End to end: ``qpfast.Engine`` on a random 0.6B Qwen3-shaped model, ``batch`` queries
+    at once, greedy, against the time to read the weights once per decode step (the issue's
+    target: ≤ 3×) and, when ``xgrammar`` is installed, ``model.generate`` constrained by
+    xgrammar's built-in JSON grammar (a looser constraint than qp-json/1, so a lower bound
+    on that baseline's cost).  Skipped with a note when ``qpfast.Engine`` is unavailable.
+    """
+    import qpfast
+    engine_cls = getattr(qpfast, "Engine", None)
+    if engine_cls is None:
+        note = "qpfast.Engine is not available in this build: engine benchmark skipped"
+        print(f"\n== engine\n{note}")
+        return {"skipped": note}
+    queries = (QP_QUERIES * (batch // len(QP_QUERIES) + 1))[:batch]
+    with tempfile.TemporaryDirectory(prefix="qpfast-bench-06b-") as tmp:
+        model_dir = _qwen3_06b_dir(tmp)
+        eng = engine_cls(model_dir, device="cuda", dtype="bfloat16")
+        eng.generate(queries)                                     # warm-up: compile, caches
+        times = []
+        for _ in range(repeats):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            results = eng.generate(queries)
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        stats = dict(getattr(eng, "last_stats", {}) or {})
+        wall = sorted(times)[len(times) // 2]
+        weight_bytes = sum(p.numel() * p.element_size() for p in eng.model.parameters())
+        decode_steps = int(stats.get("decode_forward_passes") or stats.get("forward_passes") or 0)
+        out = dict(batch=batch, wall_s=wall, wall_s_all=times, weight_bytes=weight_bytes,
+                   decode_steps=decode_steps, errors=sum(r.error is not None for r in results),
+                   stats={k: v for k, v in stats.items() if isinstance(v, (int, float, str))})
+        hbm = datasheet_hbm(torch.cuda.get_device_name())
+        if decode_steps and hbm:
+            floor = decode_steps * weight_bytes / hbm
+            out.update(weights_floor_s=floor, wall_over_floor=wall / floor)
+        out["xgrammar_baseline"] = _xgrammar_baseline(eng, queries)
+    print("\n== engine (0.6B Qwen3-shaped, random weights, bf16)")
+    for key in ("batch", "wall_s", "decode_steps", "weights_floor_s", "wall_over_floor", "errors"):
+        print(f"  {key:>16}: {out.get(key)}")
+    print(f"  xgrammar: {out['xgrammar_baseline']}")
+    return out
+
+
+def _xgrammar_baseline(eng, queries: list[str]) -> dict:
+    try:
+        import xgrammar as xgr
+    except ImportError:
+        return {"skipped": "xgrammar is not installed"}
+    try:
+        from qpfast.prompt import build_prompt
+        tok, model = eng.tokenizer, eng.model
+        info = xgr.TokenizerInfo.from_huggingface(tok, vocab_size=eng.vocab_size)
+        grammar = xgr.GrammarCompiler(info).compile_builtin_json_grammar()
+        prompts = [build_prompt(q, eng.schema, tokenizer=tok) for q in queries]
+        tok.padding_side = "left"
+        enc = tok(prompts, return_tensors="pt", padding=True).to("cuda")
+        new_tokens = int(eng.last_stats.get("output_tokens", 0) / max(1, len(queries))) or 64
+
+        def run():
+            proc = xgr.contrib.hf.LogitsProcessor(grammar)
+            return model.generate(**enc, max_new_tokens=new_tokens, do_sample=False,
+                                  logits_processor=[proc], pad_token_id=tok.pad_token_id)
+        run()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        run()
+        torch.cuda.synchronize()
+        return {"wall_s": time.perf_counter() - t0, "max_new_tokens": new_tokens,
+                "grammar": "xgrammar builtin JSON"}
+    except Exception as exc:   # the baseline must not sink the engine numbers
+        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
+# --------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", help="write all results as JSON here")
+    ap.add_argument("--quick", action="store_true", help="fewer shapes (a smoke run)")
+    ap.add_argument("--no-engine", action="store_true", help="skip the end-to-end engine benchmark")
+    args = ap.parse_args(argv)
+
+    meta = dict(date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                python=platform.python_version(), torch=torch.__version__,
+                triton=getattr(triton, "__version__", None))
+    if not torch.cuda.is_available() or triton is None:
+        why = "CUDA is not available" if triton is not None else "triton is not installed"
+        print(f"bench_kernels: {why}; the GPU benchmark is skipped.")
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(dict(meta, skipped=why), f, indent=2)
+        return 0
+
+    name = torch.cuda.get_device_name()
+    hbm = datasheet_hbm(name)
+    results = dict(meta, device=name, datasheet_hbm_bytes_per_s=hbm, backend=K.backend(torch.empty(1, device="cuda")))
+    print(f"device: {name}  torch {torch.__version__}  triton {triton.__version__}  ({meta['date']})")
+    results["ceilings"] = measure_ceilings()
+    ceil = results["ceilings"]
+    print(f"measured copy bandwidth {ceil['copy_bytes_per_s'] / 1e12:.2f} TB/s"
+          f" (datasheet {hbm / 1e12 if hbm else float('nan'):.2f}),"
+          f" bf16 matmul {ceil['bf16_matmul_flops_per_s'] / 1e12:.0f} TFLOP/s")
+
+    def hbm_frac(rows):
+        for r in rows:
+            r["hbm_fraction"] = r["bytes_per_s"] / hbm if hbm else None
+            r["copy_fraction"] = r["bytes_per_s"] / ceil["copy_bytes_per_s"]
+        return rows
+
+    sections = [("prefill", bench_prefill), ("decode", bench_decode), ("bitmask", bench_bitmask)]
+    for key, fn in sections:
+        try:
+            results[key] = hbm_frac(fn(args.quick))
+        except Exception as exc:                    # report, keep the other sections
+            traceback.print_exc()
+            results[key] = {"error": f"{type(exc).__name__}: {exc}"}
+        torch.cuda.empty_cache()
+
+    if isinstance(results.get("prefill"), list):
+        print_table("prefill attention (bf16, D=128)   target: speedup_vs_sdpa >= 0.9", results["prefill"], [
+            ("kind", "kind", ""), ("heads", "heads", ""), ("batch", "batch", "d"), ("prefix", "prefix", ""),
+            ("qlen", "qlen", ""), ("ms", "ms", ".4f"), ("ms_again", "ms_repeat", ".4f"),
+            ("sdpa_ms", "sdpa_ms", ".4f"), ("vs_sdpa", "speedup_vs_sdpa", ".2f"), ("TFLOP/s", "tflops", ".1f"),
+            ("HBM_frac", "hbm_fraction", ".2f"), ("rel_err", "rel_err", ".1e")])
+    if isinstance(results.get("decode"), list):
+        print_table("decode attention (bf16, D=128)   target: HBM_frac >= 0.6", results["decode"], [
+            ("heads", "heads", ""), ("batch", "batch", "d"), ("seq_len", "seq_len", "d"), ("splits", "splits", "d"),
+            ("ms", "ms", ".4f"), ("ms_again", "ms_repeat", ".4f"), ("sdpa_ms", "sdpa_ms", ".4f"),
+            ("vs_sdpa", "speedup_vs_sdpa", ".2f"), ("HBM_frac", "hbm_fraction", ".2f"),
+            ("copy_frac", "copy_fraction", ".2f"), ("rel_err", "rel_err", ".1e")])
+    if isinstance(results.get("bitmask"), list):
+        print_table(f"bitmask ops (V={VOCAB})", results["bitmask"], [
+            ("op", "op", ""), ("batch", "batch", "d"), ("dtype", "dtype", ""), ("allowed", "allowed", ".2f"),
+            ("ms", "ms", ".4f"), ("ms_again", "ms_repeat", ".4f"), ("torch_ms", "torch_ms", ".4f"),
+            ("vs_torch", "speedup_vs_torch", ".1f"), ("HBM_frac", "hbm_fraction", ".2f")])
+        bad = [r for r in results["bitmask"] if r["matches_reference"] is False]
+        if bad:
+            print(f"!! {len(bad)} bitmask results differ from the reference")
+
+    if not args.no_engine:
+        try:
+            results["engine"] = engine_benchmark()
+        except Exception as exc:
+            traceback.print_exc()
+            results["engine"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2, default=str)
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

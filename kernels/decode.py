@@ -1,0 +1,223 @@
+"""Triton decode attention: one new token per sequence against its KV cache, split-KV.
+
+Layout (``B`` sequences, ``Hq = G * Hkv`` query heads, head dim ``D``)::
+
+    q                 [B, Hq, D]
+    k_cache, v_cache  [B, Hkv, max_len, D]     positions < seq_lens[b] are valid
+    seq_lens          int32 [B]
+    o                 [B, Hq, D]
+
+Decode reads the whole cache once per step and does little arithmetic on it, so it is
+bound by memory bandwidth; what matters is that enough programs stream the cache at once.
+One program handles one sequence, one key/value head and one contiguous chunk ("split") of
+the cache, for all ``G`` query heads of the group at once (each K/V tile is read once per
+group; the ``G`` rows are padded to 16 so the products run on tensor cores).
+
+* ``num_splits == 1``: the program normalizes and writes ``o`` directly.
+* ``num_splits > 1`` (small batches, long caches): each split writes its normalized partial
+  output and its log-sum-exp (base 2) to float32 scratch, and a second kernel merges the
+  splits of each (sequence, head).  Splits that start past ``seq_lens[b]`` do nothing and
+  the merge ignores them, so the host never reads ``seq_lens`` (no synchronization).
+
+:func:`decode_num_splits` picks the split count from the batch, the head count, the cache
+capacity and the number of multiprocessors.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from .reference import check_decode_args
+
+LOG2E = 1.4426950408889634
+MAX_SPLITS = 64
+MIN_KEYS_PER_SPLIT = 128
+
+
+@triton.jit
+def _decode_kernel(
+    Q, K, V, OUT, PART_O, PART_LSE, SEQ_LENS,
+    qk_scale,                                   # sm_scale * log2(e)
+    stride_qb, stride_qh, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+    stride_ob, stride_oh,
+    split_len,                                  # keys per split, a multiple of BLOCK_N
+    GROUP: tl.constexpr,
+    BLOCK_H: tl.constexpr,                      # GROUP padded to a power of two >= 16
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    b = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(SEQ_LENS + b)
+    start = split * split_len
+    if start < seq_len:
+        end = tl.minimum(seq_len, start + split_len)
+        offs_h = tl.arange(0, BLOCK_H)
+        head = kv_head * GROUP + offs_h
+        h_ok = offs_h < GROUP
+        offs_d = tl.arange(0, BLOCK_D)
+        d_ok = offs_d < HEAD_DIM
+        offs_n = tl.arange(0, BLOCK_N)
+
+        q = tl.load(Q + b.to(tl.int64) * stride_qb + head[:, None] * stride_qh + offs_d[None, :],
+                    mask=h_ok[:, None] & d_ok[None, :], other=0.0)
+        # 64-bit offsets for the (sequence, head) base only; within one head's
+        # [max_len, D] slab 32-bit offsets suffice and keep the pointer tiles small
+        k_base = K + b.to(tl.int64) * stride_kb + kv_head.to(tl.int64) * stride_kh
+        v_base = V + b.to(tl.int64) * stride_vb + kv_head.to(tl.int64) * stride_vh
+
+        m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_H], tl.float32)
+        acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+        # The first block holds key `start` < seq_len, so no row is ever fully masked.
+        for n in range(start, end, BLOCK_N):
+            keys = n + offs_n
+            key_ok = keys < end
+            k = tl.load(k_base + keys[:, None] * stride_kt + offs_d[None, :],
+                        mask=key_ok[:, None] & d_ok[None, :], other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+            s = tl.where(key_ok[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            v = tl.load(v_base + keys[:, None] * stride_vt + offs_d[None, :],
+                        mask=key_ok[:, None] & d_ok[None, :], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+            m_i = m_new
+
+        out = acc / l_i[:, None]
+        if NUM_SPLITS == 1:
+            o_ptrs = OUT + b.to(tl.int64) * stride_ob + head[:, None] * stride_oh + offs_d[None, :]
+            tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=h_ok[:, None] & d_ok[None, :])
+        else:
+            # scratch: PART_O [B, Hq, NUM_SPLITS, BLOCK_D], PART_LSE [B, Hq, NUM_SPLITS]
+            row = (b.to(tl.int64) * (GROUP * tl.num_programs(1)) + head) * NUM_SPLITS + split
+            tl.store(PART_O + row[:, None] * BLOCK_D + offs_d[None, :], out,
+                     mask=h_ok[:, None] & d_ok[None, :])
+            tl.store(PART_LSE + row, m_i + tl.log2(l_i), mask=h_ok)
+
+
+@triton.jit
+def _merge_splits_kernel(
+    OUT, PART_O, PART_LSE, SEQ_LENS,
+    stride_ob, stride_oh,
+    num_heads, split_len,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    BLOCK_S: tl.constexpr,                      # NUM_SPLITS rounded up to a power of two
+):
+    b = tl.program_id(0)
+    head = tl.program_id(1)
+    seq_len = tl.load(SEQ_LENS + b)
+    used = tl.cdiv(seq_len, split_len)          # splits that saw at least one key
+    offs_s = tl.arange(0, BLOCK_S)
+    s_ok = offs_s < used
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    row = (b.to(tl.int64) * num_heads + head) * NUM_SPLITS + offs_s
+    lse = tl.load(PART_LSE + row, mask=s_ok, other=float("-inf"))
+    w = tl.exp2(lse - tl.max(lse, axis=0))
+    w = tl.where(s_ok, w, 0.0)
+    part = tl.load(PART_O + row[:, None] * BLOCK_D + offs_d[None, :],
+                   mask=s_ok[:, None] & d_ok[None, :], other=0.0)
+    out = tl.sum(part * w[:, None], axis=0) / tl.sum(w, axis=0)
+    tl.store(OUT + b.to(tl.int64) * stride_ob + head * stride_oh + offs_d, out.to(OUT.dtype.element_ty),
+             mask=d_ok)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def decode_num_splits(batch: int, num_kv_heads: int, max_len: int, num_sms: int) -> int:
+    """How many chunks to cut each sequence's cache into.
+
+    With ``batch * num_kv_heads`` programs already filling every multiprocessor, one split
+    (no merge pass).  Otherwise enough splits for about two programs per multiprocessor,
+    each split at least ``MIN_KEYS_PER_SPLIT`` keys of cache capacity, at most
+    ``MAX_SPLITS``.  Decided on the cache capacity, not the actual lengths, which only the
+    device knows.
+    """
+    programs = max(1, batch * num_kv_heads)
+    if programs >= num_sms:
+        return 1
+    want = -(-2 * num_sms // programs)
+    return max(1, min(want, -(-max_len // MIN_KEYS_PER_SPLIT), MAX_SPLITS))
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())
+    return 1  # the interpreter runs programs one at a time: splitting buys nothing
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, out=None, num_splits=None,
+                     block_n=None):
+    """Triton version of :func:`qpfast.kernels.reference.decode_attention`.
+
+    ``out`` (optional, like q) receives the result; ``num_splits`` overrides
+    :func:`decode_num_splits`; ``block_n`` overrides the key block (tests).  Head dims up
+    to 256 are supported.
+    """
+    scale = check_decode_args(q, k_cache, v_cache, seq_lens, sm_scale)
+    b, hq, d = q.shape
+    hkv, max_len = k_cache.shape[1], k_cache.shape[2]
+    if d > 256:
+        raise ValueError(f"the Triton decode kernel supports head dims up to 256, got {d}")
+    if out is None:
+        out = torch.empty_like(q)
+    elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device:
+        raise ValueError(f"out must be a {q.dtype} tensor of shape {tuple(q.shape)} on {q.device}")
+    if b == 0:
+        return out
+    q, k_cache, v_cache = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k_cache, v_cache))
+    dst = out if out.stride(-1) == 1 else torch.empty_like(q)
+
+    group = hq // hkv
+    block_d = max(16, _pow2(d))
+    block_n = block_n or (64 if block_d <= 128 else 32)
+    if num_splits is None:
+        num_splits = decode_num_splits(b, hkv, max_len, _num_sms(q.device))
+    num_splits = max(1, min(int(num_splits), MAX_SPLITS))
+    split_len = -(-max_len // num_splits)
+    split_len = -(-split_len // block_n) * block_n
+    num_splits = -(-max_len // split_len)       # rounding up the split may leave fewer
+
+    if num_splits > 1:
+        part_o = torch.empty((b, hq, num_splits, block_d), dtype=torch.float32, device=q.device)
+        part_lse = torch.empty((b, hq, num_splits), dtype=torch.float32, device=q.device)
+    else:
+        part_o = part_lse = dst                  # unused
+    dot_precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    _decode_kernel[(b, hkv, num_splits)](
+        q, k_cache, v_cache, dst, part_o, part_lse, seq_lens, scale * LOG2E,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), dst.stride(0), dst.stride(1),
+        split_len,
+        GROUP=group, BLOCK_H=max(16, _pow2(group)), HEAD_DIM=d, BLOCK_D=block_d,
+        BLOCK_N=block_n, NUM_SPLITS=num_splits, DOT_PRECISION=dot_precision,
+        num_warps=4, num_stages=2,
+    )
+    if num_splits > 1:
+        _merge_splits_kernel[(b, hq)](
+            dst, part_o, part_lse, seq_lens, dst.stride(0), dst.stride(1), hq, split_len,
+            HEAD_DIM=d, BLOCK_D=block_d, NUM_SPLITS=num_splits, BLOCK_S=_pow2(num_splits),
+            num_warps=4,
+        )
+    if dst is not out:
+        out.copy_(dst)
+    return out

@@ -1,0 +1,422 @@
+"""Plain-torch references for every kernel in :mod:`qpfast.kernels`.
+
+Same names and signatures as the Triton kernels.  These are what the engine runs on
+CPU, so they are vectorized (no Python loop over tokens or sequences) and they validate
+their inputs exactly like the kernels do.  Attention is computed in float32 and cast back
+to the input dtype.
+
+The argument checks used by both the references and the kernels live here too
+(``check_prefill_args`` and friends): one set of rules, one set of error messages.
+
+Shapes (``B`` sequences, ``Hq`` query heads, ``Hkv`` key/value heads, ``D`` head dim):
+
+* ``prefill_attention(q [total_q, Hq, D], k/v [total_k, Hkv, D], cu_seqlens_q [B+1],
+  cu_seqlens_k [B+1]) -> [total_q, Hq, D]``
+* ``decode_attention(q [B, Hq, D], k_cache/v_cache [B, Hkv, max_len, D],
+  seq_lens [B]) -> [B, Hq, D]``
+* ``apply_bitmask_(logits [B, V], bitmask int32 [B, W >= ceil(V/32)])`` in place
+* ``masked_argmax(logits, bitmask) -> int64 [B]``
+* ``masked_sample(logits, bitmask, temperature=1.0, top_p=1.0, generator=None)
+  -> int64 [B]``
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import sys
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "prefill_attention", "decode_attention", "apply_bitmask_", "masked_argmax",
+    "masked_sample", "bitmask_to_bool",
+]
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+#: Returned by ``masked_argmax``/``masked_sample`` for a row in which no token is allowed.
+NO_TOKEN = -1
+
+
+# --------------------------------------------------------------------------------------
+# argument checks (shared with the Triton wrappers)
+# --------------------------------------------------------------------------------------
+
+def _tensor(name: str, x, ndim: int | None = None) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if ndim is not None and x.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
+    return x
+
+
+def _float_dtype(name: str, x: torch.Tensor) -> None:
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16 or float32, got {x.dtype}")
+
+
+def _same_device(name: str, x: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if x.device != ref.device:
+        raise ValueError(f"{name} is on {x.device} but {ref_name} is on {ref.device}")
+
+
+def _int32_vector(name: str, x, length: int | None = None) -> torch.Tensor:
+    _tensor(name, x, 1)
+    if x.dtype != torch.int32:
+        raise TypeError(f"{name} must be int32, got {x.dtype}")
+    if length is not None and x.numel() != length:
+        raise ValueError(f"{name} must have {length} elements, got {x.numel()}")
+    return x
+
+
+def check_sm_scale(sm_scale, head_dim: int) -> float:
+    """Return the softmax scale: ``sm_scale`` or ``1/sqrt(head_dim)`` when None."""
+    if sm_scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    if isinstance(sm_scale, bool) or not isinstance(sm_scale, numbers.Real):
+        raise TypeError(f"sm_scale must be a float or None, got {type(sm_scale).__name__}")
+    sm_scale = float(sm_scale)
+    if not (math.isfinite(sm_scale) and sm_scale > 0):
+        raise ValueError(f"sm_scale must be a positive finite number, got {sm_scale}")
+    return sm_scale
+
+
+def check_prefill_args(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale) -> float:
+    """Validate ``prefill_attention`` arguments; returns the softmax scale.
+
+    The values of ``cu_seqlens_*`` (start at 0, non-decreasing, end at the token counts,
+    every sequence has at least as many keys as queries) are checked when they live on
+    the CPU; on a GPU that check would cost a device synchronization on every call (and
+    break CUDA-graph capture), so there they are trusted.
+    """
+    _tensor("q", q, 3)
+    _tensor("k", k, 3)
+    _tensor("v", v, 3)
+    _float_dtype("q", q)
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    _, hq, d = q.shape
+    hkv = k.shape[1]
+    if k.shape[2] != d:
+        raise ValueError(f"q and k must have the same head dim, got {d} and {k.shape[2]}")
+    if d == 0 or hq == 0 or hkv == 0:
+        raise ValueError(f"q and k need at least one head of non-zero head dim, got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if hq % hkv != 0:
+        raise ValueError(f"the number of query heads ({hq}) must be a multiple of the number of key/value heads ({hkv})")
+    _same_device("k", k, "q", q)
+    _same_device("v", v, "q", q)
+    _int32_vector("cu_seqlens_q", cu_seqlens_q)
+    _int32_vector("cu_seqlens_k", cu_seqlens_k)
+    if cu_seqlens_q.numel() < 1:
+        raise ValueError("cu_seqlens_q must have B+1 >= 1 elements")
+    if cu_seqlens_k.numel() != cu_seqlens_q.numel():
+        raise ValueError(
+            f"cu_seqlens_q and cu_seqlens_k must have the same length (B+1), got "
+            f"{cu_seqlens_q.numel()} and {cu_seqlens_k.numel()}")
+    _same_device("cu_seqlens_q", cu_seqlens_q, "q", q)
+    _same_device("cu_seqlens_k", cu_seqlens_k, "q", q)
+    if cu_seqlens_q.device.type == "cpu":
+        _check_cu_values(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0])
+    return check_sm_scale(sm_scale, d)
+
+
+def _check_cu_values(cu_q: torch.Tensor, cu_k: torch.Tensor, total_q: int, total_k: int) -> None:
+    for name, cu, total, what in (("cu_seqlens_q", cu_q, total_q, "q.shape[0]"),
+                                  ("cu_seqlens_k", cu_k, total_k, "k.shape[0]")):
+        if int(cu[0]) != 0:
+            raise ValueError(f"{name}[0] must be 0, got {int(cu[0])}")
+        if bool((cu[1:] < cu[:-1]).any()):
+            raise ValueError(f"{name} must be non-decreasing, got {cu.tolist()}")
+        if int(cu[-1]) != total:
+            raise ValueError(f"{name}[-1] must equal {what} = {total}, got {int(cu[-1])}")
+    short = (cu_k[1:] - cu_k[:-1]) < (cu_q[1:] - cu_q[:-1])
+    if bool(short.any()):
+        i = int(short.nonzero()[0])
+        raise ValueError(
+            f"sequence {i} has more queries than keys: cu_seqlens_q gives "
+            f"{int(cu_q[i + 1] - cu_q[i])}, cu_seqlens_k gives {int(cu_k[i + 1] - cu_k[i])} "
+            "(its queries must be the last positions of its keys)")
+
+
+def check_decode_args(q, k_cache, v_cache, seq_lens, sm_scale) -> float:
+    """Validate ``decode_attention`` arguments; returns the softmax scale.
+
+    ``seq_lens`` values (``1 <= seq_lens[b] <= max_len``) are checked on the CPU only,
+    for the reason given in :func:`check_prefill_args`.
+    """
+    _tensor("q", q, 3)
+    _tensor("k_cache", k_cache, 4)
+    _tensor("v_cache", v_cache, 4)
+    _float_dtype("q", q)
+    if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        raise TypeError(
+            f"q, k_cache and v_cache must share one dtype, got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
+    if k_cache.shape != v_cache.shape:
+        raise ValueError(
+            f"k_cache and v_cache must have the same shape, got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
+    b, hq, d = q.shape
+    kb, hkv, max_len, kd = k_cache.shape
+    if kb != b:
+        raise ValueError(f"k_cache has batch {kb} but q has batch {b}")
+    if kd != d:
+        raise ValueError(f"q and k_cache must have the same head dim, got {d} and {kd}")
+    if d == 0 or hq == 0 or hkv == 0:
+        raise ValueError(f"q and k_cache need at least one head of non-zero head dim, got q {tuple(q.shape)}, k_cache {tuple(k_cache.shape)}")
+    if hq % hkv != 0:
+        raise ValueError(f"the number of query heads ({hq}) must be a multiple of the number of key/value heads ({hkv})")
+    _same_device("k_cache", k_cache, "q", q)
+    _same_device("v_cache", v_cache, "q", q)
+    _int32_vector("seq_lens", seq_lens, b)
+    _same_device("seq_lens", seq_lens, "q", q)
+    if seq_lens.device.type == "cpu" and b > 0:
+        lo, hi = int(seq_lens.min()), int(seq_lens.max())
+        if lo < 1 or hi > max_len:
+            raise ValueError(f"seq_lens must lie in [1, max_len={max_len}], got values in [{lo}, {hi}]")
+    return check_sm_scale(sm_scale, d)
+
+
+def check_bitmask_args(logits, bitmask) -> None:
+    """Validate a ``logits [B, V]`` / ``bitmask int32 [B, W]`` pair (``W >= ceil(V/32)``).
+
+    Words past ``ceil(V/32)`` and bits past ``V`` in the last needed word are ignored.
+    """
+    _tensor("logits", logits, 2)
+    _tensor("bitmask", bitmask, 2)
+    _float_dtype("logits", logits)
+    if bitmask.dtype != torch.int32:
+        raise TypeError(f"bitmask must be int32, got {bitmask.dtype}")
+    rows, vocab = logits.shape
+    if bitmask.shape[0] != rows:
+        raise ValueError(f"bitmask has {bitmask.shape[0]} rows but logits has {rows}")
+    need = (vocab + 31) // 32
+    if bitmask.shape[1] < need:
+        raise ValueError(
+            f"bitmask needs at least ceil(V/32) = {need} int32 words per row for V = {vocab}, "
+            f"got {bitmask.shape[1]}")
+    _same_device("bitmask", bitmask, "logits", logits)
+
+
+def check_sampling_args(temperature, top_p) -> tuple[float, float]:
+    for name, x in (("temperature", temperature), ("top_p", top_p)):
+        if isinstance(x, bool) or not isinstance(x, numbers.Real):
+            raise TypeError(f"{name} must be a float, got {type(x).__name__}")
+    temperature, top_p = float(temperature), float(top_p)
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    if not (0 < top_p <= 1):
+        raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+    return temperature, top_p
+
+
+# --------------------------------------------------------------------------------------
+# attention
+# --------------------------------------------------------------------------------------
+
+def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None):
+    """Causal variable-length attention of new tokens on top of each sequence's cache.
+
+    Args:
+        q: ``[total_q, Hq, D]`` queries of all sequences, concatenated.
+        k, v: ``[total_k, Hkv, D]`` keys/values of all sequences, concatenated; sequence
+            ``i`` holds its cached prefix first, then its own new tokens.
+        cu_seqlens_q, cu_seqlens_k: int32 ``[B+1]`` offsets of each sequence in q / k.
+        sm_scale: softmax scale, default ``1/sqrt(D)``.
+
+    Query ``t`` of sequence ``i`` (0-based among its ``len_q(i)`` queries) sits at key
+    position ``len_k(i) - len_q(i) + t`` and attends to keys ``0..`` that position.
+
+    Returns:
+        ``[total_q, Hq, D]`` in q's dtype.
+
+    Sequences are padded to the longest one and run through one SDPA call with an explicit
+    mask (float32), so the cost is ``B * max_q * max_k``.
+    """
+    scale = check_prefill_args(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale)
+    total_q, hq, d = q.shape
+    hkv = k.shape[1]
+    nseq = cu_seqlens_q.numel() - 1
+    if total_q == 0 or nseq == 0:
+        return q.new_empty(q.shape)
+    dev = q.device
+    cu_q = cu_seqlens_q.to(device=dev, dtype=torch.long)
+    cu_k = cu_seqlens_k.to(device=dev, dtype=torch.long)
+    len_q, len_k = cu_q[1:] - cu_q[:-1], cu_k[1:] - cu_k[:-1]
+    max_q, max_k = int(len_q.max()), int(len_k.max())
+
+    t = torch.arange(max_q, device=dev)
+    j = torch.arange(max_k, device=dev)
+    q_valid = t[None, :] < len_q[:, None]                               # [B, max_q]
+    k_valid = j[None, :] < len_k[:, None]                               # [B, max_k]
+    q_idx = torch.where(q_valid, cu_q[:-1, None] + t[None, :], 0)
+    k_idx = torch.where(k_valid, cu_k[:-1, None] + j[None, :], 0)
+
+    qp = q[q_idx.reshape(-1)].view(nseq, max_q, hq, d).transpose(1, 2).float()
+    kp = k[k_idx.reshape(-1)].view(nseq, max_k, hkv, d).transpose(1, 2).float()
+    vp = v[k_idx.reshape(-1)].view(nseq, max_k, hkv, d).transpose(1, 2).float()
+
+    qpos = (len_k - len_q)[:, None] + t[None, :]                         # [B, max_q]
+    mask = k_valid[:, None, :] & (j[None, None, :] <= qpos[:, :, None])  # [B, max_q, max_k]
+    out = F.scaled_dot_product_attention(
+        qp, kp, vp, attn_mask=mask[:, None], scale=scale, enable_gqa=hq != hkv)
+    out = out.transpose(1, 2).reshape(nseq * max_q, hq, d)[q_valid.reshape(-1)]
+    return out.to(q.dtype)
+
+
+def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None):
+    """One new token per sequence attending to its KV cache.
+
+    Args:
+        q: ``[B, Hq, D]``, the new token's queries.
+        k_cache, v_cache: ``[B, Hkv, max_len, D]``; positions ``< seq_lens[b]`` are valid
+            (the new token's own key/value already written at ``seq_lens[b] - 1``).
+        seq_lens: int32 ``[B]``, each in ``[1, max_len]``.
+        sm_scale: softmax scale, default ``1/sqrt(D)``.
+
+    Returns:
+        ``[B, Hq, D]`` in q's dtype.
+    """
+    scale = check_decode_args(q, k_cache, v_cache, seq_lens, sm_scale)
+    b, hq, d = q.shape
+    hkv = k_cache.shape[1]
+    if b == 0:
+        return q.new_empty(q.shape)
+    lens = seq_lens.to(device=q.device, dtype=torch.long)
+    n = int(lens.max())                        # never read past the longest sequence
+    mask = torch.arange(n, device=q.device)[None, :] < lens[:, None]    # [B, n]
+    # zero the unused slots: a preallocated cache may hold NaN there, and 0 * NaN is NaN
+    live = mask[:, None, :, None]
+    kc = torch.where(live, k_cache[:, :, :n].float(), 0.0)
+    vc = torch.where(live, v_cache[:, :, :n].float(), 0.0)
+    out = F.scaled_dot_product_attention(
+        q[:, :, None].float(), kc, vc, attn_mask=mask[:, None, None, :], scale=scale,
+        enable_gqa=hq != hkv)
+    return out[:, :, 0].to(q.dtype)
+
+
+# --------------------------------------------------------------------------------------
+# bitmask
+# --------------------------------------------------------------------------------------
+
+_BYTE_BITS: dict[torch.device, torch.Tensor] = {}
+
+
+def _byte_table(device: torch.device) -> torch.Tensor:
+    """``[256, 8]`` bool: row ``x`` holds the bits of byte ``x``, least significant first."""
+    table = _BYTE_BITS.get(device)
+    if table is None:
+        x = torch.arange(256, dtype=torch.int32)
+        table = ((x[:, None] >> torch.arange(8, dtype=torch.int32)) & 1).bool().to(device)
+        _BYTE_BITS[device] = table
+    return table
+
+
+def bitmask_to_bool(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Unpack an int32 ``[B, W]`` bitmask to a bool ``[B, vocab_size]`` (True = allowed).
+
+    Bit ``j`` of word ``w`` is token ``32*w + j``.
+    """
+    rows = bitmask.shape[0]
+    words = (vocab_size + 31) // 32
+    bm = bitmask[:, :words].contiguous()
+    if sys.byteorder == "little":
+        # byte k of word w holds tokens 32w+8k .. 32w+8k+7: a table lookup per byte
+        allowed = _byte_table(bm.device)[bm.view(torch.uint8).long()]
+    else:  # pragma: no cover - no big-endian CI
+        allowed = ((bm[:, :, None] >> torch.arange(32, device=bm.device, dtype=torch.int32)) & 1).bool()
+    return allowed.reshape(rows, words * 32)[:, :vocab_size]
+
+
+def apply_bitmask_(logits, bitmask):
+    """Set disallowed logits to ``-inf`` in place.
+
+    Args:
+        logits: ``[B, V]`` float16/bfloat16/float32.
+        bitmask: int32 ``[B, W]``, ``W >= ceil(V/32)``; bit set = allowed.
+
+    Returns:
+        ``logits`` (the same tensor).
+    """
+    check_bitmask_args(logits, bitmask)
+    allowed = bitmask_to_bool(bitmask, logits.shape[1])
+    return logits.masked_fill_(~allowed, float("-inf"))
+
+
+def _masked_pick(keys: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """argmax of ``keys`` over allowed entries (disallowed must already be -inf).
+
+    Ties go to the lowest index.  A row whose allowed keys are all ``-inf`` gets its
+    lowest allowed token; a row with no allowed token gets ``NO_TOKEN`` (-1).
+    """
+    best = keys.argmax(dim=1)
+    best_val = keys.gather(1, best[:, None])[:, 0]
+    any_allowed = allowed.any(dim=1)
+    first_allowed = allowed.to(torch.uint8).argmax(dim=1)
+    out = torch.where(best_val > float("-inf"), best, first_allowed)
+    return torch.where(any_allowed, out, torch.full_like(out, NO_TOKEN))
+
+
+def masked_argmax(logits, bitmask):
+    """Greedy pick among allowed tokens (logits are not modified).
+
+    Returns:
+        int64 ``[B]``: the allowed token with the largest logit, the lowest index on
+        ties; the lowest allowed token if all allowed logits are ``-inf``; ``-1`` for a
+        row that allows no token.
+    """
+    check_bitmask_args(logits, bitmask)
+    if logits.shape[0] == 0:
+        return torch.empty(0, dtype=torch.long, device=logits.device)
+    allowed = bitmask_to_bool(bitmask, logits.shape[1])
+    keys = logits.float().masked_fill(~allowed, float("-inf"))
+    return _masked_pick(keys, allowed)
+
+
+def top_p_keep(scaled: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filter: bool ``[B, V]``, True for the smallest set of highest-probability
+    tokens whose probability sums to at least ``top_p`` (``scaled`` are logits/temperature,
+    disallowed ones ``-inf``)."""
+    probs = torch.softmax(scaled, dim=1)
+    sorted_p, order = probs.sort(dim=1, descending=True)
+    before = sorted_p.cumsum(dim=1) - sorted_p          # mass of strictly better tokens
+    keep_sorted = before < top_p
+    return torch.zeros_like(keep_sorted).scatter_(1, order, keep_sorted)
+
+
+def masked_sample(logits, bitmask, temperature=1.0, top_p=1.0, generator=None):
+    """Sample one allowed token per row from ``softmax(logits / temperature)``.
+
+    Args:
+        logits: ``[B, V]`` float16/bfloat16/float32 (not modified).
+        bitmask: int32 ``[B, W]``, ``W >= ceil(V/32)``.
+        temperature: ``>= 0``; ``0`` means greedy (exactly ``masked_argmax``).
+        top_p: in ``(0, 1]``; sampling is restricted to the nucleus, the smallest set of
+            most likely allowed tokens holding at least ``top_p`` of the allowed mass.
+        generator: optional ``torch.Generator`` on logits' device.
+
+    Returns:
+        int64 ``[B]``; rows with no allowed token give ``-1``, rows whose allowed logits
+        are all ``-inf`` give their lowest allowed token (as ``masked_argmax``).
+
+    Uses the exponential-race form of sampling: ``argmax(p / E)`` with ``E ~ Exp(1)``
+    picks token ``i`` with probability ``p_i``, without a host synchronization.
+    """
+    check_bitmask_args(logits, bitmask)
+    temperature, top_p = check_sampling_args(temperature, top_p)
+    if temperature == 0.0:
+        return masked_argmax(logits, bitmask)
+    if logits.shape[0] == 0:
+        return torch.empty(0, dtype=torch.long, device=logits.device)
+    allowed = bitmask_to_bool(bitmask, logits.shape[1])
+    scaled = logits.float().masked_fill(~allowed, float("-inf")) / temperature
+    live = scaled.amax(dim=1, keepdim=True) > float("-inf")
+    safe = torch.where(live, scaled, 0.0)          # rows without a finite logit: no NaN
+    if top_p < 1.0:
+        safe = safe.masked_fill(~top_p_keep(safe, top_p), float("-inf"))
+    probs = torch.softmax(safe, dim=1)
+    race = torch.empty_like(probs).exponential_(generator=generator)
+    keys = torch.where(allowed & live, probs / race, float("-inf"))
+    keys = torch.where(keys > 0, keys, float("-inf"))  # zero-probability tokens never win
+    return _masked_pick(keys, allowed)

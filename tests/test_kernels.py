@@ -1,0 +1,723 @@
+"""Tests for qpfast.kernels: Triton kernels against their torch references, the references
+against naive per-sequence loops, input validation, and dispatch.
+
+Two kinds of tests live here:
+
+* ordinary tests (references, validation, heuristics, dispatch) run in-process;
+* ``test_interp_*`` tests run the Triton kernels in Triton's interpreter.  Triton picks
+  compile-or-interpret when it is imported, process-wide, so they only run in a process
+  started with ``TRITON_INTERPRET=1``.  In a normal run ``test_kernel_suite_in_subprocess``
+  starts such a process for them (``pytest -k test_interp_``) and checks that every one
+  of them passed; run ``TRITON_INTERPRET=1 pytest tests/test_kernels.py`` to see them
+  one by one.
+
+Every kernel output is poisoned before the run (NaN for floats, a sentinel for token
+ids), so an element the kernel forgets to write fails the comparison.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import re
+import subprocess
+import sys
+import zlib
+
+import pytest
+import torch
+
+import qpfast.kernels as K
+from qpfast.kernels import reference as R
+
+INTERP = K.HAS_TRITON and os.environ.get("TRITON_INTERPRET") == "1"
+interp_only = pytest.mark.skipif(
+    not INTERP, reason="needs TRITON_INTERPRET=1 at start-up (run by test_kernel_suite_in_subprocess)")
+needs_triton = pytest.mark.skipif(not K.HAS_TRITON, reason="triton is not installed")
+
+SENTINEL = -12345        # poison for token-id outputs: never a valid answer
+
+
+def seed_of(*parts) -> int:
+    """A reproducible seed per test case (``hash`` of a str changes between processes)."""
+    return zlib.crc32(repr(parts).encode()) % 10_000
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖out − ref‖ / ‖ref‖ in float64; inf if out has a NaN."""
+    out, ref = out.double(), ref.double()
+    if not torch.isfinite(out).all():
+        return math.inf
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
+
+
+# --------------------------------------------------------------------------------------
+# inputs
+# --------------------------------------------------------------------------------------
+
+# name: (query lengths, cached-prefix lengths, Hq, Hkv, D)
+PREFILL_CASES = {
+    "mha_no_prefix": ([1, 7, 16, 33], [0, 0, 0, 0], 4, 4, 32),
+    "gqa2_mixed": ([5, 1, 19], [40, 0, 3], 4, 2, 16),
+    "gqa4_long_prefix": ([3, 12], [150, 97], 8, 2, 32),
+    "gqa8_ragged": ([1, 2, 9, 31, 1], [0, 64, 5, 17, 130], 8, 1, 64),
+    "group3": ([6, 11], [10, 0], 6, 2, 32),
+    "empty_seq": ([4, 0, 3], [8, 5, 0], 4, 2, 16),
+}
+
+# name: (seq_lens, Hq, Hkv, max_len, D)
+DECODE_CASES = {
+    "mha": ([1, 40, 17], 4, 4, 40, 32),
+    "gqa2": ([67, 1, 33, 64], 4, 2, 67, 16),
+    "gqa4": ([130, 65], 8, 2, 130, 32),
+    "gqa8": ([2, 49, 50], 8, 1, 50, 64),
+}
+
+
+def cumsum0(lengths) -> torch.Tensor:
+    return torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+
+
+def make_prefill(case: str, dtype=torch.float32, seed=0):
+    len_q, prefix, hq, hkv, d = PREFILL_CASES[case]
+    len_k = [a + b for a, b in zip(len_q, prefix)]
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(sum(len_q), hq, d, generator=g).to(dtype)
+    k = torch.randn(sum(len_k), hkv, d, generator=g).to(dtype)
+    v = torch.randn(sum(len_k), hkv, d, generator=g).to(dtype)
+    return q, k, v, cumsum0(len_q), cumsum0(len_k)
+
+
+def make_decode(case: str, dtype=torch.float32, seed=0):
+    lens, hq, hkv, max_len, d = DECODE_CASES[case]
+    g = torch.Generator().manual_seed(seed)
+    b = len(lens)
+    q = torch.randn(b, hq, d, generator=g).to(dtype)
+    kc = torch.randn(b, hkv, max_len, d, generator=g).to(dtype)
+    vc = torch.randn(b, hkv, max_len, d, generator=g).to(dtype)
+    return q, kc, vc, torch.tensor(lens, dtype=torch.int32)
+
+
+def make_bitmask(rows: int, vocab: int, seed=0, density=0.5, extra_words=0) -> torch.Tensor:
+    """Random bitmask with every bit pattern possible, including garbage past V."""
+    g = torch.Generator().manual_seed(seed)
+    words = (vocab + 31) // 32 + extra_words
+    bits = torch.rand(rows, words * 32, generator=g) < density
+    packed = (bits.view(rows, words, 32).long() << torch.arange(32)).sum(-1)
+    return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+
+
+def special_rows(logits: torch.Tensor, bitmask: torch.Tensor) -> None:
+    """Rows 0..3 (if present): no allowed token, one allowed token, allowed logits all
+    -inf, and a tie between two allowed tokens."""
+    vocab = logits.shape[1]
+    if logits.shape[0] >= 1:
+        bitmask[0] = 0
+    if logits.shape[0] >= 2:
+        bitmask[1] = 0
+        bit = 1 << ((vocab - 1) % 32)                             # only the last token
+        bitmask[1, (vocab - 1) // 32] = bit - 2**32 if bit >= 2**31 else bit
+    if logits.shape[0] >= 3:
+        logits[2] = float("-inf")
+    if logits.shape[0] >= 4 and vocab >= 3:
+        bitmask[3] = -1
+        logits[3] = -5.0
+        logits[3, [vocab // 2, vocab - 1]] = 3.0
+
+
+# --------------------------------------------------------------------------------------
+# naive implementations (loops, float64): the references are checked against these
+# --------------------------------------------------------------------------------------
+
+def naive_prefill(q, k, v, cu_q, cu_k, scale):
+    out = torch.empty(q.shape, dtype=torch.float64)
+    group = q.shape[1] // k.shape[1]
+    for i in range(len(cu_q) - 1):
+        qs, qe, ks, ke = int(cu_q[i]), int(cu_q[i + 1]), int(cu_k[i]), int(cu_k[i + 1])
+        prefix = (ke - ks) - (qe - qs)
+        for t in range(qe - qs):
+            for h in range(q.shape[1]):
+                keys = k[ks:ks + prefix + t + 1, h // group].double()
+                vals = v[ks:ks + prefix + t + 1, h // group].double()
+                w = torch.softmax(keys @ q[qs + t, h].double() * scale, dim=0)
+                out[qs + t, h] = w @ vals
+    return out
+
+
+def naive_decode(q, kc, vc, lens, scale):
+    out = torch.empty(q.shape, dtype=torch.float64)
+    group = q.shape[1] // kc.shape[1]
+    for b in range(q.shape[0]):
+        n = int(lens[b])
+        for h in range(q.shape[1]):
+            w = torch.softmax(kc[b, h // group, :n].double() @ q[b, h].double() * scale, dim=0)
+            out[b, h] = w @ vc[b, h // group, :n].double()
+    return out
+
+
+def naive_allowed(bitmask, vocab):
+    return torch.tensor([[bool((int(bitmask[r, t // 32]) >> (t % 32)) & 1) for t in range(vocab)]
+                         for r in range(bitmask.shape[0])], dtype=torch.bool)
+
+
+def naive_argmax(logits, bitmask):
+    allowed = naive_allowed(bitmask, logits.shape[1])
+    picks = []
+    for r in range(logits.shape[0]):
+        ok = [t for t in range(logits.shape[1]) if allowed[r, t]]
+        if not ok:
+            picks.append(-1)
+            continue
+        best = max(float(logits[r, t]) for t in ok)
+        picks.append(next(t for t in ok if float(logits[r, t]) == best))  # lowest on ties
+    return torch.tensor(picks)
+
+
+# --------------------------------------------------------------------------------------
+# references against the naive loops
+# --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", list(PREFILL_CASES))
+def test_reference_prefill_matches_naive(case):
+    q, k, v, cu_q, cu_k = make_prefill(case, seed=1)
+    scale = 0.3
+    out = R.prefill_attention(q, k, v, cu_q, cu_k, sm_scale=scale)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert rel_err(out, naive_prefill(q, k, v, cu_q, cu_k, scale)) < 1e-5
+
+
+def test_reference_prefill_default_scale_and_dtypes():
+    q, k, v, cu_q, cu_k = make_prefill("gqa2_mixed", seed=2)
+    want = naive_prefill(q, k, v, cu_q, cu_k, 1 / math.sqrt(q.shape[-1]))
+    assert rel_err(R.prefill_attention(q, k, v, cu_q, cu_k), want) < 1e-5
+    for dtype, tol in ((torch.float16, 2e-3), (torch.bfloat16, 1e-2)):
+        out = R.prefill_attention(q.to(dtype), k.to(dtype), v.to(dtype), cu_q, cu_k)
+        assert out.dtype == dtype and rel_err(out, want) < tol
+
+
+def test_reference_prefill_is_causal_and_prefix_visible():
+    # Changing a key after a query's position must not change that query's output;
+    # changing a prefix key must.
+    q, k, v, cu_q, cu_k = make_prefill("gqa4_long_prefix", seed=3)
+    out = R.prefill_attention(q, k, v, cu_q, cu_k)
+    k2, v2 = k.clone(), v.clone()
+    last = int(cu_k[1]) - 1          # sequence 0's last key, seen only by its last query
+    k2[last] += 5
+    v2[last] += 5
+    out2 = R.prefill_attention(q, k2, v2, cu_q, cu_k)
+    n0 = int(cu_q[1])
+    assert torch.equal(out[: n0 - 1], out2[: n0 - 1])
+    assert not torch.allclose(out[n0 - 1], out2[n0 - 1])
+    assert torch.equal(out[n0:], out2[n0:])          # other sequence untouched
+    k3 = k.clone()
+    k3[0] += 5                                       # first prefix key of sequence 0
+    assert not torch.allclose(R.prefill_attention(q, k3, v, cu_q, cu_k)[0], out[0])
+
+
+@pytest.mark.parametrize("case", list(DECODE_CASES))
+def test_reference_decode_matches_naive(case):
+    q, kc, vc, lens = make_decode(case, seed=4)
+    out = R.decode_attention(q, kc, vc, lens, sm_scale=0.2)
+    assert out.shape == q.shape
+    assert rel_err(out, naive_decode(q, kc, vc, lens, 0.2)) < 1e-5
+
+
+def test_reference_decode_ignores_cache_past_seq_len():
+    q, kc, vc, lens = make_decode("gqa2", seed=5)
+    out = R.decode_attention(q, kc, vc, lens)
+    kc2, vc2 = kc.clone(), vc.clone()
+    for b, n in enumerate(lens.tolist()):
+        kc2[b, :, n:] = float("nan")
+        vc2[b, :, n:] = float("nan")
+    assert torch.equal(R.decode_attention(q, kc2, vc2, lens), out)
+
+
+def test_decode_equals_prefill_of_last_token():
+    q, kc, vc, lens = make_decode("gqa4", seed=6)
+    flat_k = torch.cat([kc[b, :, :n].transpose(0, 1) for b, n in enumerate(lens.tolist())])
+    flat_v = torch.cat([vc[b, :, :n].transpose(0, 1) for b, n in enumerate(lens.tolist())])
+    ones = cumsum0([1] * len(lens))
+    via_prefill = R.prefill_attention(q, flat_k, flat_v, ones, cumsum0(lens.tolist()))
+    assert rel_err(R.decode_attention(q, kc, vc, lens), via_prefill) < 1e-6
+
+
+@pytest.mark.parametrize("vocab", [1, 31, 32, 33, 1000])
+def test_reference_bitmask_matches_naive(vocab):
+    bm = make_bitmask(5, vocab, seed=vocab, extra_words=2)
+    g = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(5, vocab, generator=g)
+    special_rows(logits, bm)
+    allowed = naive_allowed(bm, vocab)
+    assert torch.equal(R.bitmask_to_bool(bm, vocab), allowed)
+    applied = logits.clone()
+    assert R.apply_bitmask_(applied, bm) is applied
+    assert torch.equal(applied, torch.where(allowed, logits, float("-inf")))
+    assert torch.equal(R.masked_argmax(logits, bm), naive_argmax(logits, bm))
+
+
+def test_reference_argmax_edge_rows():
+    vocab = 70
+    logits = torch.randn(4, vocab)
+    bm = make_bitmask(4, vocab)
+    special_rows(logits, bm)
+    got = R.masked_argmax(logits, bm).tolist()
+    first_allowed_row2 = int(naive_allowed(bm, vocab)[2].nonzero()[0])
+    assert got == [-1, vocab - 1, first_allowed_row2, vocab // 2]
+
+
+def chi2_ok(counts: torch.Tensor, probs: torch.Tensor) -> bool:
+    """Pearson goodness-of-fit at significance ~1e-5 (Wilson–Hilferty quantile), and no
+    sample where the probability is zero."""
+    n = counts.sum()
+    keep = probs > 0
+    expected = probs[keep] * n
+    stat = (((counts[keep] - expected) ** 2) / expected).sum().item()
+    df = int(keep.sum()) - 1
+    z = 4.27
+    quantile = df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+    return bool((counts[~keep] == 0).all()) and stat < quantile
+
+
+def test_reference_sample_distribution():
+    vocab, rows = 40, 20000
+    g = torch.Generator().manual_seed(7)
+    base = torch.randn(1, vocab, generator=g) * 2
+    bm = make_bitmask(1, vocab, seed=8)
+    allowed = R.bitmask_to_bool(bm, vocab)[0]
+    for temperature in (1.0, 0.5, 2.0):
+        picks = R.masked_sample(base.expand(rows, vocab), bm.expand(rows, -1).contiguous(),
+                                temperature=temperature, generator=g)
+        probs = torch.softmax(base[0].masked_fill(~allowed, float("-inf")) / temperature, 0)
+        assert chi2_ok(torch.bincount(picks, minlength=vocab).double(), probs.double())
+
+
+def test_reference_sample_top_p():
+    vocab, rows = 30, 20000
+    g = torch.Generator().manual_seed(9)
+    base = torch.randn(1, vocab, generator=g) * 2
+    bm = torch.full((1, 1), -1, dtype=torch.int32)
+    probs = torch.softmax(base[0], 0)
+    order = probs.argsort(descending=True)
+    top_p = float(probs[order[:4]].sum()) - 1e-4     # nucleus: exactly the best 4 tokens
+    picks = R.masked_sample(base.expand(rows, vocab), bm.expand(rows, -1).contiguous(),
+                            top_p=top_p, generator=g)
+    nucleus = torch.zeros(vocab, dtype=torch.double)
+    nucleus[order[:4]] = probs[order[:4]].double()
+    assert chi2_ok(torch.bincount(picks, minlength=vocab).double(), nucleus / nucleus.sum())
+
+
+def test_reference_sample_edge_cases():
+    vocab = 70
+    g = torch.Generator().manual_seed(10)
+    logits = torch.randn(6, vocab, generator=g)
+    bm = make_bitmask(6, vocab, seed=11)
+    special_rows(logits, bm)
+    greedy = R.masked_argmax(logits, bm)
+    assert torch.equal(R.masked_sample(logits, bm, temperature=0.0), greedy)
+    rows = [0, 1, 2, 4, 5]           # row 3 has two tied best tokens
+    assert torch.equal(R.masked_sample(logits, bm, top_p=1e-6, generator=g)[rows], greedy[rows])
+    assert R.masked_sample(logits, bm, top_p=1e-6, generator=g)[3] in (vocab // 2, vocab - 1)
+    allowed = naive_allowed(bm, vocab)
+    for _ in range(20):
+        picks = R.masked_sample(logits, bm, temperature=5.0, generator=g)
+        assert picks[0] == -1 and picks[1] == vocab - 1 and picks[2] == greedy[2]
+        assert all(allowed[r, int(picks[r])] for r in range(1, 6))
+
+
+# --------------------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------------------
+
+def _prefill_args():
+    q, k, v, cu_q, cu_k = make_prefill("gqa2_mixed")
+    return dict(q=q, k=k, v=v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+
+
+def _decode_args():
+    q, kc, vc, lens = make_decode("gqa2")
+    return dict(q=q, k_cache=kc, v_cache=vc, seq_lens=lens)
+
+
+def _bitmask_args():
+    return dict(logits=torch.randn(3, 50), bitmask=make_bitmask(3, 50))
+
+
+PREFILL_BAD = [
+    ("q", lambda a: a["q"].numpy(), TypeError, "q must be a torch.Tensor"),
+    ("q", lambda a: a["q"][0], ValueError, "q must have 3 dimensions"),
+    ("q", lambda a: a["q"].double(), TypeError, "q must be float16, bfloat16 or float32"),
+    ("k", lambda a: a["k"].half(), TypeError, "share one dtype"),
+    ("v", lambda a: a["v"][:, :1], ValueError, "k and v must have the same shape"),
+    ("q", lambda a: a["q"][:, :3], ValueError, "multiple of the number of key/value heads"),
+    ("q", lambda a: a["q"][:, :, :8], ValueError, "same head dim"),
+    ("cu_seqlens_q", lambda a: a["cu_seqlens_q"].long(), TypeError, "cu_seqlens_q must be int32"),
+    ("cu_seqlens_k", lambda a: a["cu_seqlens_k"][:-1], ValueError, "same length"),
+    ("cu_seqlens_q", lambda a: a["cu_seqlens_q"] + 1, ValueError, "cu_seqlens_q[0] must be 0"),
+    ("cu_seqlens_k", lambda a: torch.tensor([0, 50, 40, 67], dtype=torch.int32), ValueError,
+     "cu_seqlens_k must be non-decreasing"),
+    ("cu_seqlens_q", lambda a: torch.tensor([0, 5, 6, 24], dtype=torch.int32), ValueError,
+     "cu_seqlens_q[-1] must equal q.shape[0]"),
+    ("cu_seqlens_q", lambda a: torch.tensor([0, 5, 23, 25], dtype=torch.int32), ValueError,
+     "more queries than keys"),
+    ("sm_scale", lambda a: -1.0, ValueError, "sm_scale must be a positive"),
+    ("sm_scale", lambda a: "0.1", TypeError, "sm_scale must be a float"),
+]
+
+DECODE_BAD = [
+    ("q", lambda a: a["q"][None], ValueError, "q must have 3 dimensions"),
+    ("k_cache", lambda a: a["k_cache"][0], ValueError, "k_cache must have 4 dimensions"),
+    ("v_cache", lambda a: a["v_cache"].half(), TypeError, "share one dtype"),
+    ("q", lambda a: a["q"][:2], ValueError, "k_cache has batch 4 but q has batch 2"),
+    ("q", lambda a: a["q"][:, :3], ValueError, "multiple of the number of key/value heads"),
+    ("seq_lens", lambda a: a["seq_lens"].long(), TypeError, "seq_lens must be int32"),
+    ("seq_lens", lambda a: a["seq_lens"][:3], ValueError, "seq_lens must have 4 elements"),
+    ("seq_lens", lambda a: torch.tensor([0, 1, 2, 3], dtype=torch.int32), ValueError, "seq_lens must lie in"),
+    ("seq_lens", lambda a: torch.tensor([68, 1, 2, 3], dtype=torch.int32), ValueError, "seq_lens must lie in"),
+    ("sm_scale", lambda a: float("nan"), ValueError, "sm_scale must be a positive"),
+]
+
+BITMASK_BAD = [
+    ("logits", lambda a: a["logits"][0], ValueError, "logits must have 2 dimensions"),
+    ("logits", lambda a: a["logits"].long(), TypeError, "logits must be float16"),
+    ("bitmask", lambda a: a["bitmask"].long(), TypeError, "bitmask must be int32"),
+    ("bitmask", lambda a: a["bitmask"][:, :1], ValueError, "ceil(V/32) = 2"),
+    ("bitmask", lambda a: a["bitmask"][:2], ValueError, "bitmask has 2 rows"),
+    ("bitmask", lambda a: [1, 2], TypeError, "bitmask must be a torch.Tensor"),
+]
+
+SAMPLING_BAD = [
+    ("temperature", -0.5, ValueError, "temperature must be"),
+    ("temperature", "hot", TypeError, "temperature must be a float"),
+    ("top_p", 0.0, ValueError, "top_p must lie in"),
+    ("top_p", 1.5, ValueError, "top_p must lie in"),
+]
+
+
+def _impl(where: str, module: str):
+    if where == "reference":
+        return R
+    if where == "public":
+        return K
+    if not K.HAS_TRITON:
+        pytest.skip("triton is not installed")
+    import importlib
+    return importlib.import_module(f"qpfast.kernels.{module}")   # validation runs before any launch
+
+
+IMPLS = ["reference", "public", "triton"]
+
+
+@pytest.mark.parametrize("where", IMPLS)
+@pytest.mark.parametrize("arg,change,exc,msg", PREFILL_BAD, ids=[b[3][:30] for b in PREFILL_BAD])
+def test_prefill_validation(where, arg, change, exc, msg):
+    args = _prefill_args()
+    args[arg] = change(args)
+    with pytest.raises(exc, match=re.escape(msg)):
+        _impl(where, "prefill").prefill_attention(**args)
+
+
+@pytest.mark.parametrize("where", IMPLS)
+@pytest.mark.parametrize("arg,change,exc,msg", DECODE_BAD, ids=[b[3][:30] for b in DECODE_BAD])
+def test_decode_validation(where, arg, change, exc, msg):
+    args = _decode_args()
+    args[arg] = change(args)
+    with pytest.raises(exc, match=re.escape(msg)):
+        _impl(where, "decode").decode_attention(**args)
+
+
+@pytest.mark.parametrize("where", IMPLS)
+@pytest.mark.parametrize("fn", ["apply_bitmask_", "masked_argmax", "masked_sample"])
+@pytest.mark.parametrize("arg,change,exc,msg", BITMASK_BAD, ids=[b[3][:30] for b in BITMASK_BAD])
+def test_bitmask_validation(where, fn, arg, change, exc, msg):
+    args = _bitmask_args()
+    args[arg] = change(args)
+    with pytest.raises(exc, match=re.escape(msg)):
+        getattr(_impl(where, "bitmask"), fn)(**args)
+
+
+@pytest.mark.parametrize("where", IMPLS)
+@pytest.mark.parametrize("arg,value,exc,msg", SAMPLING_BAD)
+def test_sampling_validation(where, arg, value, exc, msg):
+    with pytest.raises(exc, match=re.escape(msg)):
+        _impl(where, "bitmask").masked_sample(**_bitmask_args(), **{arg: value})
+
+
+def test_devices_must_match():
+    args = _prefill_args()
+    args["k"] = args["k"].to("meta")
+    with pytest.raises(ValueError, match="k is on meta but q is on cpu"):
+        K.prefill_attention(**args)
+
+
+# --------------------------------------------------------------------------------------
+# heuristics and dispatch
+# --------------------------------------------------------------------------------------
+
+@needs_triton
+def test_decode_num_splits():
+    from qpfast.kernels.decode import MAX_SPLITS, MIN_KEYS_PER_SPLIT, decode_num_splits
+    assert decode_num_splits(64, 8, 512, 132) == 1           # 512 programs fill an H100
+    assert decode_num_splits(1, 8, 512, 132) == 512 // MIN_KEYS_PER_SPLIT
+    assert decode_num_splits(1, 2, 32768, 132) == MAX_SPLITS
+    assert decode_num_splits(4, 8, 4096, 132) == 9           # ~2 programs per SM
+    assert decode_num_splits(2, 8, 100, 132) == 1            # too short to split
+    assert decode_num_splits(3, 2, 4096, 1) == 1
+
+
+@needs_triton
+@pytest.mark.parametrize("group", [1, 2, 3, 4, 8, 16, 32])
+@pytest.mark.parametrize("mean_q", [1, 8, 40, 300])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_prefill_config_tiles(group, mean_q, head_dim):
+    from qpfast.kernels.prefill import prefill_config
+    cfg = prefill_config(mean_q * 4, 4, group, head_dim)
+    rows = cfg["BLOCK_M"] * cfg["GROUP_PAD"]
+    assert cfg["GROUP_PAD"] >= group and rows >= 16 and rows & (rows - 1) == 0
+    assert rows <= (128 if head_dim <= 128 else 64) or cfg["BLOCK_M"] == 1
+    assert cfg["BLOCK_D"] >= head_dim
+
+
+def test_cpu_uses_reference_without_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    q = torch.zeros(1, 1, 16)
+    assert K.backend(q) == "reference"
+    args = _prefill_args()
+    assert torch.equal(K.prefill_attention(**args), R.prefill_attention(**args))
+    d = _decode_args()
+    assert torch.equal(K.decode_attention(**d), R.decode_attention(**d))
+
+
+def test_import_without_triton():
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch, qpfast.kernels as K\n"
+        "assert not K.HAS_TRITON and K.backend(torch.zeros(1)) == 'reference'\n"
+        "q = torch.randn(3, 2, 16); cu = torch.tensor([0, 3], dtype=torch.int32)\n"
+        "o = K.prefill_attention(q, q, q, cu, cu)\n"
+        "lg = torch.randn(2, 40); bm = torch.full((2, 2), -1, dtype=torch.int32)\n"
+        "assert K.masked_argmax(lg, bm).tolist() == lg.argmax(1).tolist()\n"
+        "print('ok', tuple(o.shape))\n"
+    )
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == "ok (3, 2, 16)"
+
+
+@pytest.mark.skipif(INTERP, reason="the interpreter tests run in this process")
+@needs_triton
+def test_kernel_suite_in_subprocess(request):
+    """Run every ``test_interp_*`` test in a fresh process with TRITON_INTERPRET=1."""
+    expected = [it.nodeid for it in request.session.items
+                if it.name.startswith("test_interp_") and it.path == request.node.path]
+    if not expected:
+        pytest.skip("no interpreter tests selected")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *expected]
+    markexpr = request.config.getoption("markexpr")
+    if markexpr:                     # the same selection as this run (e.g. -m slow)
+        cmd += ["-m", markexpr]
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    res = subprocess.run(cmd, cwd=request.config.rootpath, env=env,
+                         capture_output=True, text=True, timeout=900)
+    tail = (res.stdout + res.stderr)[-6000:]
+    assert res.returncode == 0, tail
+    m = re.search(r"(\d+) passed", res.stdout)
+    assert m and int(m.group(1)) == len(expected), f"expected {len(expected)} passed:\n{tail}"
+    assert " skipped" not in res.stdout, tail
+
+
+# --------------------------------------------------------------------------------------
+# Triton kernels in the interpreter, against the references
+# --------------------------------------------------------------------------------------
+
+DTYPES = [torch.float32, torch.float16]
+DT_IDS = ["fp32", "fp16"]
+
+
+@interp_only
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("blocks", ["auto", "small"])
+@pytest.mark.parametrize("case", list(PREFILL_CASES))
+def test_interp_prefill(case, blocks, dtype):
+    from qpfast.kernels import prefill
+    q, k, v, cu_q, cu_k = make_prefill(case, dtype, seed=seed_of(case, blocks, str(dtype)))
+    group_pad = prefill.prefill_config(q.shape[0], len(cu_q) - 1, q.shape[1] // k.shape[1],
+                                       q.shape[2])["GROUP_PAD"]
+    # "small": several tiles per sequence and several key blocks per tile
+    extra = {} if blocks == "auto" else dict(block_m=max(1, 16 // group_pad), block_n=16)
+    out = torch.full_like(q, float("nan"))
+    assert prefill.prefill_attention(q, k, v, cu_q, cu_k, out=out, **extra) is out
+    assert rel_err(out, R.prefill_attention(q, k, v, cu_q, cu_k)) < TOL[dtype]
+
+
+@interp_only
+def test_interp_prefill_strided_inputs_and_dispatch():
+    from qpfast.kernels import prefill
+    q, k, v, cu_q, cu_k = make_prefill("gqa8_ragged", seed=12)
+    # q/k/v as views into a fused qkv projection: row strides larger than the head block
+    fused = torch.cat([q.reshape(q.shape[0], -1), torch.zeros(q.shape[0], 8)], dim=1)
+    qv = fused[:, : q.numel() // q.shape[0]].view(q.shape)
+    assert not qv.is_contiguous()
+    assert K.backend(qv) == "interpreter"
+    out = K.prefill_attention(qv, k, v, cu_q, cu_k, sm_scale=0.25)
+    assert rel_err(out, R.prefill_attention(q, k, v, cu_q, cu_k, sm_scale=0.25)) < 1e-5
+    poisoned = torch.full_like(q, float("nan"))
+    prefill.prefill_attention(qv, k, v, cu_q, cu_k, sm_scale=0.25, out=poisoned)
+    assert torch.equal(poisoned, out)
+
+
+@interp_only
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("splits", [1, 3, 8])
+@pytest.mark.parametrize("case", list(DECODE_CASES))
+def test_interp_decode(case, splits, dtype):
+    from qpfast.kernels import decode
+    q, kc, vc, lens = make_decode(case, dtype, seed=seed_of(case, splits, str(dtype)))
+    out = torch.full_like(q, float("nan"))
+    decode.decode_attention(q, kc, vc, lens, out=out, num_splits=splits, block_n=16)
+    assert rel_err(out, R.decode_attention(q, kc, vc, lens)) < TOL[dtype]
+
+
+@interp_only
+def test_interp_decode_cache_views_and_dispatch():
+    # caches as views of a bigger preallocated cache (batch and length sliced), the public
+    # entry point with its own split heuristic
+    q, kc, vc, lens = make_decode("gqa4", seed=13)
+    big_k = torch.randn(5, kc.shape[1], 200, kc.shape[3])
+    big_v = torch.randn_like(big_k)
+    big_k[1:3, :, :130] = kc
+    big_v[1:3, :, :130] = vc
+    kv, vv = big_k[1:3, :, :130], big_v[1:3, :, :130]
+    out = K.decode_attention(q, kv, vv, lens)
+    assert rel_err(out, R.decode_attention(q, kc, vc, lens)) < 1e-5
+    from qpfast.kernels import decode
+    poisoned = torch.full_like(q, float("nan"))
+    decode.decode_attention(q, kv, vv, lens, out=poisoned, num_splits=2)
+    assert rel_err(poisoned, out) < 1e-5
+
+
+@interp_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("vocab", [1, 31, 33, 1000, 4133])
+def test_interp_apply_bitmask(vocab, dtype):
+    from qpfast.kernels import bitmask
+    g = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(5, vocab, generator=g).to(dtype)
+    bm = make_bitmask(5, vocab, seed=vocab + 1, extra_words=1)
+    special_rows(logits, bm)
+    want = R.apply_bitmask_(logits.clone(), bm)
+    got = logits.clone()
+    assert bitmask.apply_bitmask_(got, bm) is got
+    assert torch.equal(got, want)
+    strided = torch.cat([logits, logits], dim=1)[:, :vocab]     # non-unit row stride
+    bitmask.apply_bitmask_(strided, bm)
+    assert torch.equal(strided, want)
+
+
+@interp_only
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("vocab,block_v", [(1, 64), (31, 64), (33, 64), (1000, 64), (1000, 2048),
+                                           (4133, 2048)])
+def test_interp_masked_argmax(vocab, block_v, dtype):
+    from qpfast.kernels import bitmask
+    g = torch.Generator().manual_seed(vocab + block_v)
+    logits = torch.randn(6, vocab, generator=g).to(dtype)
+    bm = make_bitmask(6, vocab, seed=vocab, extra_words=1)
+    special_rows(logits, bm)
+    if vocab > 64:   # a tie across a block boundary: the earlier block must win
+        logits[5, [3, vocab - 2]] = 100.0
+        bm[5] = -1
+    out = torch.full((6,), SENTINEL, dtype=torch.long)
+    bitmask.masked_argmax(logits, bm, out=out, block_v=block_v)
+    assert torch.equal(out, R.masked_argmax(logits, bm))
+    assert torch.equal(out, naive_argmax(logits, bm))
+
+
+@interp_only
+def test_interp_masked_sample_edge_cases():
+    from qpfast.kernels import bitmask
+    vocab = 300
+    g = torch.Generator().manual_seed(14)
+    logits = torch.randn(6, vocab, generator=g) * 3
+    bm = make_bitmask(6, vocab, seed=15)
+    special_rows(logits, bm)
+    greedy = R.masked_argmax(logits, bm)
+    logits[4:].scatter_add_(1, greedy[4:, None], torch.full((2, 1), 5.0))   # clear winners
+    # at T = 0.01 a 5-logit lead is a 500-unit lead: greedy unless the temperature is misused
+    for kwargs in (dict(temperature=0.0), dict(top_p=1e-6), dict(temperature=0.01, top_p=0.9)):
+        out = torch.full((6,), SENTINEL, dtype=torch.long)
+        bitmask.masked_sample(logits, bm, generator=g, out=out, block_v=128, **kwargs)
+        assert torch.equal(out[[0, 1, 2, 4, 5]], greedy[[0, 1, 2, 4, 5]]), kwargs
+        assert out[3] in (vocab // 2, vocab - 1)           # the two tied best tokens
+    allowed = naive_allowed(bm, vocab)
+    for top_p in (1.0, 0.5):
+        out = torch.full((6,), SENTINEL, dtype=torch.long)
+        bitmask.masked_sample(logits, bm, temperature=3.0, top_p=top_p, generator=g, out=out,
+                              block_v=512)
+        assert out[0] == -1 and out[1] == vocab - 1 and out[2] == greedy[2]
+        assert all(allowed[r, int(out[r])] for r in range(1, 6))
+
+
+@interp_only
+def test_interp_masked_sample_distribution():
+    # Logits chosen so that a wrong Gumbel sign moves the chi-square statistic far past
+    # the threshold with 300 draws (a temperature applied the wrong way is caught by the
+    # T=0.01 case of test_interp_masked_sample_edge_cases).
+    from qpfast.kernels import bitmask
+    vocab, rows, temperature = 12, 300, 0.7
+    g = torch.Generator().manual_seed(16)
+    base = torch.tensor([[0.5, 0, 0, 0, 0, 0, -0.5, -0.5, -0.5, -0.5, -0.5, 1.0]])
+    bm = torch.tensor([[0xFFF & ~(1 << 2 | 1 << 7 | 1 << 10)]], dtype=torch.int32)
+    allowed = R.bitmask_to_bool(bm, vocab)[0]
+    out = torch.full((rows,), SENTINEL, dtype=torch.long)
+    bitmask.masked_sample(base.expand(rows, vocab), bm.expand(rows, 1).contiguous(),
+                          temperature=temperature, generator=g, out=out, block_v=16)
+    probs = torch.softmax(base[0].masked_fill(~allowed, float("-inf")) / temperature, 0)
+    assert chi2_ok(torch.bincount(out, minlength=vocab).double(), probs.double())
+
+
+@interp_only
+def test_interp_masked_sample_top_p_keeps_the_nucleus():
+    from qpfast.kernels import bitmask
+    vocab, rows = 200, 16
+    g = torch.Generator().manual_seed(17)
+    logits = torch.randn(rows, vocab, generator=g) * 2
+    bm = make_bitmask(rows, vocab, seed=18, density=0.7)
+    for top_p in (0.3, 0.8):
+        scaled = logits.masked_fill(~R.bitmask_to_bool(bm, vocab), float("-inf")) / 1.5
+        nucleus = R.top_p_keep(scaled, top_p)
+        out = torch.full((rows,), SENTINEL, dtype=torch.long)
+        bitmask.masked_sample(logits, bm, temperature=1.5, top_p=top_p, generator=g, out=out,
+                              block_v=256)
+        assert all(nucleus[r, int(out[r])] for r in range(rows)), top_p
+        assert (out != R.masked_argmax(logits, bm)).any()   # it samples, not picks greedily
+
+
+@interp_only
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+def test_interp_qp_shapes_slow(dtype):
+    """Head dim 128, 16:2 GQA, 512-token prefix, the kernels' own block choices."""
+    from qpfast.kernels import decode, prefill
+    g = torch.Generator().manual_seed(19)
+    len_q, prefix = [8, 40, 23], [512, 128, 300]
+    len_k = [a + b for a, b in zip(len_q, prefix)]
+    q = torch.randn(sum(len_q), 16, 128, generator=g).to(dtype)
+    k = torch.randn(sum(len_k), 2, 128, generator=g).to(dtype)
+    v = torch.randn(sum(len_k), 2, 128, generator=g).to(dtype)
+    out = torch.full_like(q, float("nan"))
+    prefill.prefill_attention(q, k, v, cumsum0(len_q), cumsum0(len_k), out=out)
+    assert rel_err(out, R.prefill_attention(q, k, v, cumsum0(len_q), cumsum0(len_k))) < TOL[dtype]
+    qd = torch.randn(3, 16, 128, generator=g).to(dtype)
+    kc = torch.randn(3, 2, 600, 128, generator=g).to(dtype)
+    vc = torch.randn(3, 2, 600, 128, generator=g).to(dtype)
+    lens = torch.tensor([552, 168, 323], dtype=torch.int32)
+    for splits in (1, 5):
+        outd = torch.full_like(qd, float("nan"))
+        decode.decode_attention(qd, kc, vc, lens, out=outd, num_splits=splits)
+        assert rel_err(outd, R.decode_attention(qd, kc, vc, lens)) < TOL[dtype]
