@@ -20,7 +20,8 @@ cp "$build"/_C*.so "$pkg/"
 export PYTHONPATH="$PWD/$build/site:$(python -c 'import site; print(":".join(site.getsitepackages()))')"
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export QPFAST_ASAN=1
+export LD_PRELOAD="$libasan $(g++ -print-file-name=libubsan.so)"
 python -S -c "import qpfast, sys; assert qpfast.__file__.startswith('$PWD/$build'), qpfast.__file__"
-LD_PRELOAD="$libasan $(g++ -print-file-name=libubsan.so)" python -S -m pytest -q -p no:cacheprovider \
+python -S -m pytest -q -p no:cacheprovider \
   tests/test_parse_strict.py tests/test_parse_lenient.py tests/test_matcher.py \
   -k "not 100k and (walks or example or bad_arguments or hostile or budget or rollback or fill_bitmasks or strict or lenient)"

@@ -9,7 +9,7 @@ const char* reject_message(Reject r) {
     case R_NO_ENTITY_ROOM: return "no query text is left for another entity";
     case R_ENTITY_EMPTY: return "entity text is empty";
     case R_ENTITY_SPAN: return "entity text is not a span of the query after the previous entity";
-    case R_ENTITY_SPACE_EDGE: return "entity text ends with a space";
+    case R_ENTITY_SPACE_EDGE: return "entity text starts or ends with a space";
     case R_TYPE: return "entity type is not in schema.entity_types";
     case R_SEG_EMPTY: return "segment is empty";
     case R_SEG_QUERY: return "segment does not continue the query (segments must spell out the query without spaces)";
@@ -129,6 +129,7 @@ StepResult Automaton::step(GState& st, uint8_t b) const {
           return r;
         }
       }
+      if (st.m == 0 && b == ' ') return {R_ENTITY_SPACE_EDGE};
       uint64_t nc[4] = {0, 0, 0, 0};
       bool any = false;
       for (int w = 0; w < 4; ++w) {
@@ -163,7 +164,7 @@ StepResult Automaton::step(GState& st, uint8_t b) const {
       }
       int c = t.child(st.trie, b);
       if (c < 0) return {st.mode == N_TYPE ? R_TYPE : R_CAT};
-      st.trie = static_cast<int16_t>(c);
+      st.trie = c;
       return {};
     }
 
@@ -193,6 +194,7 @@ StepResult Automaton::step(GState& st, uint8_t b) const {
           if (st.nweights > st.nseg) return {R_WEIGHT_MANY};
           return {OK, EV_DIGIT, b - '0'};
         }
+        if (b == ']') return {R_WEIGHT_FEW};
         return {b >= '0' && b <= '9' ? R_WEIGHT_RANGE : R_LITERAL};
       }
       enter_group(st, st.nweights < st.nseg ? G_NUM_MORE : G_NUM_DONE);
@@ -207,6 +209,8 @@ StepResult Automaton::step(GState& st, uint8_t b) const {
         return {};
       }
       if (st.need) {
+        // After C2, 80..9F would encode a C1 control character (U+0080..U+009F).
+        if (st.need == 1 && st.lo == 0xA0 && b >= 0x80 && b < 0xA0) return {R_INTENT_CONTROL};
         if (b < st.lo || b > st.hi) return {R_INTENT_UTF8};
         st.lo = 0x80;
         st.hi = 0xBF;

@@ -20,7 +20,7 @@ enum Reject : uint8_t {
   R_NO_ENTITY_ROOM,    // another entity cannot start: no query text left after the last one
   R_ENTITY_EMPTY,
   R_ENTITY_SPAN,       // entity text is not a span of the query after the previous entity
-  R_ENTITY_SPACE_EDGE, // entity text ends with a space
+  R_ENTITY_SPACE_EDGE, // entity text starts or ends with a space
   R_TYPE,              // not a prefix of an entity type
   R_SEG_EMPTY,
   R_SEG_QUERY,         // segment does not continue the query
@@ -61,7 +61,7 @@ struct GState {
   uint16_t m = 0;      // entity text / segment bytes matched
   uint16_t spos = 0;   // bytes of q' covered by segments
   uint16_t nchars = 0; // intent code points
-  int16_t trie = 0;    // label trie node
+  int32_t trie = 0;    // label trie node
   uint16_t nseg = 0, nweights = 0, prev_end = 0, nents = 0;
   uint16_t ent_start = 0, ent_end = 0;  // the last completed entity (char offsets)
   uint64_t cand[4] = {0, 0, 0, 0};      // entity: possible start chars

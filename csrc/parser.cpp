@@ -27,6 +27,40 @@ std::string unescape_canonical(const std::string& s) {
   return out;
 }
 
+// `s` as valid UTF-8 for a message: invalid bytes become U+FFFD, at most `max_cps` code
+// points are kept (then "..."). Notes quote model output, which may be any bytes.
+std::string printable(const std::string& s, size_t max_cps = 48) {
+  std::string out;
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  size_t n = s.size(), i = 0, count = 0;
+  while (i < n) {
+    if (count == max_cps) { out += "..."; break; }
+    unsigned c = p[i];
+    int need = -1;
+    unsigned lo = 0x80, hi = 0xBF;
+    if (c < 0x80) need = 0;
+    else if (c >= 0xC2 && c <= 0xDF) need = 1;
+    else if (c >= 0xE0 && c <= 0xEF) { need = 2; if (c == 0xE0) lo = 0xA0; if (c == 0xED) hi = 0x9F; }
+    else if (c >= 0xF0 && c <= 0xF4) { need = 3; if (c == 0xF0) lo = 0x90; if (c == 0xF4) hi = 0x8F; }
+    int k = 1;
+    if (need >= 0)
+      for (; k <= need; ++k) {
+        if (i + k >= n) break;
+        unsigned cc = p[i + k];
+        if (cc < (k == 1 ? lo : 0x80u) || cc > (k == 1 ? hi : 0xBFu)) break;
+      }
+    if (need >= 0 && k == need + 1) {
+      out.append(s, i, need + 1);
+      i += need + 1;
+    } else {
+      out += "\xEF\xBF\xBD";  // U+FFFD for the maximal invalid prefix
+      i += (need > 0 && k > 1) ? k : 1;
+    }
+    ++count;
+  }
+  return out;
+}
+
 // Leftmost occurrence of `needle` in `hay` at or after `from`, or -1.
 int find_from(const std::vector<uint32_t>& hay, const std::vector<uint32_t>& needle, int from) {
   if (needle.empty()) return -1;
@@ -119,9 +153,18 @@ ParseResult parse_lenient(const std::string& text, const std::string& normalized
       }
     return nullptr;
   };
-  auto label_id = [](const std::vector<std::string>& labels, const std::string& s) {
-    auto it = std::find(labels.begin(), labels.end(), s);
-    return it == labels.end() ? -1 : static_cast<int>(it - labels.begin());
+  // A label by its text. A string cut short by the end of the output counts only when it
+  // is a whole label and no longer label starts with it (so "美妆" cut from "美妆>护肤" is
+  // not taken for a label "美妆").
+  auto label_id = [](const std::vector<std::string>& labels, const JValue& v) {
+    if (v.kind != JValue::STR) return -1;
+    const std::string& s = v.str;
+    int id = -1;
+    for (size_t i = 0; i < labels.size(); ++i) {
+      if (labels[i] == s) id = static_cast<int>(i);
+      else if (!v.complete && labels[i].size() > s.size() && labels[i].compare(0, s.size(), s) == 0) return -1;
+    }
+    return id;
   };
 
   if (schema.has[0]) {
@@ -132,7 +175,7 @@ ParseResult parse_lenient(const std::string& text, const std::string& normalized
         int prev_end = 0;
         for (const auto& item : ner->arr) {
           if (item.kind != JValue::ARR || item.arr.size() < 2 || item.arr[0].kind != JValue::STR ||
-              item.arr[1].kind != JValue::STR || !item.arr[1].complete) {
+              item.arr[1].kind != JValue::STR) {
             notes.push_back("dropped a malformed entity");
             continue;
           }
@@ -140,10 +183,10 @@ ParseResult parse_lenient(const std::string& text, const std::string& normalized
           while (!etext.empty() && etext.front() == ' ') etext.erase(etext.begin());
           while (!etext.empty() && etext.back() == ' ') etext.pop_back();
           std::vector<uint32_t> ecps;
-          int type = label_id(spec.entity_types, item.arr[1].str);
-          if (type < 0) { notes.push_back("dropped entity with unknown type '" + item.arr[1].str + "'"); continue; }
+          int type = label_id(spec.entity_types, item.arr[1]);
+          if (type < 0) { notes.push_back("dropped entity with unknown or cut type '" + printable(item.arr[1].str) + "'"); continue; }
           int at = utf8_decode(etext, ecps) ? find_from(q.cps, ecps, prev_end) : -1;
-          if (at < 0) { notes.push_back("dropped ungrounded entity '" + etext + "'"); continue; }
+          if (at < 0) { notes.push_back("dropped ungrounded entity '" + printable(etext) + "'"); continue; }
           int end = at + static_cast<int>(ecps.size());
           res.entities.push_back({cps_to_utf8(q.cps, at, end), spec.entity_types[type], at, end});
           prev_end = end;
@@ -200,7 +243,7 @@ ParseResult parse_lenient(const std::string& text, const std::string& normalized
   }
   if (schema.has[3]) {
     if (const JValue* c = key_of("cat")) {
-      int id = c->kind == JValue::STR ? label_id(spec.categories, c->str) : -1;
+      int id = label_id(spec.categories, *c);
       if (id >= 0) { res.has_cat = true; res.cat = spec.categories[id]; }
       else notes.push_back("dropped category not in schema.categories");
     }

@@ -61,7 +61,11 @@ def render(result_or_dict: QPResult | Mapping[str, Any], schema: Schema | None =
     `query` argument, or a dict's "query" key; without one, against the concatenated
     segmentation), so an invalid target is never returned: `ValueError` says what is wrong.
     """
-    schema = schema or DEFAULT_SCHEMA
+    schema = DEFAULT_SCHEMA if schema is None else schema
+    if not isinstance(schema, Schema):
+        raise TypeError(f"schema: expected qpfast.Schema, got {type(schema).__name__}")
+    if query is not None and not isinstance(query, str):
+        raise TypeError(f"query: expected str, got {type(query).__name__}")
     if isinstance(result_or_dict, QPResult):
         vals = _fields_from_result(result_or_dict, schema)
         q = query if query is not None else result_or_dict.query
@@ -80,7 +84,27 @@ def render(result_or_dict: QPResult | Mapping[str, Any], schema: Schema | None =
         raise ValueError("query: render needs the query to check grounding (pass query=...)")
     from .parse import ParseError, parse
     try:
-        parse(text, q, schema, strict=True)
+        parsed = parse(text, q, schema, strict=True)
     except ParseError as e:
         raise ValueError(f"invalid qp-json/1 target for query {str(normalize(q, schema))!r}: {e}") from None
+    if isinstance(result_or_dict, QPResult):
+        _check_offsets(result_or_dict, parsed, schema)
     return text
+
+
+def _check_offsets(r: QPResult, parsed: QPResult, schema: Schema) -> None:
+    """A QPResult's offsets must be where the text puts them: the format can only name an
+    entity's leftmost occurrence after the previous entity, so an entity annotated at a later
+    occurrence would silently move (a corrupted training label). Raise instead."""
+    if "ner" in schema.fields:
+        for want, got in zip(r.entities, parsed.entities):
+            if (want.start, want.end) != (got.start, got.end):
+                raise ValueError(
+                    f"ner: entity {want.text!r} at [{want.start}, {want.end}) cannot be expressed: "
+                    f"qp-json/1 places it at its leftmost occurrence after the previous entity, "
+                    f"[{got.start}, {got.end}) of {parsed.normalized!r}")
+    if "seg" in schema.fields:
+        for want, got in zip(r.terms, parsed.terms):
+            if (want.start, want.end) != (got.start, got.end):
+                raise ValueError(f"seg: segment {want.text!r} at [{want.start}, {want.end}) does not match "
+                                 f"its position [{got.start}, {got.end}) in {parsed.normalized!r}")

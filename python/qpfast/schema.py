@@ -39,8 +39,6 @@ DEFAULT_CATEGORIES = (
 #: fixed-size bitset so that a matcher step never allocates).
 MAX_QUERY_CHARS_LIMIT = 256
 MAX_INTENT_CHARS_LIMIT = 1024
-
-
 def _check_label(name: str, label: Any) -> None:
     if not isinstance(label, str):
         raise TypeError(f"{name}: labels must be str, got {type(label).__name__}")
@@ -145,11 +143,24 @@ class Schema:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+        # A schema is immutable: its canonical JSON (also the key of __eq__, hash and the
+        # compiled-schema cache) is computed once.
+        cached = self.__dict__.get("_json")
+        if cached is None:
+            cached = json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+            object.__setattr__(self, "_json", cached)
+        return cached
 
     @classmethod
     def from_json(cls, text: str | bytes | Mapping[str, Any]) -> "Schema":
-        d = dict(text) if isinstance(text, Mapping) else json.loads(text)
+        if isinstance(text, Mapping):
+            d = dict(text)
+        elif isinstance(text, (str, bytes, bytearray)):
+            d = json.loads(text)
+            if not isinstance(d, dict):
+                raise ValueError(f"schema JSON must be an object, got {type(d).__name__}")
+        else:
+            raise TypeError(f"text: expected a JSON str/bytes or a mapping, got {type(text).__name__}")
         fmt = d.pop("format", "qp-json/1")
         if fmt != "qp-json/1":
             raise ValueError(f"format: unsupported schema format {fmt!r}")
@@ -176,8 +187,16 @@ class Schema:
 
     def compiled(self):
         """The C++ form of this schema (cached per schema)."""
-        from ._compiled import compiled_schema
-        return compiled_schema(self)
+        cached = self.__dict__.get("_compiled")
+        if cached is None:
+            from ._compiled import compiled_schema
+            cached = compiled_schema(self)
+            object.__setattr__(self, "_compiled", cached)
+        return cached
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the caches (canonical JSON, the C++ schema) are rebuilt on demand
+        return {k: v for k, v in self.__dict__.items() if k not in ("_json", "_compiled")}
 
 
 class _FrozenDict(dict):
@@ -187,6 +206,11 @@ class _FrozenDict(dict):
         raise TypeError("Schema.keys is read-only")
 
     __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _ro  # type: ignore
+    __ior__ = _ro  # type: ignore
+
+    def __reduce__(self):
+        # pickle/copy would rebuild a dict subclass item by item through __setitem__.
+        return (_FrozenDict, (dict(self),))
 
     def __hash__(self) -> int:  # pragma: no cover - not used for lookup
         return hash(tuple(sorted(self.items())))
