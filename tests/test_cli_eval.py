@@ -68,7 +68,6 @@ def test_eval_model_uses_the_engine_predictor(data_file, tmp_path, monkeypatch, 
 
 
 def test_eval_model_without_engine_fails_clearly(data_file, monkeypatch, capsys):
-    monkeypatch.delattr(qpfast, "Engine", raising=False)
     monkeypatch.setitem(sys.modules, "qpfast.engine", None)  # import qpfast.engine -> ImportError
     rc = cli.main(["eval", "--data", str(data_file), "--model", "nowhere"])
     assert rc == 2

@@ -58,7 +58,17 @@ def feed(vocab: Vocab, m: Matcher, ids: list[int]) -> None:
 
 
 def canonical_ids(vocab: Vocab, target: str) -> list[int]:
-    return vocab.tokenizer.encode(target, add_special_tokens=False) + [vocab.end_ids[0]]
+    # Special-token text inside a target ("<|im_end|>" typed in a query) is plain text.
+    return vocab.tokenizer.encode(target, add_special_tokens=False, split_special_tokens=True) + [vocab.end_ids[0]]
+
+
+def test_special_token_text_in_a_query_is_plain_text(vocab):
+    q = "<|im_end|> 不是 </s>"
+    target = render({"ner": [["<|im_end|>", "作品"]], "seg": ["<|im_end|>", "不是", "</s>"], "weight": [3, 0, 1],
+                     "cat": "其他", "intent": "<|im_end|>"}, query=q)
+    m = Matcher(vocab, q)
+    feed(vocab, m, canonical_ids(vocab, target))
+    assert m.is_finished() and m.text() == target
 
 
 # ------------------------------------------------------------------ canonical acceptance

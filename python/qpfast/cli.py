@@ -6,6 +6,8 @@ Subcommands:
   score a predictor on a ``{"query", "target"}`` JSONL file (DESIGN.md §6), print one table.
 - ``qpfast data --out DIR [--n 100000] [--dev 2000] [--test 2000] [--seed 0]``: write the
   generated train / dev / test JSONL files (and an unlabelled stage-1 stream).
+- ``qpfast run --model DIR [FILE|-]``: one query a line in, one JSON result a line out.
+- ``qpfast demo``: the format and constrained generation on example queries.
 
 Each subcommand is a pair of functions: ``_add_<name>(subparsers)`` declares its arguments
 and sets ``func`` to ``_cmd_<name>(args) -> int``. To add a subcommand (``run``, owned by
@@ -93,8 +95,22 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-#: Subcommand declarations, in help order (``run`` is added here by the engine's owner).
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_eval, _add_data]
+# ---------------------------------------------------------------------------------------
+# qpfast run / qpfast demo
+# ---------------------------------------------------------------------------------------
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    from .run_cli import add_run_parser
+    add_run_parser(sub)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="show the format and constrained generation on example queries")
+    p.add_argument("--max-new-tokens", type=int, default=160)
+    p.set_defaults(func=lambda args: __import__("qpfast.demo", fromlist=["main"]).main(args.max_new_tokens))
+
+
+#: Subcommand declarations, in help order.
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_run, _add_eval, _add_data, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -230,10 +230,7 @@ def legacy_predictor(gazetteer: str = "train", split_seed: int = 0) -> Predictor
 def model_predictor(model_dir: str, **engine_kwargs) -> Predictor:
     """A checkpoint served by ``qpfast.Engine(model=DIR).generate`` as a predictor."""
     try:
-        import qpfast
-        engine_cls = getattr(qpfast, "Engine", None)
-        if engine_cls is None:
-            from .engine import Engine as engine_cls  # type: ignore[no-redef]
+        from .engine import Engine as engine_cls
     except ImportError as e:
         raise RuntimeError(f"--model needs qpfast.Engine, which is not available here ({e}); "
                            "install the engine extra (pip install 'qpfast[engine]') or use --legacy") from None

@@ -174,7 +174,11 @@ class Schema:
     @property
     def hash(self) -> str:
         """Stable hex digest of the schema's canonical JSON (same across processes and runs)."""
-        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()[:16]
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()[:16]
+            object.__setattr__(self, "_hash", cached)
+        return cached
 
     def __hash__(self) -> int:
         return int(self.hash, 16)
@@ -196,7 +200,7 @@ class Schema:
 
     def __getstate__(self) -> dict[str, Any]:
         # the caches (canonical JSON, the C++ schema) are rebuilt on demand
-        return {k: v for k, v in self.__dict__.items() if k not in ("_json", "_compiled")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_json", "_compiled", "_hash")}
 
 
 class _FrozenDict(dict):

@@ -1,0 +1,575 @@
+"""`qpfast.Engine`: batched, query-grounded constrained decoding over a Hugging Face model.
+
+The decode loop (one iteration = one batched forward pass, plus one more when new queries
+join):
+
+1. **admit** waiting queries into free KV slots; their pending tokens are the prompt suffix
+   (query + template tail) plus the output tokens the matcher forces from the start;
+2. **forward** every active row's pending tokens in one call, on top of the shared-prefix
+   KV and the row's own cached tokens; the result is one hidden state per row;
+3. **pick** one token per row under its bitmask (filled before the forward): rows with one
+   allowed token take it without logits; rows with a few allowed tokens get logits for just
+   those ids (gathered lm_head rows: *sparse logits*); the rest get full logits and
+   `qpfast.kernels.masked_argmax` (or `masked_sample`);
+4. **accept** the picks; **jump-forward**: append every token the matcher forces next
+   (`Matcher.forced_tokens()`, then any step whose mask allows a single token) to the row's
+   pending list, so they all enter the next forward pass together; fill the masks of the
+   rows' next step (`qpfast.fill_bitmasks`: C++ threads, GIL released);
+5. **retire** finished rows (end token accepted): parse the text, free the slot (the last
+   active slot moves into it, so active rows stay contiguous).
+
+Everything it does is lossless under greedy decoding: the token ids are the same with
+jump-forward, sparse logits or prefix reuse on or off, and in any batch size (tests check
+exact equality in fp32).
+
+`max_new_tokens` is each matcher's token budget (end token included): the mask only allows
+tokens after which the output can still finish in budget, so every result is complete.
+Default: `default_max_new_tokens(schema)` = 4 x max_query_chars + 2 x intent_max_chars + 64
+(384 for the default schema; generated gold targets of 10-20 character queries take ~50-85
+Qwen tokens).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import numbers
+import os
+import threading
+import time
+import weakref
+from collections import OrderedDict, deque
+from typing import Any, Callable, Iterable, Optional
+
+import numpy as np
+import torch
+
+from ..matcher import Matcher, fill_bitmasks
+from ..normalize import normalize
+from ..parse import ParseError, parse
+from ..prompt import prompt_template
+from ..result import QPResult
+from ..schema import DEFAULT_SCHEMA, Schema
+from ..vocab import Vocab
+from .model_runner import HFRunner, NativeRunner, lm_head_rows, native_support
+from .sampler import pick_dense, pick_sparse, split_rows
+from .sequence import Sequence
+
+__all__ = ["Engine", "default_max_new_tokens", "resolve_device", "resolve_dtype"]
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+_VOCABS: "weakref.WeakKeyDictionary[Any, dict[int, Vocab]]" = weakref.WeakKeyDictionary()
+_VOCABS_LOCK = threading.Lock()
+
+
+def default_max_new_tokens(schema: Schema) -> int:
+    """The default token budget of one output (end token included)."""
+    return 4 * schema.max_query_chars + 2 * schema.intent_max_chars + 64
+
+
+def resolve_device(device: Any, model: Any = None) -> torch.device:
+    if device is None or device == "auto":
+        if model is not None and hasattr(model, "parameters"):
+            try:
+                return next(model.parameters()).device
+            except StopIteration:
+                pass
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, torch.device):
+        return device
+    if isinstance(device, str):
+        try:
+            return torch.device(device)
+        except RuntimeError as e:
+            raise ValueError(f"device: {device!r} is not a torch device ({e})") from None
+    raise TypeError(f"device: expected 'auto', a str or a torch.device, got {type(device).__name__}")
+
+
+def resolve_dtype(dtype: Any, device: torch.device, checkpoint_dtype: Any = None) -> Optional[torch.dtype]:
+    """'auto': float32 on CPU; on GPUs the checkpoint's half dtype, else bfloat16 (float16
+    where bf16 is unsupported). None means 'keep the loaded model's dtype'."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"dtype: expected float32, bfloat16 or float16, got {dtype}")
+        return dtype
+    if dtype is None or dtype == "auto":
+        if device.type == "cpu":
+            return torch.float32
+        if isinstance(checkpoint_dtype, str):
+            checkpoint_dtype = _DTYPES.get(checkpoint_dtype)
+        if checkpoint_dtype in (torch.bfloat16, torch.float16):
+            return checkpoint_dtype
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return torch.bfloat16
+    if isinstance(dtype, str):
+        if dtype.lower() not in _DTYPES:
+            raise ValueError(f"dtype: expected 'auto', 'float32', 'bfloat16' or 'float16', got {dtype!r}")
+        return _DTYPES[dtype.lower()]
+    raise TypeError(f"dtype: expected 'auto', a str or a torch.dtype, got {type(dtype).__name__}")
+
+
+def _vocab_for(tokenizer: Any, vocab_size: int) -> Vocab:
+    """One Vocab per (tokenizer object, lm_head rows), shared by engines and processors."""
+    try:
+        with _VOCABS_LOCK:
+            per = _VOCABS.setdefault(tokenizer, {})
+    except TypeError:
+        return Vocab.from_tokenizer(tokenizer, vocab_size=vocab_size)
+    v = per.get(vocab_size)
+    if v is None:
+        v = Vocab.from_tokenizer(tokenizer, vocab_size=vocab_size)
+        per[vocab_size] = v
+    return v
+
+
+def _check_positive_int(name: str, x: Any, allow_none: bool = True) -> Optional[int]:
+    if x is None and allow_none:
+        return None
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+        raise TypeError(f"{name}: expected a positive int{' or None' if allow_none else ''}, got {type(x).__name__}")
+    if x < 1:
+        raise ValueError(f"{name}: must be >= 1, got {x}")
+    return int(x)
+
+
+def _check_queries(queries: Any) -> list[str]:
+    if isinstance(queries, (str, bytes)):
+        raise TypeError("queries: expected a list of str, got a single "
+                        f"{type(queries).__name__} (wrap one query in a list)")
+    if not isinstance(queries, Iterable):
+        raise TypeError(f"queries: expected a list of str, got {type(queries).__name__}")
+    out = list(queries)
+    for i, q in enumerate(out):
+        if not isinstance(q, str):
+            raise TypeError(f"queries[{i}]: expected str, got {type(q).__name__}")
+    return out
+
+
+class Engine:
+    """Loads a causal LM once and turns search queries into parsed `QPResult`s.
+
+    model: a checkpoint directory (loaded offline with AutoModelForCausalLM/AutoTokenizer) or
+        an already-loaded model (then pass its `tokenizer` too, unless the model's
+        `name_or_path` is a local directory holding one).
+    schema: the output schema (`qpfast.DEFAULT_SCHEMA`).
+    device: "auto" (CUDA when available; a loaded model's own device), "cpu", "cuda:0", ...
+    dtype: "auto" (float32 on CPU, the checkpoint's bf16/fp16 on GPUs), "float32", "bfloat16",
+        "float16".
+
+    Options (also attributes; changing them between calls is allowed):
+    batch_size (64 on CPU, 128 on GPUs), max_new_tokens (`default_max_new_tokens(schema)`),
+    jump_forward (True), sparse_logits (64: the largest allowed set that gets gathered-row
+    logits; 0 or False disables), reuse_prefix (True), overlap_masks (False: fill the masks
+    in a worker thread during the forward pass instead of before it; cheaper fills, but
+    single-choice steps then cost a forward pass each), attention ("auto", "cascade",
+    "kernels"), runner ("auto": the own forward for Llama/Qwen2/Qwen3, else "hf": the
+    model's own forward).
+
+    After each `generate`, `last_stats` holds counters and timings and `last_token_ids` the
+    output token ids of each query (None for a query that got an error result).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any = None, schema: Schema = DEFAULT_SCHEMA, device: Any = "auto",
+                 dtype: Any = "auto", *, batch_size: Optional[int] = None, max_new_tokens: Optional[int] = None,
+                 jump_forward: bool = True, sparse_logits: int | bool = 64, reuse_prefix: bool = True,
+                 overlap_masks: bool = False, attention: str = "auto", runner: str = "auto"):
+        if schema is None:
+            schema = DEFAULT_SCHEMA
+        if not isinstance(schema, Schema):
+            raise TypeError(f"schema: expected qpfast.Schema, got {type(schema).__name__}")
+        if runner not in ("auto", "native", "hf"):
+            raise ValueError(f"runner: expected 'auto', 'native' or 'hf', got {runner!r}")
+        if attention not in ("auto", "cascade", "kernels"):
+            raise ValueError(f"attention: expected 'auto', 'cascade' or 'kernels', got {attention!r}")
+        self.schema = schema
+        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.max_new_tokens = _check_positive_int("max_new_tokens", max_new_tokens)
+        self.jump_forward = bool(jump_forward)
+        self.sparse_logits = sparse_logits
+        self.reuse_prefix = bool(reuse_prefix)
+        self.overlap_masks = bool(overlap_masks)
+
+        self.model, self.tokenizer, self.device = self._load(model, tokenizer, device, dtype)
+        self.model_name = model if isinstance(model, (str, os.PathLike)) else type(model).__name__
+        self.vocab_size = lm_head_rows(self.model, self.tokenizer)
+        if runner == "auto":
+            runner = "native" if native_support(self.model) is None else "hf"
+        if runner == "native":
+            self.runner: Any = NativeRunner(self.model, self.device, attention)
+        else:
+            self.runner = HFRunner(self.model, self.device, self.vocab_size)
+        self.vocab = _vocab_for(self.tokenizer, self.vocab_size)
+        self.vocab.grammar(schema)                   # compile (vocabulary x schema) once, now
+        self._prefixes: "OrderedDict[tuple, Any]" = OrderedDict()
+        self._mask: Optional[np.ndarray] = None
+        self._lock = threading.Lock()
+        self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self.last_stats: dict[str, Any] = {}
+        self.last_token_ids: list[Optional[list[int]]] = []
+
+    # -- loading -------------------------------------------------------------------------
+    def _load(self, model: Any, tokenizer: Any, device: Any, dtype: Any):
+        if isinstance(model, (str, os.PathLike)):
+            path = os.fspath(model)
+            if not os.path.isdir(path):
+                raise ValueError(f"model: {path!r} is not a directory (pass a local Hugging Face checkpoint "
+                                 "directory or a loaded model)")
+            from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+            dev = resolve_device(device)
+            cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+            ck = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
+            dt = resolve_dtype(dtype, dev, ck)
+            if tokenizer is None:
+                tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            m = AutoModelForCausalLM.from_pretrained(path, dtype=dt, local_files_only=True)
+            m = m.to(dev).eval()
+            return m, tokenizer, dev
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model: expected a checkpoint directory or a loaded torch model, got "
+                            f"{type(model).__name__}")
+        if tokenizer is None:
+            src = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
+            if isinstance(src, str) and os.path.isdir(src):
+                from transformers import AutoTokenizer
+                tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
+            else:
+                raise TypeError("tokenizer: required when model is a loaded model (pass tokenizer=...)")
+        if not hasattr(tokenizer, "get_vocab") or not hasattr(tokenizer, "encode"):
+            raise TypeError(f"tokenizer: expected a Hugging Face tokenizer, got {type(tokenizer).__name__}")
+        dev = resolve_device(device, model)
+        if dtype is not None and dtype != "auto":
+            model = model.to(resolve_dtype(dtype, dev))
+        model = model.to(dev).eval()
+        return model, tokenizer, dev
+
+    # -- helpers -------------------------------------------------------------------------
+    def _sparse_threshold(self) -> int:
+        s = self.sparse_logits
+        if s is True:
+            s = 64
+        if not s or not self.runner.supports_sparse:
+            return 0
+        return int(s)
+
+    def _mask_buffer(self, rows: int) -> np.ndarray:
+        if self._mask is None or self._mask.shape[0] < rows:
+            self._mask = np.zeros((rows, self.vocab.words), dtype=np.int32)
+        return self._mask
+
+    def _prefix_for(self, template: Any, stats: dict) -> Any:
+        key = (id(template), tuple(template.prefix_ids))
+        pk = self._prefixes.get(key)
+        if pk is None:
+            t0 = time.perf_counter()
+            pk = self.runner.compute_prefix(template.prefix_ids)
+            stats["prefix_forward_passes"] += 1
+            stats["time_prefix"] += time.perf_counter() - t0
+            self._prefixes[key] = pk
+            while len(self._prefixes) > 8:
+                self._prefixes.popitem(last=False)
+        else:
+            self._prefixes.move_to_end(key)
+        return pk
+
+    def clear_prefix_cache(self) -> None:
+        self._prefixes.clear()
+
+    def _default_batch_size(self) -> int:
+        return 128 if self.device.type == "cuda" else 64
+
+    # -- generation ----------------------------------------------------------------------
+    def generate(self, queries: Iterable[str], *, max_new_tokens: Optional[int] = None,
+                 batch_size: Optional[int] = None, rules: Any = None, context: Any = None,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: Optional[int] = None,
+                 progress: Optional[Callable[[int], Any]] = None) -> list[QPResult]:
+        """Parsed results, one per query, in input order.
+
+        A query that is empty after normalization (or cannot fit `max_new_tokens`) gets a
+        result with `error` set; the others are unaffected. temperature 0 (default) is
+        greedy; temperature > 0 samples (top_p nucleus), reproducibly with `seed`.
+        `progress(n)` is called with the number of queries finished since the last call.
+        """
+        queries = _check_queries(queries)
+        budget = _check_positive_int("max_new_tokens", max_new_tokens)
+        bs = _check_positive_int("batch_size", batch_size)
+        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+            raise TypeError(f"temperature: expected a float, got {type(temperature).__name__}")
+        if not (float(temperature) >= 0.0 and np.isfinite(temperature)):
+            raise ValueError(f"temperature: must be a finite number >= 0, got {temperature}")
+        if isinstance(top_p, bool) or not isinstance(top_p, numbers.Real):
+            raise TypeError(f"top_p: expected a float, got {type(top_p).__name__}")
+        if not 0.0 < float(top_p) <= 1.0:
+            raise ValueError(f"top_p: must be in (0, 1], got {top_p}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
+        if progress is not None and not callable(progress):
+            raise TypeError(f"progress: expected a callable or None, got {type(progress).__name__}")
+        template = prompt_template(self.tokenizer, self.schema, rules, context)   # checks rules/context
+        budget = budget or self.max_new_tokens or default_max_new_tokens(self.schema)
+        bs = bs or self.batch_size or self._default_batch_size()
+        with self._lock, torch.inference_mode():
+            return self._generate(queries, template, budget, bs, float(temperature), float(top_p), seed, progress)
+
+    def _new_stats(self) -> dict[str, Any]:
+        return dict(queries=0, errors=0, forward_passes=0, prefix_forward_passes=0, prefill_forward_passes=0,
+                    decode_forward_passes=0, row_forward_passes=0, output_tokens=0, picked_tokens=0,
+                    jump_forward_tokens=0, single_choice_steps=0, sparse_logit_steps=0, dense_logit_steps=0,
+                    time_total=0.0, time_setup=0.0, time_prefix=0.0, time_forward=0.0, time_logits=0.0,
+                    time_masks=0.0, time_finish=0.0)
+
+    def _generate(self, queries, template, budget, bs, temperature, top_p, seed, progress) -> list[QPResult]:
+        t_start = time.perf_counter()
+        stats = self._new_stats()
+        stats.update(queries=len(queries), max_new_tokens=budget, batch_size=bs, runner=self.runner.kind,
+                     attention=getattr(self.runner, "attention", None), jump_forward=self.jump_forward,
+                     sparse_threshold=self._sparse_threshold(), reuse_prefix=self.reuse_prefix)
+        schema = self.schema
+        results: list[Optional[QPResult]] = [None] * len(queries)
+        token_ids: list[Optional[list[int]]] = [None] * len(queries)
+        seqs: list[Sequence] = []
+        for i, q in enumerate(queries):
+            norm = normalize(q, schema)
+            if not norm:
+                results[i] = QPResult(query=q, normalized=str(norm), truncated=norm.truncated,
+                                      error="query: empty after normalization")
+                continue
+            try:
+                m = Matcher(self.vocab, q, schema, max_tokens=budget)
+            except ValueError as e:
+                msg = str(e)
+                if "max_tokens" in msg:
+                    msg = f"max_new_tokens={budget} is too small for this query ({msg})"
+                results[i] = QPResult(query=q, normalized=str(norm), truncated=norm.truncated, error=msg)
+                continue
+            p = template.encode(q)
+            suffix = p.suffix_ids if self.reuse_prefix else p.prefix_ids + p.suffix_ids
+            seqs.append(Sequence(i, q, m, suffix))
+        stats["time_setup"] = time.perf_counter() - t_start
+        if seqs:
+            prefix = self._prefix_for(template, stats) if self.reuse_prefix else None
+            self.runner.use_prefix(prefix)
+            bs = min(bs, len(seqs))
+            own_cap = max(len(s.suffix_ids) for s in seqs) + budget + 1
+            self.runner.reserve(bs, own_cap)
+            gen = None
+            if temperature > 0.0:
+                gen = torch.Generator(device=self.device)
+                gen.manual_seed(int(seed) if seed is not None else int(torch.seed()))
+            self._loop(seqs, bs, temperature, top_p, gen, stats, results, token_ids, progress)
+        stats["errors"] = sum(1 for r in results if r is not None and r.error is not None)
+        stats["forward_passes"] = (stats["prefix_forward_passes"] + stats["prefill_forward_passes"]
+                                   + stats["decode_forward_passes"])
+        picks = stats["sparse_logit_steps"] + stats["dense_logit_steps"]
+        stats["sparse_logit_share"] = stats["sparse_logit_steps"] / picks if picks else 0.0
+        out_tok = stats["output_tokens"]
+        stats["forward_passes_per_output_token"] = stats["forward_passes"] / out_tok if out_tok else 0.0
+        stats["row_forward_passes_per_output_token"] = stats["row_forward_passes"] / out_tok if out_tok else 0.0
+        stats["time_total"] = time.perf_counter() - t_start
+        self.last_stats = stats
+        self.last_token_ids = token_ids
+        return results  # type: ignore[return-value]
+
+    # -- the loop ------------------------------------------------------------------------
+    def _take_forced(self, s: Sequence, stats: dict) -> None:
+        while not s.finished:
+            forced = s.matcher.forced_tokens()
+            if not forced:
+                return
+            for t in forced:
+                if not s.accept(t):
+                    return
+                s.jumped += 1
+                stats["jump_forward_tokens"] += 1
+                if s.finished:
+                    return
+
+    def _fill(self, rows: list[tuple[int, Sequence]], mask: np.ndarray) -> None:
+        """Fills mask[slot] for each (slot, sequence)."""
+        if not rows:
+            return
+        matchers = [s.matcher for _, s in rows]
+        s0 = rows[0][0]
+        if all(slot == s0 + j for j, (slot, _) in enumerate(rows)):
+            fill_bitmasks(matchers, mask[s0:s0 + len(rows)])
+        else:
+            tmp = np.empty((len(rows), mask.shape[1]), dtype=np.int32)
+            fill_bitmasks(matchers, tmp)
+            mask[[slot for slot, _ in rows]] = tmp
+
+    def _advance(self, rows: list[tuple[int, Sequence]], mask: np.ndarray, stats: dict) -> None:
+        """After accepting tokens: jump forward, then fill each live row's next mask."""
+        t0 = time.perf_counter()
+        live = [(slot, s) for slot, s in rows if not s.finished]
+        if self.jump_forward:
+            for _, s in live:
+                self._take_forced(s, stats)
+            live = [(slot, s) for slot, s in live if not s.finished]
+        if self.overlap_masks:       # filled during the next forward pass instead
+            stats["time_masks"] += time.perf_counter() - t0
+            return
+        self._fill(live, mask)
+        while self.jump_forward and live:
+            slots = np.fromiter((slot for slot, _ in live), dtype=np.int64, count=len(live))
+            sub = mask[slots]
+            one = np.flatnonzero(np.count_nonzero(sub, axis=1) == 1)
+            single: list[tuple[int, Sequence]] = []
+            for j in one:
+                w = int(np.flatnonzero(sub[j])[0])
+                val = int(sub[j, w]) & 0xFFFFFFFF
+                if val & (val - 1) == 0:
+                    single.append((live[j][0], live[j][1]))
+                    tok = w * 32 + val.bit_length() - 1
+                    s = live[j][1]
+                    if not s.accept(tok):
+                        continue
+                    s.jumped += 1
+                    stats["jump_forward_tokens"] += 1
+                    self._take_forced(s, stats)
+            live = [(slot, s) for slot, s in single if not s.finished]
+            self._fill(live, mask)
+        stats["time_masks"] += time.perf_counter() - t0
+
+    def _pick(self, states: torch.Tensor, mask: np.ndarray, temperature: float, top_p: float,
+              gen: Optional[torch.Generator], stats: dict) -> np.ndarray:
+        n = states.shape[0]
+        out = np.full(n, -1, dtype=np.int64)
+        sparse_rows, ids, counts, dense_rows = split_rows(mask[:n], self._sparse_threshold())
+        dev = self.device
+        if sparse_rows.size:
+            one = counts == 1
+            if one.any():
+                out[sparse_rows[one]] = ids[one, 0]
+                stats["single_choice_steps"] += int(one.sum())
+            rest = ~one
+            if rest.any():
+                rows = sparse_rows[rest]
+                idt = torch.from_numpy(ids[rest][:, : int(counts[rest].max())]).to(dev)
+                lg = self.runner.sparse_logits(states[torch.from_numpy(rows).to(dev)], idt)
+                out[rows] = pick_sparse(lg, idt, temperature, top_p, gen).cpu().numpy()
+                stats["sparse_logit_steps"] += int(rows.size)
+        if dense_rows.size:
+            rows_t = torch.from_numpy(dense_rows).to(dev)
+            lg = self.runner.full_logits(states[rows_t])
+            stats["dense_logit_steps"] += int(dense_rows.size)
+            todo = np.arange(dense_rows.size)
+            if temperature == 0.0:
+                # Greedy over a large allowed set: the unmasked argmax (lowest index among
+                # equal maxima, like masked_argmax) is the answer whenever it is allowed;
+                # only the other rows pay for expanding their bitmask.
+                best = lg.argmax(dim=1).cpu().numpy()
+                word = mask[dense_rows, best >> 5].view(np.uint32)
+                ok = ((word >> (best & 31).astype(np.uint32)) & 1).astype(bool)
+                out[dense_rows[ok]] = best[ok]
+                todo = np.flatnonzero(~ok)
+            if todo.size:
+                sel = torch.from_numpy(todo).to(dev) if todo.size < dense_rows.size else None
+                bm = torch.from_numpy(mask[dense_rows[todo]]).to(dev)
+                picked = pick_dense(lg if sel is None else lg[sel], bm, temperature, top_p, gen)
+                out[dense_rows[todo]] = picked.cpu().numpy()
+        return out
+
+    def _finish(self, s: Sequence, results: list, token_ids: list) -> None:
+        raw = s.matcher.text()
+        norm = s.matcher.normalized
+        if s.error is not None:
+            results[s.index] = QPResult(query=s.query, normalized=str(norm), truncated=norm.truncated, raw=raw,
+                                        error=s.error)
+            return
+        try:
+            r = parse(raw, s.query, self.schema, strict=True)
+            r.raw = raw
+        except ParseError as e:   # never expected: the matcher only allows valid outputs
+            r = QPResult(query=s.query, normalized=str(norm), truncated=norm.truncated, raw=raw,
+                         error=f"output does not parse: {e}")
+        results[s.index] = r
+        token_ids[s.index] = list(s.out_ids)
+
+    def _loop(self, seqs: list[Sequence], bs: int, temperature: float, top_p: float,
+              gen: Optional[torch.Generator], stats: dict, results: list, token_ids: list,
+              progress: Optional[Callable[[int], Any]]) -> None:
+        runner = self.runner
+        mask = self._mask_buffer(bs)
+        waiting = deque(seqs)
+        active: list[Sequence] = []          # active[i] lives in KV slot i
+        refill = max(1, bs // 4)
+        if self.overlap_masks and self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="qpfast-masks")
+        while waiting or active:
+            # 1. admit
+            n_old = len(active)
+            free = bs - n_old
+            new: list[Sequence] = []
+            if waiting and free and (not active or free >= refill or len(waiting) <= free):
+                for _ in range(min(free, len(waiting))):
+                    s = waiting.popleft()
+                    s.pending = list(s.suffix_ids)
+                    new.append(s)
+                self._advance([(n_old + j, s) for j, s in enumerate(new)], mask, stats)
+            rows = active + new
+            # 2. forward (masks of this step filled by _advance, or now, in parallel)
+            fut = None
+            if self.overlap_masks:
+                fut = self._pool.submit(fill_bitmasks, [s.matcher for s in rows], mask[:len(rows)])
+            t0 = time.perf_counter()
+            parts = []
+            if active:
+                parts.append(runner.forward(0, [s.pending for s in active], [s.own_len for s in active]))
+                stats["decode_forward_passes"] += 1
+            if new:
+                parts.append(runner.forward(n_old, [s.pending for s in new], [0] * len(new)))
+                stats["prefill_forward_passes"] += 1
+            states = parts[0] if len(parts) == 1 else torch.cat(parts)
+            t1 = time.perf_counter()
+            stats["time_forward"] += t1 - t0
+            if fut is not None:
+                fut.result()
+                stats["time_masks"] += time.perf_counter() - t1
+            for s in rows:
+                s.own_len += len(s.pending)
+                s.pending = []
+                s.forwards += 1
+            stats["row_forward_passes"] += len(rows)
+            # 3. pick, 4. accept + jump forward + next masks
+            t2 = time.perf_counter()
+            picks = self._pick(states, mask, temperature, top_p, gen, stats)
+            stats["time_logits"] += time.perf_counter() - t2
+            stats["picked_tokens"] += len(rows)
+            for s, t in zip(rows, picks.tolist()):
+                if t < 0:
+                    s.error = "no allowed token (internal error)"
+                else:
+                    s.accept(int(t))
+            self._advance(list(enumerate(rows)), mask, stats)
+            # 5. retire finished rows; the last active row moves into each hole
+            t3 = time.perf_counter()
+            done = 0
+            for slot in range(len(rows) - 1, -1, -1):
+                s = rows[slot]
+                if not s.finished:
+                    continue
+                stats["output_tokens"] += len(s.out_ids)
+                self._finish(s, results, token_ids)
+                done += 1
+                last = len(rows) - 1
+                if slot != last:
+                    runner.move_slot(last, slot, rows[last].own_len)
+                    mask[slot] = mask[last]
+                    rows[slot] = rows[last]
+                rows.pop()
+            active = rows
+            stats["time_finish"] += time.perf_counter() - t3
+            if done and progress is not None:
+                progress(done)
+
+    def __repr__(self) -> str:
+        return (f"Engine(model={self.model_name!r}, runner={self.runner.kind!r}, device={str(self.device)!r}, "
+                f"schema={self.schema.hash})")
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None

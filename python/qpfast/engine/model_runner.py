@@ -1,0 +1,482 @@
+"""Model runners: the engine's own forward over Hugging Face weights, and a generic fallback.
+
+`NativeRunner` reimplements the decoder of Llama / Qwen2 / Qwen3 checkpoints (RMSNorm, RoPE
+from the model's own rotary module so config rope scaling is honoured, grouped-query
+attention, SwiGLU MLP, Qwen2 q/k/v biases, Qwen3 per-head q_norm/k_norm, tied embeddings)
+on the HF weight tensors, with a static KV cache. One `forward` call runs any mix of rows,
+each appending any number of new tokens after the tokens already cached for it: prompt
+suffixes (prefill), one picked token (decode) or a picked token plus forced ones
+(jump-forward). It returns final hidden states; logits are computed afterwards, either for
+the whole vocabulary or only for a few gathered lm_head rows (sparse logits).
+
+Attention (`attention=`):
+- "kernels": calls `qpfast.kernels.decode_attention` (all rows one token) or
+  `prefill_attention` (varlen) on slots that hold a copy of the shared prefix: the path the
+  Triton kernels (and later CUDA graphs) plug into; on CPU they are the torch references;
+- "cascade": the shared prefix is stored once; all queries of a step attend to it in one
+  batched matmul, then to their own tokens, and the two softmax parts are merged by their
+  log-sum-exp. No per-sequence copy of the prefix is read: on CPU this is the fast path.
+"auto" = "kernels" on CUDA, "cascade" elsewhere.
+
+`HFRunner` calls the model's own forward (one row at a time, with the model's own cache when
+it returns one, else recomputing the row's whole sequence): any causal LM object works.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .. import kernels
+from .kv_cache import KVCache, PrefixKV
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+
+
+def _text_config(model: Any) -> Any:
+    cfg = getattr(model, "config", None)
+    get = getattr(cfg, "get_text_config", None)
+    return get() if callable(get) else cfg
+
+
+def native_support(model: Any) -> Optional[str]:
+    """None when `NativeRunner` can run `model`, else why not."""
+    cfg = _text_config(model)
+    mtype = getattr(cfg, "model_type", None)
+    if mtype not in SUPPORTED_MODEL_TYPES:
+        return f"model_type {mtype!r} is not one of {SUPPORTED_MODEL_TYPES}"
+    base = getattr(model, "model", None)
+    if base is None or not hasattr(base, "layers") or not hasattr(base, "embed_tokens"):
+        return "no .model.layers / .model.embed_tokens"
+    if getattr(model, "lm_head", None) is None:
+        return "no lm_head"
+    if getattr(cfg, "use_sliding_window", False) or getattr(cfg, "sliding_window", None) and mtype == "mistral":
+        return "sliding-window attention"
+    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    rtype = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    if rtype in ("dynamic", "longrope"):
+        return f"rope_type {rtype!r} depends on the sequence length"
+    if getattr(cfg, "hidden_act", "silu") not in ("silu", "swish", "gelu", "gelu_pytorch_tanh"):
+        return f"hidden_act {cfg.hidden_act!r}"
+    if getattr(model, "rotary_emb", None) is None and getattr(base, "rotary_emb", None) is None:
+        return "no rotary embedding module"
+    return None
+
+
+def lm_head_rows(model: Any, tokenizer: Any = None) -> int:
+    """Rows of the model's output layer (>= the tokenizer's size)."""
+    get = getattr(model, "get_output_embeddings", None)
+    if callable(get):
+        try:
+            out = get()
+            if out is not None and getattr(out, "weight", None) is not None:
+                return int(out.weight.shape[0])
+        except (NotImplementedError, AttributeError):
+            pass
+    cfg = _text_config(model)
+    v = getattr(cfg, "vocab_size", None)
+    if isinstance(v, int):
+        return v
+    if tokenizer is not None:
+        return len(tokenizer)
+    raise ValueError("model: cannot tell its vocabulary size (no lm_head, no config.vocab_size)")
+
+
+def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    dt = x.dtype
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return w * h.to(dt)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class _Layer:
+    __slots__ = ("ln1", "wqkv", "bqkv", "wo", "bo", "qn", "kn", "ln2", "wgu", "wd")
+
+
+class StepInputs:
+    """Index tensors of one forward call over rows in slots [slot0, slot0 + b)."""
+
+    def __init__(self, token_lists: Sequence[Sequence[int]], starts: Sequence[int], slot0: int, offset: int,
+                 device: torch.device):
+        b = len(token_lists)
+        lens = [len(t) for t in token_lists]
+        self.b, self.lens, self.starts = b, lens, list(starts)
+        self.T = max(lens)
+        self.N = sum(lens)
+        flat, row, t_idx = [], [], []
+        for i, toks in enumerate(token_lists):
+            flat.extend(toks)
+            row.extend([i] * len(toks))
+            t_idx.extend(range(len(toks)))
+        cpu = torch.device("cpu")
+        row_t = torch.tensor(row, dtype=torch.long, device=cpu)
+        t_t = torch.tensor(t_idx, dtype=torch.long, device=cpu)
+        starts_t = torch.tensor(self.starts, dtype=torch.long, device=cpu)
+        own = starts_t[row_t] + t_t                        # own position of each new token
+        self.tokens = torch.tensor(flat, dtype=torch.long, device=cpu).to(device)
+        self.row = row_t.to(device)
+        self.own_pos = own.to(device)
+        self.abs_pos = (own + offset).to(device)           # rope position (prefix first)
+        self.slot = (row_t + slot0).to(device)
+        self.pad_index = (row_t * self.T + t_t).to(device)
+        self.last = torch.tensor([sum(lens[: i + 1]) - 1 for i in range(b)], dtype=torch.long).to(device)
+        self.starts_t = starts_t.to(device)
+        self.lens_t = torch.tensor(lens, dtype=torch.long).to(device)
+        self.slot0 = slot0
+
+
+class NativeRunner:
+    """The engine's own forward over a Llama/Qwen2/Qwen3 model's weights."""
+
+    kind = "native"
+    supports_sparse = True
+
+    def __init__(self, model: Any, device: torch.device, attention: str = "auto"):
+        why = native_support(model)
+        if why is not None:
+            raise ValueError(f"model: the native runner cannot run it ({why})")
+        cfg = _text_config(model)
+        self.device = torch.device(device)
+        if attention == "auto":
+            attention = "kernels" if self.device.type == "cuda" else "cascade"
+        if attention not in ("kernels", "cascade"):
+            raise ValueError(f"attention: expected 'auto', 'kernels' or 'cascade', got {attention!r}")
+        self.attention = attention
+        base = model.model
+        self.embed = base.embed_tokens.weight
+        self.dtype = self.embed.dtype
+        self.hq = cfg.num_attention_heads
+        self.hkv = getattr(cfg, "num_key_value_heads", None) or self.hq
+        self.d = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.hq
+        self.scale = self.d ** -0.5
+        self.eps = float(getattr(cfg, "rms_norm_eps", 1e-6))
+        act = getattr(cfg, "hidden_act", "silu")
+        self.act = F.silu if act in ("silu", "swish") else (
+            lambda x: F.gelu(x, approximate="tanh") if act == "gelu_pytorch_tanh" else F.gelu(x))
+        self.layers: list[_Layer] = []
+        with torch.no_grad():
+            for layer in base.layers:
+                a, m = layer.self_attn, layer.mlp
+                L = _Layer()
+                L.ln1 = layer.input_layernorm.weight
+                L.ln2 = layer.post_attention_layernorm.weight
+                L.wqkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], 0).contiguous()
+                biases = [a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]
+                L.bqkv = torch.cat(biases, 0).contiguous() if all(x is not None for x in biases) else None
+                L.wo = a.o_proj.weight
+                L.bo = a.o_proj.bias
+                L.qn = a.q_norm.weight if getattr(a, "q_norm", None) is not None else None
+                L.kn = a.k_norm.weight if getattr(a, "k_norm", None) is not None else None
+                L.wgu = torch.cat([m.gate_proj.weight, m.up_proj.weight], 0).contiguous()
+                L.wd = m.down_proj.weight
+                self.layers.append(L)
+        self.norm = base.norm.weight
+        self.lm_head = model.lm_head.weight
+        self.lm_bias = getattr(model.lm_head, "bias", None)
+        self.vocab_size = int(self.lm_head.shape[0])
+        self._rotary = getattr(base, "rotary_emb", None) or getattr(model, "rotary_emb")
+        self._cos = self._sin = None
+        self.cache: Optional[KVCache] = None
+        self.prefix: Optional[PrefixKV] = None
+        self._prefix_f32: Optional[tuple[list[torch.Tensor], list[torch.Tensor]]] = None
+
+    # -- rope --------------------------------------------------------------------------
+    def _rope_table(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._cos is None or self._cos.shape[0] < n:
+            size = max(n, 1024, 2 * (0 if self._cos is None else self._cos.shape[0]))
+            pos = torch.arange(size, device=self.device)[None]
+            dummy = torch.zeros(1, dtype=torch.float32, device=self.device)
+            with torch.no_grad():
+                cos, sin = self._rotary(dummy, pos)
+            self._cos, self._sin = cos[0].to(self.dtype), sin[0].to(self.dtype)
+        return self._cos, self._sin
+
+    # -- cache management --------------------------------------------------------------
+    def reserve(self, slots: int, own_capacity: int) -> None:
+        """Makes sure the static cache holds `slots` rows of `own_capacity` own tokens."""
+        p = self.prefix.length if (self.prefix is not None and self.attention == "kernels") else 0
+        cap = p + own_capacity
+        if self.cache is None or not self.cache.fits(slots, cap, self.dtype, self.device):
+            old = self.cache
+            slots = max(slots, old.slots if old else 0)
+            cap = max(cap, old.capacity if old else 0)
+            self.cache = None
+            del old
+            self.cache = KVCache(len(self.layers), slots, self.hkv, cap, self.d, self.dtype, self.device)
+        if self.attention == "kernels" and self.cache.prefix is not self.prefix:
+            self.cache.write_prefix(self.prefix)
+
+    def compute_prefix(self, ids: Sequence[int]) -> PrefixKV:
+        """The shared prefix's KV (one forward pass over the prefix tokens)."""
+        ids = tuple(int(i) for i in ids)
+        if not ids:
+            return PrefixKV((), [], [])
+        tmp = KVCache(len(self.layers), 1, self.hkv, len(ids), self.d, self.dtype, self.device)
+        self._forward(tmp, None, 0, [list(ids)], [0], 0, attention="cascade")
+        return PrefixKV(ids, [k[0] for k in tmp.k], [v[0] for v in tmp.v])
+
+    def use_prefix(self, prefix: Optional[PrefixKV]) -> None:
+        if prefix is not None and prefix.length == 0:
+            prefix = None
+        self.prefix = prefix
+        self._prefix_f32 = None if prefix is None else ([k.float() for k in prefix.k], [v.float() for v in prefix.v])
+        if self.attention == "kernels" and self.cache is not None:
+            if prefix is not None and self.cache.capacity < prefix.length + 1:
+                self.cache = None
+            else:
+                self.cache.write_prefix(prefix)
+
+    @property
+    def prefix_len(self) -> int:
+        return 0 if self.prefix is None else self.prefix.length
+
+    def move_slot(self, src: int, dst: int, own_len: int) -> None:
+        p = self.prefix_len if self.attention == "kernels" else 0
+        self.cache.move(src, dst, p, p + own_len)
+
+    # -- forward -----------------------------------------------------------------------
+    @torch.no_grad()
+    def forward(self, slot0: int, token_lists: Sequence[Sequence[int]], starts: Sequence[int],
+                return_all: bool = False) -> torch.Tensor:
+        """Appends `token_lists[i]` to the row in slot `slot0 + i` (which already holds
+        `starts[i]` own tokens); returns the final hidden state of each row's last new
+        token `[b, hidden]` (or of every new token `[N, hidden]` with return_all)."""
+        return self._forward(self.cache, self.prefix, self.prefix_len, token_lists, starts, slot0,
+                             attention=self.attention, return_all=return_all)
+
+    def _forward(self, cache: KVCache, prefix: Optional[PrefixKV], plen: int, token_lists, starts, slot0: int,
+                 attention: str, return_all: bool = False) -> torch.Tensor:
+        inp = StepInputs(token_lists, starts, slot0, plen, self.device)
+        cos_t, sin_t = self._rope_table(plen + max(s + n for s, n in zip(inp.starts, inp.lens)))
+        cos, sin = cos_t[inp.abs_pos][:, None, :], sin_t[inp.abs_pos][:, None, :]
+        write_pos = inp.own_pos + (plen if attention == "kernels" else 0)
+        hq, hkv, d = self.hq, self.hkv, self.d
+        h = self.embed[inp.tokens]
+        N = inp.N
+        meta = self._attn_meta(inp, plen, attention)
+        for li, L in enumerate(self.layers):
+            x = _rms(h, L.ln1, self.eps)
+            qkv = F.linear(x, L.wqkv, L.bqkv)
+            q = qkv[:, : hq * d].view(N, hq, d)
+            k = qkv[:, hq * d: (hq + hkv) * d].view(N, hkv, d)
+            v = qkv[:, (hq + hkv) * d:].view(N, hkv, d)
+            if L.qn is not None:
+                q = _rms(q, L.qn, self.eps)
+            if L.kn is not None:
+                k = _rms(k, L.kn, self.eps)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            kc, vc = cache.k[li], cache.v[li]
+            kc[inp.slot, :, write_pos] = k.to(kc.dtype)
+            vc[inp.slot, :, write_pos] = v.to(vc.dtype)
+            if attention == "kernels":
+                o = self._attn_kernels(q, kc, vc, inp, meta)
+            else:
+                pk = pv = None
+                if plen:
+                    if prefix is self.prefix and self._prefix_f32 is not None:
+                        pk, pv = self._prefix_f32[0][li], self._prefix_f32[1][li]
+                    else:
+                        pk, pv = prefix.k[li].float(), prefix.v[li].float()
+                o = self._attn_cascade(q, kc, vc, pk, pv, inp, meta)
+            h = h + F.linear(o.reshape(N, hq * d).to(h.dtype), L.wo, L.bo)
+            x = _rms(h, L.ln2, self.eps)
+            gu = F.linear(x, L.wgu)
+            g, u = gu.chunk(2, dim=-1)
+            h = h + F.linear(self.act(g) * u, L.wd)
+        if not return_all:
+            h = h[inp.last]
+        return _rms(h, self.norm, self.eps)
+
+    # -- attention ---------------------------------------------------------------------
+    def _attn_meta(self, inp: StepInputs, plen: int, attention: str) -> dict:
+        meta: dict[str, Any] = {}
+        own_after = inp.starts_t + inp.lens_t
+        if attention == "kernels":
+            if inp.T == 1:
+                meta["seq_lens"] = (own_after + plen).to(torch.int32)
+            else:
+                kl = (own_after + plen).tolist()
+                cu_k = [0]
+                for x in kl:
+                    cu_k.append(cu_k[-1] + x)
+                cu_q = [0]
+                for x in inp.lens:
+                    cu_q.append(cu_q[-1] + x)
+                meta["cu_q"] = torch.tensor(cu_q, dtype=torch.int32, device=self.device)
+                meta["cu_k"] = torch.tensor(cu_k, dtype=torch.int32, device=self.device)
+                slots = torch.cat([torch.full((n,), inp.slot0 + i, dtype=torch.long) for i, n in enumerate(kl)])
+                pos = torch.cat([torch.arange(n) for n in kl])
+                meta["k_slot"], meta["k_pos"] = slots.to(self.device), pos.to(self.device)
+        else:
+            lmax = int(own_after.max())
+            j = torch.arange(lmax, device=self.device)
+            t = torch.arange(inp.T, device=self.device)
+            meta["lmax"] = lmax
+            # key j is visible to new token t of row b iff j <= start_b + t
+            meta["mask"] = j[None, None, :] <= (inp.starts_t[:, None, None] + t[None, :, None])
+        return meta
+
+    def _attn_kernels(self, q, kc, vc, inp: StepInputs, meta) -> torch.Tensor:
+        s0, b = inp.slot0, inp.b
+        if inp.T == 1:
+            return kernels.decode_attention(q.to(kc.dtype), kc[s0:s0 + b], vc[s0:s0 + b], meta["seq_lens"],
+                                            self.scale)
+        kp = kc[meta["k_slot"], :, meta["k_pos"]]
+        vp = vc[meta["k_slot"], :, meta["k_pos"]]
+        return kernels.prefill_attention(q.to(kc.dtype), kp, vp, meta["cu_q"], meta["cu_k"], self.scale)
+
+    def _attn_cascade(self, q, kc, vc, pk, pv, inp: StepInputs, meta) -> torch.Tensor:
+        N, hq, d = q.shape
+        hkv, g = self.hkv, self.hq // self.hkv
+        b, T, lmax = inp.b, inp.T, meta["lmax"]
+        qf = q.float().view(N, hkv, g, d)
+        # own tokens: rows padded to T new tokens, keys = the slot's first lmax positions
+        if T == 1:
+            qp = qf.permute(0, 1, 2, 3).reshape(b, hkv, g, d)
+        else:
+            qp = qf.new_zeros(b * T, hkv, g, d)
+            qp[inp.pad_index] = qf
+            qp = qp.view(b, T, hkv, g, d).permute(0, 2, 3, 1, 4).reshape(b, hkv, g * T, d)
+        s0 = inp.slot0
+        ko = kc[s0:s0 + b, :, :lmax].float()
+        vo = vc[s0:s0 + b, :, :lmax].float()
+        s2 = torch.matmul(qp.view(b, hkv, g * T, d), ko.transpose(-1, -2)) * self.scale
+        s2 = s2.view(b, hkv, g, T, lmax).masked_fill(~meta["mask"][:, None, None], float("-inf"))
+        m2 = s2.amax(-1, keepdim=True)
+        p2 = torch.exp(s2 - m2)
+        l2 = p2.sum(-1, keepdim=True)
+        o2 = torch.matmul(p2.view(b, hkv, g * T, lmax), vo).view(b, hkv, g, T, d)
+        if T == 1:
+            o2, m2, l2 = (x.view(b, hkv, g, x.shape[-1]) for x in (o2, m2, l2))
+        else:
+            def flat(x):
+                return x.permute(0, 3, 1, 2, 4).reshape(b * T, hkv, g, x.shape[-1])[inp.pad_index]
+            o2, m2, l2 = flat(o2), flat(m2), flat(l2)
+        if pk is None:
+            return (o2 / l2).view(N, hq, d)
+        # shared prefix: every new token of every row against the one prefix copy
+        qg = qf.permute(1, 0, 2, 3).reshape(hkv, N * g, d)
+        s1 = torch.bmm(qg, pk.transpose(1, 2)) * self.scale          # [hkv, N*g, P]
+        m1 = s1.amax(-1, keepdim=True)
+        p1 = torch.exp(s1 - m1)
+        l1 = p1.sum(-1, keepdim=True)
+        o1 = torch.bmm(p1, pv)
+        o1, m1, l1 = (x.view(hkv, N, g, x.shape[-1]).permute(1, 0, 2, 3) for x in (o1, m1, l1))
+        m = torch.maximum(m1, m2)
+        a1, a2 = torch.exp(m1 - m), torch.exp(m2 - m)
+        return ((o1 * a1 + o2 * a2) / (l1 * a1 + l2 * a2)).reshape(N, hq, d)
+
+    # -- logits ------------------------------------------------------------------------
+    @torch.no_grad()
+    def full_logits(self, states: torch.Tensor) -> torch.Tensor:
+        return F.linear(states, self.lm_head, self.lm_bias).float()
+
+    @torch.no_grad()
+    def sparse_logits(self, states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Logits of `ids` only ([rows, K], padding -1 -> any row; masked by the caller)."""
+        w = self.lm_head[ids.clamp_min(0)]                                 # [rows, K, H]
+        out = torch.bmm(w, states[:, :, None])[:, :, 0]
+        if self.lm_bias is not None:
+            out = out + self.lm_bias[ids.clamp_min(0)]
+        return out.float()
+
+
+class HFRunner:
+    """Generic fallback: any causal LM object called through its own forward.
+
+    Rows run one at a time. With a model that returns a cache, each row keeps its own copy
+    (starting from a copy of the prefix cache); otherwise every call recomputes the row's
+    whole sequence. Slower than `NativeRunner`, but it needs nothing from the model beyond
+    `model(input_ids=...) -> .logits`.
+    """
+
+    kind = "hf"
+    # the model computes full logits anyway; "sparse" picks here only skip the full-vocab
+    # mask expansion (gather the allowed ids' logits, argmax over a handful)
+    supports_sparse = True
+
+    def __init__(self, model: Any, device: torch.device, vocab_size: int):
+        self.model = model
+        self.device = torch.device(device)
+        self.vocab_size = vocab_size
+        self.prefix: Optional[PrefixKV] = None
+        self.rows: dict[int, list] = {}     # slot -> [ids, cache or None]
+        try:
+            params = inspect.signature(model.forward).parameters
+        except (TypeError, ValueError, AttributeError):
+            params = {}
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._accepts_cache = self._cache_kw in params or any(
+            p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+    @property
+    def prefix_len(self) -> int:
+        return 0 if self.prefix is None else self.prefix.length
+
+    def _call(self, ids: list[int], cache: Any) -> tuple[torch.Tensor, Any]:
+        x = torch.tensor([ids], dtype=torch.long, device=self.device)
+        kw: dict[str, Any] = {}
+        if self._accepts_cache:
+            kw["use_cache"] = True
+            if cache is not None:
+                kw[self._cache_kw] = cache
+        out = self.model(input_ids=x, **kw)
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        new_cache = getattr(out, "past_key_values", None)
+        if new_cache is None:
+            new_cache = getattr(out, "cache", None)
+        return logits[0, -1], new_cache
+
+    @torch.no_grad()
+    def compute_prefix(self, ids: Sequence[int]) -> PrefixKV:
+        ids = tuple(int(i) for i in ids)
+        if not ids:
+            return PrefixKV((), [], [])
+        cache = None
+        if self._accepts_cache:
+            _, cache = self._call(list(ids), None)
+        return PrefixKV(ids, [], [], extra=cache)
+
+    def use_prefix(self, prefix: Optional[PrefixKV]) -> None:
+        self.prefix = None if prefix is None or prefix.length == 0 else prefix
+
+    def reserve(self, slots: int, own_capacity: int) -> None:
+        pass
+
+    def move_slot(self, src: int, dst: int, own_len: int) -> None:
+        if src != dst:
+            self.rows[dst] = self.rows.pop(src)
+
+    @torch.no_grad()
+    def forward(self, slot0: int, token_lists, starts, return_all: bool = False) -> torch.Tensor:
+        outs = []
+        for i, (toks, start) in enumerate(zip(token_lists, starts)):
+            slot = slot0 + i
+            toks = [int(t) for t in toks]
+            if start == 0 or slot not in self.rows:
+                pre = self.prefix
+                cache = copy.deepcopy(pre.extra) if pre is not None and pre.extra is not None else None
+                self.rows[slot] = [list(pre.ids) if pre is not None else [], cache]
+            state = self.rows[slot]
+            state[0] = state[0] + toks
+            if state[1] is not None:      # the row's cache covers everything before toks
+                logits, state[1] = self._call(toks, state[1])
+            else:                         # no cache yet (or a model without one): whole sequence
+                logits, state[1] = self._call(state[0], None)
+            outs.append(logits.float())
+        return torch.stack(outs) if outs else torch.empty(0, self.vocab_size)
+
+    def full_logits(self, states: torch.Tensor) -> torch.Tensor:
+        return states
+
+    def sparse_logits(self, states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return states.gather(1, ids.clamp_min(0))

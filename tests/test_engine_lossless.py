@@ -1,0 +1,160 @@
+"""Losslessness: under greedy decoding in fp32 the generated token ids are exactly the same
+with jump-forward, sparse logits, prefix reuse on or off, in a batch of 16 or one query at a
+time, with either attention layout, with masks filled during the forward pass, with slots
+refilled mid-batch (continuous batching), and through the generic HF-forward runner."""
+from __future__ import annotations
+
+import pytest
+
+import qpfast
+from qpfast.engine import Engine
+
+from test_engine_support import QUERIES16, engine_options, llama_engine, qwen3_engine, qwen3_model, torch_threads
+
+BUDGET = 96
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def baseline():
+    eng = qwen3_engine()
+    with engine_options(eng, jump_forward=True, sparse_logits=64, reuse_prefix=True, overlap_masks=False):
+        res = eng.generate(QUERIES16, max_new_tokens=BUDGET, batch_size=16)
+    ids = eng.last_token_ids
+    stats = dict(eng.last_stats)
+    assert all(r.error is None for r in res)
+    for q, r in zip(QUERIES16, res):
+        qpfast.parse(r.raw, q, strict=True)
+    assert all(i is not None and len(i) > 0 for i in ids)
+    return ids, stats
+
+
+def _ids(eng, **kw):
+    kw.setdefault("max_new_tokens", BUDGET)
+    kw.setdefault("batch_size", 16)
+    res = eng.generate(QUERIES16, **kw)
+    assert all(r.error is None for r in res)
+    return eng.last_token_ids
+
+
+def test_jump_forward_on_vs_off(baseline):
+    ids, stats = baseline
+    eng = qwen3_engine()
+    with engine_options(eng, jump_forward=False):
+        off = _ids(eng)
+        st_off = eng.last_stats
+    assert off == ids
+    assert st_off["jump_forward_tokens"] == 0
+    assert stats["jump_forward_tokens"] > 0
+    assert stats["decode_forward_passes"] < st_off["decode_forward_passes"]
+    assert stats["row_forward_passes"] < st_off["row_forward_passes"]
+
+
+def test_sparse_logits_on_vs_off(baseline):
+    ids, stats = baseline
+    eng = qwen3_engine()
+    with engine_options(eng, sparse_logits=0):
+        off = _ids(eng)
+        assert eng.last_stats["sparse_logit_steps"] == 0
+    assert off == ids
+    assert stats["sparse_logit_share"] > 0
+
+
+def test_prefix_reuse_on_vs_off(baseline):
+    ids, _ = baseline
+    eng = qwen3_engine()
+    with engine_options(eng, reuse_prefix=False):
+        off = _ids(eng)
+        assert eng.last_stats["prefix_forward_passes"] == 0
+    assert off == ids
+
+
+def test_batch_of_16_vs_one_at_a_time(baseline):
+    ids, _ = baseline
+    eng = qwen3_engine()
+    one = []
+    for q in QUERIES16:
+        eng.generate([q], max_new_tokens=BUDGET)
+        one.append(eng.last_token_ids[0])
+    assert one == ids
+
+
+def test_continuous_batching_refills_slots(baseline):
+    ids, _ = baseline
+    eng = qwen3_engine()
+    assert _ids(eng, batch_size=5) == ids
+    assert eng.last_stats["prefill_forward_passes"] > 1
+
+
+def test_kernels_attention_layout(baseline):
+    ids, _ = baseline
+    eng = Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", attention="kernels")
+    assert eng.runner.attention == "kernels"
+    assert _ids(eng) == ids
+
+
+def test_masks_filled_during_the_forward_pass(baseline):
+    ids, stats = baseline
+    eng = qwen3_engine()
+    with engine_options(eng, overlap_masks=True):
+        assert _ids(eng) == ids
+        assert eng.last_stats["decode_forward_passes"] >= stats["decode_forward_passes"]
+    eng.close()
+
+
+def test_generic_hf_runner_gives_the_same_tokens(baseline):
+    ids, _ = baseline
+    eng = Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", runner="hf")
+    assert eng.runner.kind == "hf"
+    pick = [0, 9, 10, 15]       # greedy ids do not depend on the batch: a subset is enough
+    res = eng.generate([QUERIES16[i] for i in pick], max_new_tokens=BUDGET)
+    assert all(r.error is None for r in res)
+    assert eng.last_token_ids == [ids[i] for i in pick]
+
+
+def test_llama_all_switches_off_vs_on():
+    eng = llama_engine()
+    qs = [QUERIES16[9], QUERIES16[11], QUERIES16[0]]
+    on = eng.generate(qs, max_new_tokens=128, batch_size=3)
+    ids_on = eng.last_token_ids
+    assert all(r.error is None for r in on)
+    with engine_options(eng, jump_forward=False, sparse_logits=0, reuse_prefix=False):
+        one = []
+        for q in qs:
+            eng.generate([q], max_new_tokens=128)
+            one.append(eng.last_token_ids[0])
+    assert one == ids_on
+
+
+@pytest.mark.slow
+def test_triton_kernels_in_the_interpreter_give_the_same_tokens():
+    """The "kernels" attention layout with the real Triton kernels (TRITON_INTERPRET=1, set
+    before triton is imported, hence a subprocess) == the cascade layout."""
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("triton")
+    code = (
+        "import os, sys, torch\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "torch.set_num_threads(1)\n"
+        "from qpfast import kernels\n"
+        "from qpfast.engine import Engine\n"
+        "from qpfast.testing import qwen_tokenizer\n"
+        "from test_engine_support import qwen3_model, QUERIES16\n"
+        "assert kernels.backend(torch.zeros(1)) == 'interpreter'\n"
+        "qs = [QUERIES16[0], QUERIES16[9], QUERIES16[15]]\n"
+        "a = Engine(qwen3_model(), qwen_tokenizer(), device='cpu', attention='kernels')\n"
+        "a.generate(qs, max_new_tokens=48)\n"
+        "b = Engine(qwen3_model(), qwen_tokenizer(), device='cpu', attention='cascade')\n"
+        "b.generate(qs, max_new_tokens=48)\n"
+        "sys.exit(0 if a.last_token_ids == b.last_token_ids else 1)\n")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    p = subprocess.run([sys.executable, "-c", code, tests_dir], env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
