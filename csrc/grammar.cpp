@@ -8,21 +8,23 @@
 
 namespace qpfast {
 
+int Grammar::best_step(const std::string& s, size_t i, size_t limit, const std::vector<int>& dp) const {
+  int node = 0, best = kInf;
+  for (size_t j = i; j < limit; ++j) {
+    node = vocab_->trie().child(node, static_cast<uint8_t>(s[j]));
+    if (node < 0) break;
+    int nt;
+    vocab_->trie().tokens_at(node, nt);
+    if (nt && dp[j + 1] < kInf) best = std::min(best, 1 + dp[j + 1]);
+  }
+  return best;
+}
+
 void Grammar::suffix_costs(const std::string& s, std::vector<int>& dp) const {
   const size_t n = s.size();
   dp.assign(n + 1, kInf);
   dp[n] = 0;
-  for (size_t i = n; i-- > 0;) {
-    int node = 0, best = kInf;
-    for (size_t j = i; j < n; ++j) {
-      node = vocab_->trie().child(node, static_cast<uint8_t>(s[j]));
-      if (node < 0) break;
-      int nt;
-      vocab_->trie().tokens_at(node, nt);
-      if (nt && dp[j + 1] < kInf) best = std::min(best, 1 + dp[j + 1]);
-    }
-    dp[i] = best;
-  }
+  for (size_t i = n; i-- > 0;) dp[i] = best_step(s, i, n, dp);
 }
 
 int Grammar::bytes_cost(const std::string& s, size_t from, size_t to) const {
@@ -101,16 +103,7 @@ Grammar::Grammar(std::shared_ptr<const Vocab> vocab, const CompiledSchema& schem
           }
           continue;
         }
-        int limit = p < cs ? cs : L;
-        int node = 0, best = kInf;
-        for (int j = p; j < limit; ++j) {
-          node = vocab_->trie().child(node, static_cast<uint8_t>(lit[j]));
-          if (node < 0) break;
-          int nt;
-          vocab_->trie().tokens_at(node, nt);
-          if (nt && dp[j + 1] < kInf) best = std::min(best, 1 + dp[j + 1]);
-        }
-        dp[p] = best;
+        dp[p] = best_step(lit, p, p < cs ? cs : L, dp);  // outside the core: not into it
       }
     }
   }

@@ -49,6 +49,8 @@ class Grammar {
   int bytes_cost(const std::string& s, size_t from, size_t to) const;
   // Fills dp[i] = min tokens for s[i:] (size s.size()+1).
   void suffix_costs(const std::string& s, std::vector<int>& dp) const;
+  // min over tokens t matching s at i and ending by `limit` of 1 + dp[i + len(t)].
+  int best_step(const std::string& s, size_t i, size_t limit, const std::vector<int>& dp) const;
 
  private:
   std::shared_ptr<const Vocab> vocab_;

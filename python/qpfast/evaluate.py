@@ -202,22 +202,15 @@ def evaluate(queries: Sequence[str], gold_targets: Sequence[str], outputs: Seque
 # ---------------------------------------------------------------------------------------
 def load_data(path: str | os.PathLike, limit: int | None = None) -> tuple[list[str], list[str]]:
     """Queries and gold targets of a ``{"query", "target"}`` JSONL data file."""
+    from .data.dataset import numbered_jsonl
     queries, targets = [], []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not JSON ({e.msg})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("query"), str) \
-                    or not isinstance(obj.get("target"), str):
-                raise ValueError(f'{path}:{lineno}: expected {{"query": str, "target": str}}')
-            queries.append(obj["query"])
-            targets.append(obj["target"])
-            if limit is not None and len(queries) >= limit:
-                break
+    for lineno, obj in numbered_jsonl(path):
+        if not isinstance(obj.get("query"), str) or not isinstance(obj.get("target"), str):
+            raise ValueError(f'{path}:{lineno}: expected {{"query": str, "target": str}}')
+        queries.append(obj["query"])
+        targets.append(obj["target"])
+        if limit is not None and len(queries) >= limit:
+            break
     return queries, targets
 
 

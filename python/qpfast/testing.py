@@ -44,13 +44,19 @@ def qwen_tokenizer_dir() -> str:
                                   pad_token="<|endoftext|>")
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     tok.chat_template = QWEN_CHAT_TEMPLATE
+    return _save_once(tok, out)
+
+
+def _save_once(tok, out: Path) -> str:
+    """Saves a tokenizer to `out` atomically (parallel test processes may race: theirs is
+    identical, so the loser's copy is dropped)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix="qwen-tok-out-", dir=out.parent))
+    stage = Path(tempfile.mkdtemp(prefix=out.name + "-", dir=out.parent))
     tok.save_pretrained(str(stage))
     try:
         os.replace(stage, out)
     except OSError:
-        pass  # another process won the race; theirs is identical
+        pass
     return str(out)
 
 
@@ -101,14 +107,7 @@ def sp_tokenizer_dir() -> str:
     tk.add_special_tokens(specials)
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                                   pad_token="</s>")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix="sp-tok-out-", dir=out.parent))
-    tok.save_pretrained(str(stage))
-    try:
-        os.replace(stage, out)
-    except OSError:
-        pass
-    return str(out)
+    return _save_once(tok, out)
 
 
 @functools.lru_cache(maxsize=1)

@@ -37,8 +37,8 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping | Example]) -
     return n
 
 
-def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
-    """The JSON objects of a JSONL file (blank lines skipped); errors name the line."""
+def numbered_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, JSON object) for each non-blank line of a JSONL file; errors name the line."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -49,7 +49,13 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
                 raise ValueError(f"{path}:{lineno}: not JSON ({e.msg})") from None
             if not isinstance(obj, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object")
-            yield obj
+            yield lineno, obj
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
+    """The JSON objects of a JSONL file (blank lines skipped); errors name the line."""
+    for _, obj in numbered_jsonl(path):
+        yield obj
 
 
 def write_splits(out_dir: str | os.PathLike, n_train: int, n_dev: int, n_test: int, *,
