@@ -5,6 +5,7 @@
 
 #include <stdexcept>
 #include <thread>
+#include <tuple>
 
 #include "grammar.h"
 #include "matcher.h"
@@ -57,6 +58,42 @@ void bind_matcher(py::module_& m) {
              return std::make_shared<Vocab>(std::move(b), std::move(special), std::move(end_ids), vocab_size, prefix_space);
            }),
            py::arg("token_bytes"), py::arg("special"), py::arg("end_ids"), py::arg("vocab_size"), py::arg("prefix_space"))
+      .def_static("from_pieces", [](const std::vector<std::string>& pieces, const std::vector<int>& ids,
+                                    const std::string& mode, const std::vector<std::tuple<int, py::bytes, bool>>& added,
+                                    int n, std::vector<int> end_ids, int vocab_size, bool prefix_space) {
+        // A tokenizer's vocabulary straight from its token strings: decoded and indexed here.
+        if (pieces.size() != ids.size()) throw py::value_error("pieces: one id per piece");
+        std::vector<std::tuple<int, std::string, bool>> extra;
+        for (const auto& a : added) extra.emplace_back(std::get<0>(a), std::string(std::get<1>(a)), std::get<2>(a));
+        py::gil_scoped_release nogil;
+        std::vector<std::string> decoded = decode_pieces(pieces, mode);
+        std::vector<std::string> bytes(n);
+        std::vector<uint8_t> special(n, 1);
+        for (size_t k = 0; k < ids.size(); ++k) {
+          if (ids[k] < 0 || ids[k] >= n) continue;
+          bytes[ids[k]] = std::move(decoded[k]);
+          special[ids[k]] = 0;
+        }
+        for (auto& a : extra) {
+          int id = std::get<0>(a);
+          if (id < 0 || id >= n) continue;
+          bytes[id] = std::move(std::get<1>(a));
+          special[id] = std::get<2>(a) ? 1 : 0;
+        }
+        for (int id : end_ids) if (id >= 0 && id < n) special[id] = 1;
+        return std::make_shared<Vocab>(std::move(bytes), std::move(special), std::move(end_ids), vocab_size, prefix_space);
+      }, py::arg("pieces"), py::arg("ids"), py::arg("mode"), py::arg("added"), py::arg("n"), py::arg("end_ids"),
+         py::arg("vocab_size"), py::arg("prefix_space"))
+      .def("all_token_bytes", [](const Vocab& v) {
+        py::list out(v.num_tokens());
+        for (int i = 0; i < v.num_tokens(); ++i) out[i] = py::bytes(v.bytes(i));
+        return out;
+      })
+      .def("special_flags", [](const Vocab& v) {
+        py::list out(v.num_tokens());
+        for (int i = 0; i < v.num_tokens(); ++i) out[i] = py::bool_(v.special(i));
+        return out;
+      })
       .def_property_readonly("vocab_size", &Vocab::size)
       .def_property_readonly("num_tokens", &Vocab::num_tokens)
       .def_property_readonly("words", &Vocab::words)

@@ -48,18 +48,36 @@ class Vocab:
         ends = sorted(set(int(i) for i in end_ids))
         if not ends:
             raise ValueError("end_ids: no end-of-generation token (pass end_token_ids=...)")
-        self._c = _C.Vocab(token_bytes, [1 if s else 0 for s in special], ends, vocab_size, bool(prefix_space))
-        self.token_bytes = token_bytes
-        self.special = list(special)
-        self.end_ids = ends
-        self.vocab_size = vocab_size
-        self.prefix_space = bool(prefix_space)
+        c = _C.Vocab(token_bytes, [1 if s else 0 for s in special], ends, vocab_size, bool(prefix_space))
+        self._setup(c, tokenizer, canonical_literals)
+
+    def _setup(self, c: "_C.Vocab", tokenizer: Any, canonical_literals: bool) -> None:
+        self._c = c
+        self.end_ids = sorted(c.end_ids)
+        self.vocab_size = c.vocab_size
+        self.prefix_space = c.prefix_space
         self.tokenizer = tokenizer
         # Literal cores (canonical tokens, jump-forward) need the tokenizer and a regex
         # pre-tokenizer; without one, literals stay free (any tokenization, nothing forced).
         self.canonical_literals = bool(canonical_literals and tokenizer is not None)
         self._grammars: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._bytes: list[bytes] | None = None
+        self._special: list[bool] | None = None
+
+    @property
+    def token_bytes(self) -> list[bytes]:
+        """The bytes of every token id below the tokenizer's size (b"" for holes)."""
+        if self._bytes is None:
+            self._bytes = self._c.all_token_bytes()
+        return self._bytes
+
+    @property
+    def special(self) -> list[bool]:
+        """Per token id: a special/control token (never text)."""
+        if self._special is None:
+            self._special = self._c.special_flags()
+        return self._special
 
     @property
     def words(self) -> int:
@@ -84,19 +102,10 @@ class Vocab:
         vocab = tokenizer.get_vocab()
         n = max(len(tokenizer), max(vocab.values()) + 1 if vocab else 0)
         kind = _decoder_kind(tokenizer)
-        token_bytes: list[bytes] = [b""] * n
-        special = [True] * n
         added = {int(i): t for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()}
-        base = [(p, i) for p, i in vocab.items() if i not in added and i < n]
-        decoded = _C.decode_pieces([p for p, _ in base], kind)
-        for (_, i), b in zip(base, decoded):
-            token_bytes[i] = b
-            special[i] = False
-        for i, t in added.items():
-            if i >= n:
-                continue
-            token_bytes[i] = str(t.content).encode("utf-8")
-            special[i] = bool(getattr(t, "special", True))
+        base = dict(vocab)
+        for t in added.values():
+            base.pop(str(t.content), None)
         if end_token_ids is None:
             ends = set()
             eos = getattr(tokenizer, "eos_token_id", None)
@@ -104,18 +113,26 @@ class Vocab:
                 ends.add(eos)
             for text in _END_TOKEN_TEXTS:
                 i = vocab.get(text)
-                if i is not None and special[i]:
+                if i is not None and i in added and getattr(added[i], "special", True):
                     ends.add(i)
             end_token_ids = ends
-        for i in end_token_ids:
-            if 0 <= i < n:
-                special[i] = True
+        end_token_ids = sorted(set(int(i) for i in end_token_ids))
+        if not end_token_ids:
+            raise ValueError("end_token_ids: the tokenizer has no end-of-generation token; pass end_token_ids=...")
+        vocab_size = vocab_size or n
+        if not isinstance(vocab_size, int) or vocab_size < n:
+            raise ValueError(f"vocab_size: must be an int >= the tokenizer's {n} tokens, got {vocab_size!r}")
         prefix_space = False
         if kind == "sentencepiece":
             ids = tokenizer.encode("{", add_special_tokens=False)
-            prefix_space = bool(ids) and token_bytes[ids[0]].startswith(b" ")
-        return cls(token_bytes, special, end_token_ids, vocab_size=vocab_size or n, prefix_space=prefix_space,
-                   tokenizer=tokenizer, canonical_literals=_splits_on_punctuation(tokenizer))
+            prefix_space = bool(ids) and str(tokenizer.convert_ids_to_tokens(ids[0])).startswith("▁")
+        c = _C.Vocab.from_pieces(list(base), list(base.values()), kind,
+                                 [(i, str(t.content).encode("utf-8"), bool(getattr(t, "special", True)))
+                                  for i, t in added.items()],
+                                 n, end_token_ids, vocab_size, prefix_space)
+        obj = cls.__new__(cls)
+        obj._setup(c, tokenizer, _splits_on_punctuation(tokenizer))
+        return obj
 
     def grammar(self, schema: Schema | None = None):
         """The compiled (vocabulary x schema) grammar, cached per schema."""
