@@ -11,7 +11,7 @@ namespace qpfast {
 
 void LabelTrie::build(const std::vector<std::string>& labels) {
   // Build with a map-based trie, then flatten to sorted edge arrays.
-  struct TmpNode { std::map<uint8_t, int> kids; int label = -1; int depth = 0; };
+  struct TmpNode { std::map<uint8_t, int> kids; int label = -1; };
   std::vector<TmpNode> tmp(1);
   escaped_.clear();
   for (size_t li = 0; li < labels.size(); ++li) {
@@ -24,7 +24,6 @@ void LabelTrie::build(const std::vector<std::string>& labels) {
       if (it == tmp[cur].kids.end()) {
         tmp.push_back(TmpNode{});
         int id = static_cast<int>(tmp.size()) - 1;
-        tmp[id].depth = tmp[cur].depth + 1;
         tmp[cur].kids[b] = id;
         cur = id;
       } else {
@@ -41,7 +40,6 @@ void LabelTrie::build(const std::vector<std::string>& labels) {
     nodes_[i].first = static_cast<uint32_t>(edge_byte_.size());
     nodes_[i].count = static_cast<uint32_t>(tmp[i].kids.size());
     nodes_[i].label = tmp[i].label;
-    nodes_[i].depth = tmp[i].depth;
     for (auto& kv : tmp[i].kids) {
       edge_byte_.push_back(kv.first);
       edge_to_.push_back(static_cast<uint32_t>(kv.second));
@@ -149,15 +147,6 @@ CompiledSchema::CompiledSchema(SchemaSpec s) : spec(std::move(s)) {
       g[a].decided_at = static_cast<int>(d);
     }
   }
-}
-
-std::string CompiledSchema::describe_group(int g) const {
-  std::string out;
-  for (const auto& a : groups[g]) {
-    if (!out.empty()) out += " or ";
-    out += "'" + a.bytes + "'";
-  }
-  return out;
 }
 
 }  // namespace qpfast

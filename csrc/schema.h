@@ -42,11 +42,9 @@ class LabelTrie {
     return -1;
   }
   int label(int node) const { return nodes_[node].label; }  // label id ending here, or -1
-  int depth(int node) const { return nodes_[node].depth; }
   size_t size() const { return nodes_.size(); }
   int num_children(int node) const { return static_cast<int>(nodes_[node].count); }
   uint8_t child_byte(int node, int i) const { return edge_byte_[nodes_[node].first + i]; }
-  int child_at(int node, int i) const { return static_cast<int>(edge_to_[nodes_[node].first + i]); }
   const std::string& escaped(int label_id) const { return escaped_[label_id]; }
   size_t num_labels() const { return escaped_.size(); }
 
@@ -54,7 +52,6 @@ class LabelTrie {
   struct Node_ {
     uint32_t first = 0, count = 0;
     int label = -1;
-    int depth = 0;
   };
   std::vector<Node_> nodes_;
   std::vector<uint8_t> edge_byte_;
@@ -75,7 +72,6 @@ struct CompiledSchema {
   bool has[5] = {false, false, false, false, false};  // ner seg weight cat intent
   LabelTrie types, cats;
   std::array<std::vector<GlueAlt>, G_COUNT> groups;
-  std::string describe_group(int g) const;
 };
 
 }  // namespace qpfast

@@ -53,12 +53,6 @@ void utf8_append(std::string& out, uint32_t cp) {
   }
 }
 
-size_t utf8_length(const std::string& s) {
-  size_t n = 0;
-  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
-  return n;
-}
-
 void json_escape_append(std::string& out, const std::string& s) {
   for (char c : s) {
     if (c == '"' || c == '\\') out.push_back('\\');

@@ -10,8 +10,6 @@ namespace qpfast {
 bool utf8_decode(const std::string& s, std::vector<uint32_t>& out);
 // Appends the UTF-8 encoding of code point `cp` to `out`.
 void utf8_append(std::string& out, uint32_t cp);
-// Number of code points in valid UTF-8 (counts lead bytes).
-size_t utf8_length(const std::string& s);
 // True for the code points of Unicode category Cc (C0, DEL, C1).
 inline bool is_control(uint32_t cp) { return cp < 0x20 || (cp >= 0x7F && cp < 0xA0); }
 // Appends `s` JSON-escaped as json.dumps(ensure_ascii=False) does for the strings qp-json/1

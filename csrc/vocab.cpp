@@ -165,13 +165,6 @@ Vocab::Vocab(std::vector<std::string> token_bytes, std::vector<uint8_t> special,
   for (int i = 0; i < n; ++i)
     if (!special_[i] && !bytes_[i].empty()) entries.emplace_back(&bytes_[i], i);
   trie_.build(std::move(entries));
-  byte_tok_.fill(-1);
-  for (int b = 0; b < 256; ++b) {
-    int node = trie_.child(0, static_cast<uint8_t>(b)), nt = 0;
-    if (node < 0) continue;
-    const int* ids = trie_.tokens_at(node, nt);
-    if (nt) byte_tok_[b] = ids[0];
-  }
 
   // Free-text classes.
   const int K = kClassMasks;

@@ -69,7 +69,6 @@ class Vocab {
   bool is_end(int id) const { return id >= 0 && id < num_tokens() && end_flag_[id]; }
   const std::vector<int>& end_ids() const { return end_ids_; }
   bool prefix_space() const { return prefix_space_; }
-  int max_token_bytes() const { return trie_.max_len(); }
 
   // Byte trie over the non-special tokens.
   const ByteTrie& trie() const { return trie_; }
@@ -91,8 +90,6 @@ class Vocab {
     std::vector<std::pair<int, int>> toks;  // (k, token id), sorted by k
   };
   const std::vector<QuoteGroup>& quote_groups() const { return quote_groups_; }
-  bool has_byte_token(uint8_t b) const { return byte_tok_[b] >= 0; }
-  int byte_token(uint8_t b) const { return byte_tok_[b]; }
   const uint32_t* end_mask() const { return end_mask_.data(); }
 
  private:
@@ -110,7 +107,6 @@ class Vocab {
   std::vector<QuoteGroup> quote_groups_;
   std::vector<uint32_t> safe_le_, partial_le_[3], end_mask_;
   std::vector<LongText> long_text_;
-  std::array<int, 256> byte_tok_{};
 };
 
 }  // namespace qpfast
