@@ -1,0 +1,361 @@
+"""The recipe: build the default model from scratch through all three stages.
+
+    python -m qpfast.train --config default --out runs/default
+    python -m qpfast.train --config tiny --out /tmp/tiny --stages stage2,stage3   # resume
+
+Stages, in order (each reads what the previous ones wrote under OUT):
+
+1. ``data``: the generated gold train/dev/test splits, the unlabelled stage-1 stream and
+   its pseudo-labels by the legacy pipeline (``data/``); the legacy pipeline is scored on
+   the eval split (the baseline row).
+2. ``tokenizer``: the byte-level BPE trained on the training corpus (``tokenizer/``).
+3. ``stage1``: a Qwen3 model initialized from scratch, SFT on pseudo-labels + a gold share
+   (``stage1/``), then evaluated.
+4. ``stage2``: SFT on gold (``stage2/``), evaluated.
+5. ``stage3``: GRPO (``stage3/``); the result is exported in the shipping dtype with its
+   model card (``model/``) and that exported model is evaluated.
+
+Every evaluation is qpfast's own (`qpfast.evaluate.run_eval` over `qpfast.Engine`, greedy,
+constrained): what ``qpfast eval --model DIR`` prints. ``metrics.json`` gathers the reports,
+the training summaries and timings; ``config.json`` the resolved config. Seeded and
+deterministic for a fixed seed and thread count.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from ..evaluate import REPORT_KEYS
+from ..schema import DEFAULT_SCHEMA
+from .config import RecipeConfig
+
+__all__ = ["STAGES", "Recipe", "run_recipe", "parse_stages"]
+
+STAGES = ("data", "tokenizer", "stage1", "stage2", "stage3")
+#: The most the embedded default model's weights may weigh (MB).
+MAX_SHIPPED_MB = 25.0
+_ALIASES = {"1": "stage1", "2": "stage2", "3": "stage3", "all": None, "tok": "tokenizer"}
+_TASK_KEYS = {"seg": "seg_f1", "ner": "ner_f1", "weight": "weight_f1", "cat": "cat_acc", "intent": "intent_f1"}
+
+
+def parse_stages(spec: Optional[str | Sequence[str]]) -> list[str]:
+    """``"stage2,stage3"`` / ``["2", "3"]`` / ``"all"`` / None -> stage names in recipe order."""
+    if spec is None:
+        return list(STAGES)
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: set[str] = set()
+    for raw in items:
+        s = raw.strip().lower()
+        if not s:
+            continue
+        s = _ALIASES.get(s, s)
+        if s is None:
+            return list(STAGES)
+        if s not in STAGES:
+            raise ValueError(f"stages: unknown stage {raw!r}; stages are {', '.join(STAGES)} (or all)")
+        out.add(s)
+    if not out:
+        raise ValueError("stages: none given")
+    return [s for s in STAGES if s in out]
+
+
+class Recipe:
+    """One run of the recipe in `out_dir` (`run(stages)`)."""
+
+    def __init__(self, cfg: RecipeConfig, out_dir: str | os.PathLike, *, log: Optional[Callable[[str], Any]] = None,
+                 export_to: Optional[str | os.PathLike] = None):
+        self.cfg = cfg.validate()
+        self.out = Path(out_dir)
+        self.schema = DEFAULT_SCHEMA
+        self.export_to = Path(export_to) if export_to is not None else None
+        self._t0 = time.perf_counter()
+        self._print = log if log is not None else (lambda s: print(s, flush=True))
+        self._logfile = None
+
+    # -- paths and bookkeeping ----------------------------------------------------------
+    def path(self, *parts: str) -> Path:
+        return self.out.joinpath(*parts)
+
+    def log(self, msg: str) -> None:
+        line = f"[{time.perf_counter() - self._t0:7.1f}s] {msg}"
+        self._print(line)
+        if self._logfile is not None:
+            self._logfile.write(line + "\n")
+            self._logfile.flush()
+
+    def _metrics(self) -> dict:
+        p = self.path("metrics.json")
+        return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
+
+    def _save_metrics(self, m: dict) -> None:
+        p = self.path("metrics.json")
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps(m, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, p)
+
+    def _update(self, **kv: Any) -> dict:
+        m = self._metrics()
+        for k, v in kv.items():
+            if isinstance(v, dict) and isinstance(m.get(k), dict):
+                m[k].update(v)
+            else:
+                m[k] = v
+        self._save_metrics(m)
+        return m
+
+    def _require(self, *parts: str) -> Path:
+        p = self.path(*parts)
+        if not p.exists():
+            raise FileNotFoundError(f"{p} is missing: run the stage that writes it first (stages: {', '.join(STAGES)})")
+        return p
+
+    # -- run ----------------------------------------------------------------------------
+    def run(self, stages: Optional[Sequence[str]] = None) -> dict:
+        """Runs `stages` (default: all) and returns metrics.json's content."""
+        import torch
+
+        stages = parse_stages(stages)
+        self.out.mkdir(parents=True, exist_ok=True)
+        _quiet_transformers()
+        threads = torch.get_num_threads()
+        if self.cfg.threads > 0:
+            torch.set_num_threads(self.cfg.threads)
+        self.path("config.json").write_text(json.dumps(self.cfg.to_dict(), ensure_ascii=False, indent=2) + "\n",
+                                            encoding="utf-8")
+        with open(self.path("train.log"), "a", encoding="utf-8") as f:
+            self._logfile = f
+            try:
+                self.log(f"recipe {self.cfg.name}: stages {', '.join(stages)} -> {self.out} "
+                         f"(torch threads {torch.get_num_threads()})")
+                for s in stages:
+                    t = time.perf_counter()
+                    self.log(f"== {s}")
+                    getattr(self, f"stage_{s}")()
+                    dt = time.perf_counter() - t
+                    self._update(timings={s: round(dt, 1)})
+                    self.log(f"== {s} done in {dt:.1f} s")
+                m = self._metrics()
+                m["timings"]["total"] = round(sum(v for k, v in m["timings"].items() if k in STAGES), 1)
+                self._save_metrics(m)
+                self.log(f"done: {m['timings']}")
+                return m
+            finally:
+                self._logfile = None
+                torch.set_num_threads(threads)
+
+    # -- stages -------------------------------------------------------------------------
+    def stage_data(self) -> None:
+        from ..data import unlabelled_queries, write_jsonl, write_splits
+        from ..evaluate import legacy_predictor, run_eval
+        from ..legacy import legacy_pipeline
+
+        d = self.cfg.data
+        data = self.path("data")
+        write_splits(data, d.n_train, d.n_dev, d.n_test, seed=d.seed, split_seed=d.split_seed)
+        self.log(f"gold: train {d.n_train}, dev {d.n_dev}, test {d.n_test} -> {data}")
+        queries = list(unlabelled_queries(d.n_unlabelled, d.seed, split_seed=d.split_seed, perturb=d.perturb))
+        legacy = legacy_pipeline("train", d.split_seed)
+        t = time.perf_counter()
+        pseudo = []
+        for q in queries:
+            out = legacy.output(q)
+            if out:
+                pseudo.append({"query": q, "target": out})
+        write_jsonl(data / "stage1_pseudo.jsonl", pseudo)
+        self.log(f"stream: {len(queries)} queries, {len(pseudo)} pseudo-labelled by the legacy pipeline "
+                 f"({time.perf_counter() - t:.1f} s)")
+        if self.cfg.eval.legacy:
+            rep = run_eval(self._eval_file(), legacy_predictor("train", d.split_seed), schema=self.schema,
+                           limit=self.cfg.eval.n or None)
+            self._report("legacy", rep)
+
+    def stage_tokenizer(self) -> None:
+        from ..prompt import build_instruction
+        from .tokenizer import corpus_texts, save_tokenizer, train_tokenizer
+
+        tc = self.cfg.tokenizer
+        gold = self._pairs("train.jsonl")
+        pseudo = self._pairs("stage1_pseudo.jsonl")
+        rng = random.Random(f"qpfast.train.tokenizer:{self.cfg.seed}")
+        both = gold + pseudo
+        if len(both) > tc.max_texts // 2:
+            both = rng.sample(both, tc.max_texts // 2)
+        texts = corpus_texts([q for q, _ in both], [t for _, t in both], build_instruction(self.schema),
+                             tc.instruction_copies)
+        t = time.perf_counter()
+        instr = [build_instruction(self.schema)] if tc.instruction_token else []
+        tok = train_tokenizer(texts, tc.vocab_size, min_frequency=tc.min_frequency, pretokenize=tc.pretokenize,
+                              instruction_tokens=instr)
+        save_tokenizer(tok, self.path("tokenizer"))
+        self.log(f"tokenizer: {len(tok)} tokens from {len(texts)} texts ({time.perf_counter() - t:.1f} s)")
+
+    def stage_stage1(self) -> None:
+        from .model_init import init_model, parameter_count, saved_megabytes
+        from .sft import mix_stage1, run_sft
+
+        c = self.cfg.stage1
+        tok = self._tokenizer(self._require("tokenizer"))
+        model = init_model(self.cfg.model, tok, seed=self.cfg.seed)
+        self.log(f"model: Qwen3 {self.cfg.model.to_dict()}, {parameter_count(model) / 1e6:.2f} M parameters "
+                 f"(~{saved_megabytes(model, self.cfg.model.dtype):.1f} MB as {self.cfg.model.dtype})")
+        pairs = mix_stage1(self._pairs("stage1_pseudo.jsonl"), self._pairs("train.jsonl"), c.n_examples,
+                           c.gold_share, self.cfg.seed)
+        self.log(f"stage 1: {len(pairs)} examples ({c.gold_share:.0%} gold)")
+        res = run_sft(model, tok, pairs, c, str(self.path("scratch", "stage1")), seed=self.cfg.seed,
+                      schema=self.schema, device=self.cfg.device, log=self.log)
+        self._save_model(model, tok, "stage1")
+        self._update(train={"stage1": res.to_dict()})
+        self._evaluate("stage1", self.path("stage1"))
+
+    def stage_stage2(self) -> None:
+        from .sft import run_sft
+
+        c = self.cfg.stage2
+        model, tok = self._load("stage1")
+        pairs = self._gold_sample(c.n_examples, "stage2")
+        self.log(f"stage 2: {len(pairs)} gold examples")
+        res = run_sft(model, tok, pairs, c, str(self.path("scratch", "stage2")), seed=self.cfg.seed,
+                      schema=self.schema, device=self.cfg.device, log=self.log)
+        self._save_model(model, tok, "stage2")
+        self._update(train={"stage2": res.to_dict()})
+        self._evaluate("stage2", self.path("stage2"))
+
+    def stage_stage3(self) -> None:
+        from .grpo import run_grpo
+
+        c = self.cfg.stage3
+        model, tok = self._load("stage2")
+        pairs = self._gold_sample(c.n_queries, "stage3")
+        self.log(f"stage 3: {len(pairs)} queries, G={c.num_generations}, oversample {c.oversample}, "
+                 f"isolate {c.isolate}, rewards {self.cfg.rewards}")
+        res = run_grpo(model, tok, pairs, c, self.cfg.rewards, str(self.path("scratch", "stage3")),
+                       seed=self.cfg.seed, schema=self.schema, device=self.cfg.device, log=self.log)
+        self._save_model(model, tok, "stage3")
+        self._update(train={"stage3": res.to_dict()})
+        self._export()
+
+    # -- helpers ------------------------------------------------------------------------
+    def _eval_file(self) -> Path:
+        return self._require("data", f"{self.cfg.eval.split}.jsonl")
+
+    def _pairs(self, name: str) -> list[tuple[str, str]]:
+        from ..data import read_jsonl
+        return [(r["query"], r["target"]) for r in read_jsonl(self._require("data", name))]
+
+    def _gold_sample(self, n: int, salt: str) -> list[tuple[str, str]]:
+        gold = self._pairs("train.jsonl")
+        rng = random.Random(f"qpfast.train.{salt}:{self.cfg.seed}")
+        rng.shuffle(gold)
+        return gold[:n] if n > 0 else gold
+
+    @staticmethod
+    def _tokenizer(path: Path):
+        from transformers import AutoTokenizer
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+    def _load(self, stage: str):
+        import torch
+        from transformers import AutoModelForCausalLM
+        p = self._require(stage)
+        model = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32, local_files_only=True)
+        return model, self._tokenizer(p)
+
+    def _save_model(self, model: Any, tok: Any, stage: str) -> None:
+        from .tokenizer import save_tokenizer
+        p = self.path(stage)
+        if p.exists():
+            shutil.rmtree(p)
+        model.config.use_cache = True            # the trainers turn it off; generation wants it
+        model.save_pretrained(str(p), safe_serialization=True)
+        save_tokenizer(tok, p)
+        shutil.rmtree(self.path("scratch", stage), ignore_errors=True)
+        try:
+            self.path("scratch").rmdir()
+        except OSError:
+            pass
+
+    def _export(self) -> None:
+        """stage3/ -> model/ in the shipping dtype, with the model card; then evaluated."""
+        import torch
+        from transformers import AutoModelForCausalLM
+        from .card import model_card
+        from .model_init import parameter_count
+
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[self.cfg.model.dtype]
+        src = self._require("stage3")
+        dst = self.path("model")
+        if dst.exists():
+            shutil.rmtree(dst)
+        from .tokenizer import save_tokenizer
+        model = AutoModelForCausalLM.from_pretrained(str(src), dtype=dtype, local_files_only=True)
+        model.config.use_cache = True
+        model.save_pretrained(str(dst), safe_serialization=True)
+        tok = self._tokenizer(src)
+        save_tokenizer(tok, dst)
+        size = sum(f.stat().st_size for f in dst.glob("*.safetensors")) / 1e6
+        self.log(f"exported {dst} ({self.cfg.model.dtype}, {size:.1f} MB of weights)")
+        if size > MAX_SHIPPED_MB:
+            self.log(f"WARNING: {size:.1f} MB of weights is over the {MAX_SHIPPED_MB} MB the package may ship")
+        self._evaluate("stage3", dst)
+        m = self._update(export={"dir": str(dst), "dtype": self.cfg.model.dtype, "weights_mb": round(size, 2),
+                                 "params": parameter_count(model)})
+        m = self._update(beats_legacy=self._beats(m))
+        (dst / "README.md").write_text(model_card(self.cfg, m, params=parameter_count(model), size_mb=size,
+                                                  vocab_size=len(tok)), encoding="utf-8")
+        (dst / "metrics.json").write_text(json.dumps({k: m.get(k) for k in ("legacy", "stage1", "stage2", "stage3",
+                                                                             "train", "beats_legacy")},
+                                                     ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        if self.export_to is not None:
+            if self.export_to.exists():
+                shutil.rmtree(self.export_to)
+            shutil.copytree(dst, self.export_to)
+            self.log(f"copied the exported model to {self.export_to}")
+
+    def _beats(self, m: dict) -> dict:
+        legacy, final = m.get("legacy"), m.get("stage3")
+        if not isinstance(legacy, dict) or not isinstance(final, dict):
+            return {}
+        return {t: bool(final[k] is not None and legacy[k] is not None and final[k] > legacy[k])
+                for t, k in _TASK_KEYS.items()}
+
+    def _evaluate(self, name: str, model_dir: Path) -> dict:
+        from ..evaluate import model_predictor, run_eval
+
+        t = time.perf_counter()
+        predictor = model_predictor(str(model_dir), device=self.cfg.device, batch_size=self.cfg.eval.batch_size)
+        self.path("eval").mkdir(exist_ok=True)
+        rep = run_eval(self._eval_file(), predictor, schema=self.schema, limit=self.cfg.eval.n or None,
+                       predictions_path=self.path("eval", f"{name}_predictions.jsonl"))
+        self._report(name, rep, time.perf_counter() - t)
+        return rep
+
+    def _report(self, name: str, rep: dict, seconds: Optional[float] = None) -> None:
+        rep = {k: rep[k] for k in REPORT_KEYS}
+        self._update(**{name: rep})
+        took = f" ({seconds:.0f} s)" if seconds is not None else ""
+        self.log(f"eval {name} on {self.cfg.eval.split} ({rep['n']}){took}: " + "  ".join(
+            f"{k} {rep[k]:.4f}" for k in ("seg_f1", "ner_f1", "weight_f1", "cat_acc", "intent_f1", "overall",
+                                          "invalid_rate")))
+
+
+def _quiet_transformers() -> None:
+    """No per-file progress bars (loading/saving weights) in the recipe's log."""
+    try:
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - cosmetic only
+        pass
+
+
+def run_recipe(cfg: RecipeConfig | str | os.PathLike, out_dir: str | os.PathLike,
+               stages: Optional[str | Sequence[str]] = None, *, log: Optional[Callable[[str], Any]] = None,
+               export_to: Optional[str | os.PathLike] = None) -> dict:
+    """Runs the recipe; `cfg` is a `RecipeConfig`, a config file or a checked-in config name."""
+    if not isinstance(cfg, RecipeConfig):
+        cfg = RecipeConfig.load(cfg)
+    return Recipe(cfg, out_dir, log=log, export_to=export_to).run(stages)

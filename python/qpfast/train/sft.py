@@ -1,0 +1,199 @@
+"""Stages 1 and 2: supervised fine-tuning on TRL's `SFTTrainer`, loss on target tokens only.
+
+- Stage 1, knowledge injection: the unlabelled query stream pseudo-labelled by the legacy
+  pipeline, mixed with a small share of gold examples (`mix_stage1`).
+- Stage 2, target alignment: gold examples only.
+
+Inputs come from the one prompt builder the engine serves with:
+`qpfast.prompt.encode_example(tokenizer, query, target)` gives ``input_ids`` = prompt ids
+(prefix + query + template tail, exactly as `qpfast.Engine` builds them) + target ids + end
+token, and ``labels`` = -100 over the prompt. The dataset is handed to `SFTTrainer`
+pre-tokenized, so its labels are used as they are: the loss is the mean cross-entropy over
+the target tokens (end token included) of the batch.
+
+`PrefixSFTTrainer` computes the prompt prefix shared by every example once per batch
+(`qpfast.train.prefix`): same loss, same gradients; with a long prefix (a tokenizer without
+the instruction token: ~190-550 of a ~250-630-token example) about a third of the compute.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from trl import SFTConfig, SFTTrainer
+
+from ..prompt import encode_example, prompt_template
+from ..schema import DEFAULT_SCHEMA, Schema
+from .config import SFTStageConfig
+from .prefix import backbone, cache_kwarg, prefix_cache, shared_prefix_len
+
+# transformers 5 renamed TrainingArguments.gradient_checkpointing, which TRL still sets (off here).
+warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing` is deprecated", category=FutureWarning)
+
+__all__ = ["PrefixSFTTrainer", "SFTResult", "mix_stage1", "run_sft", "sft_dataset"]
+
+
+def sft_dataset(tokenizer: Any, pairs: Sequence[tuple[str, str]], schema: Schema | None = None):
+    """A pre-tokenized `datasets.Dataset` (``input_ids``, ``labels``) from (query, target) pairs."""
+    from datasets import Dataset
+
+    schema = schema or DEFAULT_SCHEMA
+    ids, labels = [], []
+    for q, t in pairs:
+        ex = encode_example(tokenizer, q, t, schema)
+        ids.append(ex.input_ids)
+        labels.append(ex.labels)
+    return Dataset.from_dict({"input_ids": ids, "labels": labels})
+
+
+def mix_stage1(pseudo: Sequence[tuple[str, str]], gold: Sequence[tuple[str, str]], n_examples: int,
+               gold_share: float, seed: int) -> list[tuple[str, str]]:
+    """Stage 1's training mix: round(n·gold_share) gold pairs and the rest pseudo-labelled
+    pairs, each drawn without replacement (as many as exist), shuffled; deterministic per seed.
+    `n_examples` 0 means every pseudo-labelled pair plus the matching share of gold."""
+    if n_examples <= 0:
+        n_gold = round(len(pseudo) * gold_share / max(1e-9, 1.0 - gold_share)) if gold_share < 1 else len(gold)
+        n_pseudo = len(pseudo) if gold_share < 1 else 0
+    else:
+        n_gold = round(n_examples * gold_share)
+        n_pseudo = n_examples - n_gold
+    rng = random.Random(f"qpfast.train.stage1:{seed}")
+    g = list(gold)
+    p = list(pseudo)
+    rng.shuffle(g)
+    rng.shuffle(p)
+    mix = g[:min(n_gold, len(g))] + p[:min(n_pseudo, len(p))]
+    rng.shuffle(mix)
+    return mix
+
+
+class PrefixSFTTrainer(SFTTrainer):
+    """`SFTTrainer` with the loss computed on the target tokens only, and the prompt prefix
+    shared by every row run once per batch.
+
+    The loss is the summed cross-entropy of the labelled (target) tokens divided by their
+    count over the whole gradient-accumulation batch (`num_items_in_batch`), as TRL's; but
+    the LM head runs on the labelled positions only (not on the prompt or the query), which
+    on CPU is most of the head's cost. `prefix_len`: the number of leading tokens every
+    example shares (the prompt template's `prefix_ids`); 0 disables sharing, and a batch
+    whose rows do not all start with the same `prefix_len` tokens is computed in full.
+    """
+
+    loss_is_scaled_for_ga = True          # compute_loss normalizes over the accumulated batch
+
+    def __init__(self, *args: Any, prefix_len: int = 0, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.prefix_len = int(prefix_len)
+        self._cache_kw: Optional[str] = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if return_outputs:                # evaluation with outputs: TRL's own path
+            return super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        ids, att, labels = inputs["input_ids"], inputs.get("attention_mask"), inputs["labels"]
+        lm = self.accelerator.unwrap_model(model)
+        base, head = backbone(lm), lm.get_output_embeddings()
+        kw: dict[str, Any] = {}
+        p = shared_prefix_len(ids, att, self.prefix_len)
+        if p:
+            if self._cache_kw is None:
+                self._cache_kw = cache_kwarg(base)
+            b, length = ids.shape
+            kw[self._cache_kw] = prefix_cache(base, ids[:1, :p], b)
+            kw["position_ids"] = torch.arange(p, length, device=ids.device)[None].expand(b, -1)
+            ids, labels = ids[:, p:], labels[:, p:]
+        hidden = base(input_ids=ids, attention_mask=att, use_cache=False, **kw).last_hidden_state
+        tgt = labels[:, 1:]
+        sel = tgt != -100
+        logits = head(hidden[:, :-1][sel]).float()
+        tgt = tgt[sel]
+        nll = torch.nn.functional.cross_entropy(logits, tgt, reduction="sum")
+        if num_items_in_batch is not None:
+            loss = nll / torch.as_tensor(num_items_in_batch, device=nll.device).clamp(min=1)
+        else:
+            loss = nll / sel.sum().clamp(min=1) / self.current_gradient_accumulation_steps
+        mode = "train" if model.training else "eval"
+        with torch.no_grad():
+            n = int(tgt.numel())
+            self._metrics[mode]["mean_token_accuracy"].append(
+                float((logits.argmax(-1) == tgt).float().mean()) if n else 0.0)
+        return loss
+
+
+@dataclass
+class SFTResult:
+    """What a stage did: steps, examples, seconds, and the logged training losses."""
+
+    steps: int = 0
+    examples: int = 0
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)      # one per logging step
+    first_loss: float = math.nan
+    last_loss: float = math.nan
+
+    def to_dict(self) -> dict:
+        return {"steps": self.steps, "examples": self.examples, "seconds": round(self.seconds, 1),
+                "first_loss": self.first_loss, "last_loss": self.last_loss}
+
+
+def _sft_args(cfg: SFTStageConfig, out_dir: str, seed: int, device: str):
+    kw: dict[str, Any] = dict(
+        output_dir=out_dir, per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": cfg.min_lr_ratio},
+        warmup_steps=cfg.warmup_ratio, logging_steps=cfg.logging_steps, logging_first_step=True,
+        save_strategy="no", report_to="none", disable_tqdm=True, seed=seed, data_seed=seed,
+        dataloader_num_workers=0, max_length=None, use_cpu=(device == "cpu"), bf16=False, fp16=False,
+        gradient_checkpointing=False,   # TRL defaults it on; it breaks the prefix cache and costs a recompute
+        shuffle_dataset=False,   # the Trainer's sampler shuffles (seeded by data_seed)
+    )
+    return SFTConfig(**kw)
+
+
+def run_sft(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], cfg: SFTStageConfig, out_dir: str, *,
+            seed: int = 0, schema: Schema | None = None, device: str = "cpu",
+            log: Callable[[str], Any] = print) -> SFTResult:
+    """Trains `model` in place on (query, target) `pairs`; returns what happened.
+
+    The caller saves the model. `out_dir` holds the trainer's scratch files only.
+    """
+    from transformers import PrinterCallback, TrainerCallback, set_seed
+
+    if not pairs:
+        raise ValueError("pairs: no training examples")
+    schema = schema or DEFAULT_SCHEMA
+    set_seed(seed)
+    t0 = time.perf_counter()
+    ds = sft_dataset(tokenizer, pairs, schema)
+    prefix_len = len(prompt_template(tokenizer, schema).prefix_ids) if cfg.share_prefix else 0
+    result = SFTResult(examples=len(pairs))
+
+    class _Log(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                result.losses.append(float(logs["loss"]))
+                log(f"  step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  "
+                    f"lr {logs.get('learning_rate', 0):.2e}  ({time.perf_counter() - t0:.0f} s)")
+
+    trainer = PrefixSFTTrainer(model=model, args=_sft_args(cfg, out_dir, seed, device), train_dataset=ds,
+                               processing_class=tokenizer, callbacks=[_Log()], prefix_len=prefix_len)
+    trainer.remove_callback(PrinterCallback)      # our _Log prints one line per logging step
+    out = trainer.train()
+    result.steps = int(out.global_step)
+    result.seconds = time.perf_counter() - t0
+    if result.losses:
+        result.first_loss, result.last_loss = result.losses[0], result.losses[-1]
+    _unpatch(model)
+    return result
+
+
+def _unpatch(model: Any) -> None:
+    """Removes the instance-level forward TRL patches in (its fused LM head), so the model
+    behaves as loaded from its checkpoint (`generate`, later trainers)."""
+    if "forward" in vars(model):
+        del model.forward

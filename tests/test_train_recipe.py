@@ -1,0 +1,127 @@
+"""The recipe end to end on the tiny config (`python -m qpfast.train --config tiny`): every
+stage runs, is evaluated, and the exported model loads in qpfast's decoder and engine; config
+handling; a resumed stage; reproducibility."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from test_train_support import needs_trl, torch_threads
+
+needs_trl()
+
+import qpfast  # noqa: E402
+from qpfast.evaluate import REPORT_KEYS  # noqa: E402
+from qpfast.train.config import CONFIG_DIR, RecipeConfig, config_path  # noqa: E402
+from qpfast.train.recipe import STAGES, parse_stages  # noqa: E402
+
+SYSTEMS = ("legacy", "stage1", "stage2", "stage3")
+
+# transformers 5 deprecates TrainingArguments.gradient_checkpointing, which TRL still sets
+pytestmark = pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.*:FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from qpfast.train.__main__ import main
+    out = tmp_path_factory.mktemp("tiny-recipe")
+    with torch_threads(1):
+        assert main(["--config", "tiny", "--out", str(out)]) == 0
+    return out
+
+
+def test_every_stage_ran_and_was_evaluated(tiny_run, capsys):
+    m = json.loads((tiny_run / "metrics.json").read_text(encoding="utf-8"))
+    for name in SYSTEMS:
+        assert set(m[name]) == set(REPORT_KEYS) and m[name]["n"] == 8, name
+        assert m[name]["invalid_rate"] == 0.0                 # constrained decoding: always valid
+    assert set(m["timings"]) == set(STAGES) | {"total"}
+    t = m["train"]
+    assert t["stage1"]["steps"] == 3 and t["stage2"]["steps"] == 3 and t["stage3"]["steps"] == 2
+    assert set(m["beats_legacy"]) == {"seg", "ner", "weight", "cat", "intent"}
+    for d in ("data", "tokenizer", "stage1", "stage2", "stage3", "model", "eval"):
+        assert (tiny_run / d).is_dir(), d
+    assert not (tiny_run / "scratch").exists()
+    for f in ("train.jsonl", "dev.jsonl", "test.jsonl", "stage1_pseudo.jsonl"):
+        assert (tiny_run / "data" / f).is_file()
+    assert len((tiny_run / "eval" / "stage3_predictions.jsonl").read_text(encoding="utf-8").splitlines()) == 8
+    assert "recipe qpfast-tiny" in (tiny_run / "train.log").read_text(encoding="utf-8")
+
+
+def test_exported_model_loads_in_the_decoder_and_the_engine(tiny_run):
+    from transformers import AutoConfig, AutoTokenizer
+    model_dir = tiny_run / "model"
+    for f in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "README.md", "metrics.json"):
+        assert (model_dir / f).is_file(), f
+    cfg = AutoConfig.from_pretrained(str(model_dir))
+    assert cfg.model_type == "qwen3" and cfg.tie_word_embeddings and cfg.use_cache
+    assert str(cfg.dtype).endswith("bfloat16")
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    vocab = qpfast.Vocab.from_tokenizer(tok, vocab_size=cfg.vocab_size)
+    m = qpfast.Matcher(vocab, "兰蔻小黑瓶适合什么肤质")
+    assert not m.is_finished() and m.remaining_min_tokens() > 0
+    with torch_threads(1):
+        from qpfast.engine import Engine
+        eng = Engine(model=str(model_dir))
+        queries = ["兰蔻小黑瓶适合什么肤质", "周末 上海 去哪玩", "iphone 15 pro max 和 华为 mate60 哪个好"]
+        for q, r in zip(queries, eng.generate(queries)):
+            assert r.error is None
+            assert qpfast.parse(r.raw, q, strict=True).to_dict() == r.to_dict()
+    card = (model_dir / "README.md").read_text(encoding="utf-8")
+    assert "| legacy pipeline" in card and "after stage 3" in card and "## Limits" in card
+
+
+def test_a_stage_can_be_rerun_alone(tiny_run, tmp_path):
+    from qpfast.train.recipe import run_recipe
+    out = tmp_path / "resume"
+    shutil.copytree(tiny_run, out)
+    before = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    with torch_threads(1):
+        m = run_recipe("tiny", out, "stage1", log=lambda s: None)
+    assert m["stage1"] == before["stage1"]                     # seeded: the same model, the same scores
+    weights = "stage1/model.safetensors"
+    assert (out / weights).read_bytes() == (tiny_run / weights).read_bytes()
+    assert m["legacy"] == before["legacy"] and m["stage3"] == before["stage3"]
+    shutil.rmtree(out / "stage1")
+    with pytest.raises(FileNotFoundError, match="stage1"):
+        run_recipe("tiny", out, "stage2", log=lambda s: None)
+
+
+def test_configs_load_and_reject_typos(tmp_path):
+    assert config_path("tiny") == CONFIG_DIR / "tiny.toml"
+    default = RecipeConfig.load("default")
+    tiny = RecipeConfig.load(CONFIG_DIR / "tiny.toml")
+    assert tiny.model.hidden < default.model.hidden
+    assert default.model.dtype in ("float32", "bfloat16")
+    assert RecipeConfig.from_dict({"stage1": {"lr": 1}}).stage1.lr == 1.0
+    assert RecipeConfig.from_dict({}).stage1.gold_share == RecipeConfig().stage1.gold_share
+    with pytest.raises(ValueError, match="unknown key"):
+        RecipeConfig.from_dict({"stage1": {"learning_rate": 1e-3}})
+    with pytest.raises(ValueError, match="unknown task"):
+        RecipeConfig.from_dict({"rewards": {"sentiment": 1.0}})
+    with pytest.raises(TypeError, match="stage3.isolate"):
+        RecipeConfig.from_dict({"stage3": {"isolate": "yes"}})
+    with pytest.raises(FileNotFoundError):
+        config_path(tmp_path / "nope.toml")
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"seed": 3, "model": {"layers": 2}}), encoding="utf-8")
+    c = RecipeConfig.load(p)
+    assert c.seed == 3 and c.model.layers == 2
+
+
+def test_parse_stages():
+    assert parse_stages(None) == list(STAGES) == parse_stages("all")
+    assert parse_stages("3,1") == ["stage1", "stage3"]
+    assert parse_stages(["tokenizer", "data"]) == ["data", "tokenizer"]
+    with pytest.raises(ValueError, match="unknown stage"):
+        parse_stages("stage4")
+
+
+def test_cli_errors(capsys):
+    from qpfast.train.__main__ import main
+    assert main(["--config", "no-such-config"]) == 2
+    assert "no-such-config" in capsys.readouterr().err
+    assert main(["--config", "tiny", "--stages", "bogus"]) == 2

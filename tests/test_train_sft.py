@@ -1,0 +1,120 @@
+"""Stages 1-2 (SFT on TRL): the loss falls on repeated examples, only target tokens are learned,
+the shared-prefix forward is exact, the stage-1 mix is what the config says."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from test_train_support import needs_trl, tiny_model, tiny_pairs, tiny_tokenizer, torch_threads
+
+needs_trl()
+
+from qpfast.prompt import encode_example, prompt_template  # noqa: E402
+from qpfast.train.config import SFTStageConfig  # noqa: E402
+from qpfast.train.prefix import cache_kwarg, prefix_cache, shared_prefix_len  # noqa: E402
+from qpfast.train.sft import mix_stage1, run_sft, sft_dataset  # noqa: E402
+
+# transformers 5 deprecates TrainingArguments.gradient_checkpointing, which TRL still sets
+pytestmark = pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.*:FutureWarning")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with torch_threads(1):
+        yield
+
+
+def _cfg(**kw) -> SFTStageConfig:
+    base = dict(batch_size=4, lr=3e-3, warmup_ratio=0.0, logging_steps=1, max_steps=4)
+    base.update(kw)
+    return SFTStageConfig(**base)
+
+
+def test_loss_decreases_on_repeated_examples(tmp_path):
+    model = tiny_model(seed=1)
+    pairs = list(tiny_pairs()[:4]) * 10                     # a handful of examples, seen again and again
+    res = run_sft(model, tiny_tokenizer(), pairs, _cfg(max_steps=10), str(tmp_path), seed=0, log=lambda s: None)
+    assert res.steps == 10 and len(res.losses) == 10
+    assert res.losses[-1] < res.losses[0] - 0.3, res.losses
+    assert sum(res.losses[5:]) < sum(res.losses[:5])
+    assert "forward" not in vars(model)                     # TRL's fused-head patch is removed
+
+
+def test_shared_prefix_training_is_exact(tmp_path):
+    pairs = list(tiny_pairs()[4:12])
+    runs = []
+    for share in (True, False):
+        model = tiny_model(seed=2)
+        res = run_sft(model, tiny_tokenizer(), pairs, _cfg(max_steps=3, share_prefix=share), str(tmp_path / str(share)),
+                      seed=0, log=lambda s: None)
+        runs.append((res.losses, model.state_dict()))
+    (la, sa), (lb, sb) = runs
+    assert la == pytest.approx(lb, abs=1e-5)
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], atol=2e-5, rtol=1e-4)
+
+
+def test_logged_loss_is_the_mean_target_cross_entropy(tmp_path):
+    """The first logged loss is Hugging Face's own causal-LM loss over the batch's target tokens."""
+    tok, model = tiny_tokenizer(), tiny_model(seed=4)
+    pairs = list(tiny_pairs()[20:24])
+    exs = [encode_example(tok, q, t) for q, t in pairs]
+    n = max(len(e.input_ids) for e in exs)
+    ids = torch.zeros((4, n), dtype=torch.long)
+    att = torch.zeros((4, n), dtype=torch.long)
+    lab = torch.full((4, n), -100)
+    for i, e in enumerate(exs):
+        ids[i, :len(e.input_ids)] = torch.tensor(e.input_ids)
+        att[i, :len(e.input_ids)] = 1
+        lab[i, :len(e.labels)] = torch.tensor(e.labels)
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=att, labels=lab).loss.item()
+    res = run_sft(model, tok, pairs, _cfg(max_steps=1, batch_size=4), str(tmp_path), seed=0, log=lambda s: None)
+    assert res.losses[0] == pytest.approx(want, abs=1e-4)
+
+
+def test_prefix_cache_matches_the_full_forward():
+    tok, model = tiny_tokenizer(), tiny_model(seed=3)
+    exs = [encode_example(tok, q, t) for q, t in tiny_pairs()[:3]]
+    p = exs[0].prefix_len
+    assert p == len(prompt_template(tok).prefix_ids) and all(e.prefix_len == p for e in exs)
+    n = max(len(e.input_ids) for e in exs)
+    ids = torch.zeros((3, n), dtype=torch.long)
+    att = torch.zeros((3, n), dtype=torch.long)
+    for i, e in enumerate(exs):
+        ids[i, :len(e.input_ids)] = torch.tensor(e.input_ids)
+        att[i, :len(e.input_ids)] = 1
+    assert shared_prefix_len(ids, att, p) == p
+    assert shared_prefix_len(ids, att, n) == 0
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=att).logits[:, p:]
+        cache = prefix_cache(model, ids[:1, :p], 3)
+        kw = {cache_kwarg(model): cache}
+        part = model(input_ids=ids[:, p:], attention_mask=att, position_ids=torch.arange(p, n)[None].expand(3, -1),
+                     **kw).logits
+    mask = att[:, p:].bool()
+    torch.testing.assert_close(part[mask], full[mask], atol=1e-4, rtol=1e-4)
+
+
+def test_labels_cover_exactly_the_target_tokens():
+    tok = tiny_tokenizer()
+    pairs = list(tiny_pairs()[:5])
+    ds = sft_dataset(tok, pairs)
+    for row, (q, t) in zip(ds, pairs):
+        ex = encode_example(tok, q, t)
+        assert row["input_ids"] == ex.input_ids
+        learned = [x for x in row["labels"] if x != -100]
+        assert learned == ex.target_ids and learned[-1] == 2
+        assert row["labels"][:len(ex.prompt_ids)] == [-100] * len(ex.prompt_ids)
+
+
+def test_stage1_mix():
+    pseudo = [(f"p{i}", "x") for i in range(100)]
+    gold = [(f"g{i}", "y") for i in range(50)]
+    mix = mix_stage1(pseudo, gold, 40, 0.25, seed=7)
+    assert len(mix) == 40 and sum(q.startswith("g") for q, _ in mix) == 10
+    assert mix == mix_stage1(pseudo, gold, 40, 0.25, seed=7)
+    assert mix != mix_stage1(pseudo, gold, 40, 0.25, seed=8)
+    allp = mix_stage1(pseudo, gold, 0, 0.2, seed=0)             # every pseudo pair + a 20% gold share
+    assert sum(q.startswith("p") for q, _ in allp) == 100 and sum(q.startswith("g") for q, _ in allp) == 25
+    assert len(mix_stage1(pseudo, gold, 10, 0.0, seed=0)) == 10
