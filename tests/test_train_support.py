@@ -2,16 +2,16 @@
 tiny Qwen3 models. No test functions here. Tests that need TRL call `needs_trl()` first."""
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import pytest
-import torch
 
 from qpfast.data import generate_splits
 from qpfast.prompt import build_instruction
 from qpfast.train.model_init import ModelSpec, init_model
 from qpfast.train.tokenizer import corpus_texts, train_tokenizer
+from test_engine_support import torch_threads  # noqa: F401  (re-exported to the training tests)
+
 
 def needs_trl() -> None:
     """Skips the calling test module when the train extra (TRL) is not installed."""
@@ -19,16 +19,6 @@ def needs_trl() -> None:
 
 
 TINY_SPEC = ModelSpec(hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 @functools.lru_cache(maxsize=1)
