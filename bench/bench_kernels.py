@@ -81,6 +81,18 @@ def bench(fn) -> tuple[float, float]:
     return a, b
 
 
+def bench_graph(fn) -> float | None:
+    """Median milliseconds of ``fn`` replayed from a CUDA graph (no launch overhead, as
+    the engine runs its decode step; the L2 is not flushed between replays). None when
+    ``fn`` cannot be captured."""
+    try:
+        fn()
+        return triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median")
+    except Exception:                     # e.g. a reference that synchronizes
+        torch.cuda.synchronize()
+        return None
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     out, ref = out.double(), ref.double()
     if not torch.isfinite(out).all():
@@ -179,6 +191,8 @@ def bench_prefill(quick: bool) -> list[dict]:
         vb = v.view(bsz, klen, hkv, HEAD_DIM).transpose(1, 2)
         sdpa, how = _sdpa_prefill_fn(qb.contiguous(), kb.contiguous(), vb.contiguous(), scale)
         sdpa_ms = bench(sdpa)[0] if sdpa is not None else None
+        g_ms = bench_graph(lambda: K.prefill_attention(q, k, v, cu_q, cu_k))
+        g_sdpa = bench_graph(sdpa) if sdpa is not None else None
 
         pairs = bsz * (qlen * prefix + qlen * (qlen + 1) // 2)
         flops = 4 * HEAD_DIM * hq * pairs
@@ -186,6 +200,8 @@ def bench_prefill(quick: bool) -> list[dict]:
         rows.append(dict(kind="uniform", heads=f"{hq}:{hkv}", batch=bsz, prefix=prefix, qlen=qlen,
                          ms=ms, ms_repeat=ms2, sdpa_ms=sdpa_ms, sdpa=how,
                          speedup_vs_sdpa=(sdpa_ms / ms) if sdpa_ms else None,
+                         graph_ms=g_ms, sdpa_graph_ms=g_sdpa,
+                         graph_speedup_vs_sdpa=(g_sdpa / g_ms) if (g_ms and g_sdpa) else None,
                          tflops=flops / (ms * 1e-3) / 1e12, bytes=nbytes,
                          bytes_per_s=nbytes / (ms * 1e-3), rel_err=err))
 
@@ -241,10 +257,15 @@ def bench_decode(quick: bool) -> list[dict]:
             sdpa()
             sdpa_ms, how = bench(sdpa)[0], "flash"
         except RuntimeError as exc:
-            sdpa_ms, how = None, f"unavailable: {exc}"[:80]
+            sdpa, sdpa_ms, how = None, None, f"unavailable: {exc}"[:80]
+        g_ms = bench_graph(lambda: K.decode_attention(q, kc, vc, seq_lens))
+        g_sdpa = bench_graph(sdpa) if sdpa is not None else None
         nbytes = 2 * (kc.numel() + vc.numel() + 2 * q.numel())
         rows.append(dict(heads=f"{hq}:{hkv}", batch=bsz, seq_len=seq, splits=splits, ms=ms, ms_repeat=ms2,
                          sdpa_ms=sdpa_ms, sdpa=how, speedup_vs_sdpa=(sdpa_ms / ms) if sdpa_ms else None,
+                         graph_ms=g_ms, sdpa_graph_ms=g_sdpa,
+                         graph_speedup_vs_sdpa=(g_sdpa / g_ms) if (g_ms and g_sdpa) else None,
+                         graph_bytes_per_s=nbytes / (g_ms * 1e-3) if g_ms else None,
                          bytes=nbytes, bytes_per_s=nbytes / (ms * 1e-3), rel_err=err))
     return rows
 
@@ -293,8 +314,10 @@ def bench_bitmask(quick: bool) -> list[dict]:
         for name, ours, ref, nbytes, ok in cases:
             ms, ms2 = bench(ours)
             ref_ms = bench(ref)[0]
+            g_ms, g_ref = bench_graph(ours), bench_graph(ref)
             rows_out.append(dict(op=name, batch=bsz, dtype=str(dt).replace("torch.", ""), allowed=frac,
                                  ms=ms, ms_repeat=ms2, torch_ms=ref_ms, speedup_vs_torch=ref_ms / ms,
+                                 graph_ms=g_ms, torch_graph_ms=g_ref,
                                  bytes=nbytes, bytes_per_s=nbytes / (ms * 1e-3),
                                  matches_reference=ok))
     return rows_out
@@ -324,13 +347,46 @@ def _qwen3_06b_dir(out_dir: str) -> str:
                       max_position_embeddings=4096, tie_word_embeddings=True,
                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
-    model = Qwen3ForCausalLM(cfg).to(torch.bfloat16)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):   # random init on the GPU: seconds
+        model = Qwen3ForCausalLM(cfg).to(torch.bfloat16)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     return out_dir
 
 
-def engine_benchmark(batch: int = 64, repeats: int = 3) -> dict:
+def _profile_engine(eng, queries, path: str) -> None:
+    """One `generate` under cProfile (Python time by function) and one under
+    torch.profiler (CPU and GPU time by op), written to `path`."""
+    import cProfile
+    import io
+    import pstats
+    from torch.profiler import ProfilerActivity, profile
+    with open(path, "w") as f:
+        pr = cProfile.Profile()
+        torch.cuda.synchronize()
+        pr.enable()
+        eng.generate(queries)
+        torch.cuda.synchronize()
+        pr.disable()
+        buf = io.StringIO()
+        pstats.Stats(pr, stream=buf).sort_stats("cumulative").print_stats(45)
+        buf.write("\n\n")
+        pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(35)
+        f.write(buf.getvalue())
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            eng.generate(queries)
+            torch.cuda.synchronize()
+        ka = prof.key_averages()
+        f.write("\n\n== by self CPU time\n" + ka.table(sort_by="self_cpu_time_total", row_limit=30))
+        for key in ("self_device_time_total", "self_cuda_time_total"):
+            try:
+                f.write(f"\n\n== by {key}\n" + ka.table(sort_by=key, row_limit=30))
+                break
+            except Exception:
+                continue
+
+
+def engine_benchmark(batch: int = 64, repeats: int = 3, profile_path: str | None = None) -> dict:
     """End to end: ``qpfast.Engine`` on a random 0.6B Qwen3-shaped model, ``batch`` queries
     at once, greedy, against the time to read the weights once per decode step (the issue's
     target: ≤ 3×) and, when ``xgrammar`` is installed, ``model.generate`` constrained by
@@ -347,31 +403,87 @@ def engine_benchmark(batch: int = 64, repeats: int = 3) -> dict:
     with tempfile.TemporaryDirectory(prefix="qpfast-bench-06b-") as tmp:
         model_dir = _qwen3_06b_dir(tmp)
         eng = engine_cls(model_dir, device="cuda", dtype="bfloat16")
-        eng.generate(queries)                                     # warm-up: compile, caches
-        times = []
-        for _ in range(repeats):
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            results = eng.generate(queries)
-            torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        stats = dict(getattr(eng, "last_stats", {}) or {})
-        wall = sorted(times)[len(times) // 2]
         weight_bytes = sum(p.numel() * p.element_size() for p in eng.model.parameters())
-        decode_steps = int(stats.get("decode_forward_passes") or stats.get("forward_passes") or 0)
-        out = dict(batch=batch, wall_s=wall, wall_s_all=times, weight_bytes=weight_bytes,
-                   decode_steps=decode_steps, errors=sum(r.error is not None for r in results),
-                   stats={k: v for k, v in stats.items() if isinstance(v, (int, float, str))})
         hbm = datasheet_hbm(torch.cuda.get_device_name())
-        if decode_steps and hbm:
-            floor = decode_steps * weight_bytes / hbm
-            out.update(weights_floor_s=floor, wall_over_floor=wall / floor)
+        out = dict(batch=batch, weight_bytes=weight_bytes, configs={})
+        ids = {}
+        # "graphs": CUDA-graph decode steps, forced tokens one per step (the default on CUDA);
+        # "eager": no graphs, forced tokens in one multi-token pass (the prefill kernel)
+        for name, graphs in (("graphs", True), ("eager", False)):
+            if graphs and eng.runner.graphs is None:
+                eng.runner.enable_graphs()
+            elif not graphs:
+                eng.runner.graphs = None
+                eng.runner.cache = None
+            eng.generate(queries)                                 # warm-up: compile, capture, caches
+            times = []
+            for _ in range(repeats):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                results = eng.generate(queries)
+                torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+            ids[name] = list(eng.last_token_ids)
+            stats = dict(getattr(eng, "last_stats", {}) or {})
+            wall = sorted(times)[len(times) // 2]
+            steps = int(stats.get("decode_forward_passes", 0)) + int(stats.get("prefill_forward_passes", 0))
+            cfg = dict(wall_s=wall, wall_s_all=times, forward_passes=steps,
+                       errors=sum(r.error is not None for r in results),
+                       stats={k: v for k, v in stats.items() if isinstance(v, (int, float, str))})
+            if steps and hbm:
+                floor = steps * weight_bytes / hbm
+                cfg.update(weights_floor_s=floor, wall_over_floor=wall / floor)
+            out["configs"][name] = cfg
+        out["same_tokens_graphs_vs_eager"] = ids["graphs"] == ids["eager"]
+        eng.runner.enable_graphs()
+        if profile_path:
+            try:
+                eng.generate(queries)
+                _profile_engine(eng, queries, profile_path)
+            except Exception:
+                traceback.print_exc()
         out["xgrammar_baseline"] = _xgrammar_baseline(eng, queries)
-    print("\n== engine (0.6B Qwen3-shaped, random weights, bf16)")
-    for key in ("batch", "wall_s", "decode_steps", "weights_floor_s", "wall_over_floor", "errors"):
-        print(f"  {key:>16}: {out.get(key)}")
+        try:
+            out["step_ms"] = _step_times(eng)
+        except Exception as exc:
+            traceback.print_exc()
+            out["step_ms"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    print("\n== engine (0.6B Qwen3-shaped, random weights, bf16, batch %d)" % batch)
+    for name, cfg in out["configs"].items():
+        st = cfg["stats"]
+        print(f"  {name:>7}: wall {cfg['wall_s']:.3f} s  forward passes {cfg['forward_passes']}"
+              f"  ({st.get('decode_forward_passes')} decode)  output tokens {st.get('output_tokens')}"
+              f"  forward {st.get('time_forward', 0):.3f} s  masks {st.get('time_masks', 0):.3f} s"
+              f"  logits {st.get('time_logits', 0):.3f} s  floor {cfg.get('weights_floor_s', 0):.3f} s"
+              f"  errors {cfg['errors']}")
+    print(f"  same tokens graphs vs eager: {out['same_tokens_graphs_vs_eager']}")
+    for row in out["step_ms"] if isinstance(out.get("step_ms"), list) else [out.get("step_ms")]:
+        print(f"  step {row}")
     print(f"  xgrammar: {out['xgrammar_baseline']}")
+    base = out["xgrammar_baseline"].get("wall_s") if isinstance(out["xgrammar_baseline"], dict) else None
+    if base:
+        for name, cfg in out["configs"].items():
+            print(f"  speedup {name} vs HF generate + xgrammar: {base / cfg['wall_s']:.2f}x")
     return out
+
+
+def _step_times(eng, batches=(1, 16, 64, 128)) -> list[dict]:
+    """Milliseconds of one decode step (medians): replayed CUDA graph (host inputs, copy,
+    replay) vs the eager forward, and the full-vocabulary logits + argmax of its rows,
+    against the time to read the weights once at the measured copy bandwidth."""
+    r = eng.runner
+    if r.prefix is None:
+        raise RuntimeError("no prefix in use")
+    r.reserve(max(batches), 512)
+    rows = []
+    for b in batches:
+        toks, starts = [100] * b, [40] * b
+        graph = triton.testing.do_bench(lambda: r.decode_step(toks, starts), return_mode="median")
+        eager = triton.testing.do_bench(lambda: r.forward(0, [[t] for t in toks], starts), return_mode="median")
+        states = r.decode_step(toks, starts).clone()
+        logits = triton.testing.do_bench(lambda: r.full_logits(states).argmax(1), return_mode="median")
+        rows.append(dict(batch=b, graph_ms=graph, eager_ms=eager, logits_argmax_ms=logits))
+    return rows
 
 
 def _xgrammar_baseline(eng, queries: list[str]) -> dict:
@@ -411,6 +523,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="write all results as JSON here")
     ap.add_argument("--quick", action="store_true", help="fewer shapes (a smoke run)")
     ap.add_argument("--no-engine", action="store_true", help="skip the end-to-end engine benchmark")
+    ap.add_argument("--sections", default="engine,prefill,decode,bitmask",
+                    help="comma-separated sections to run (default: all)")
+    ap.add_argument("--profile", metavar="PATH", help="also profile one engine run (CUDA graphs) into PATH")
     args = ap.parse_args(argv)
 
     meta = dict(date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -438,48 +553,59 @@ def main(argv=None) -> int:
         for r in rows:
             r["hbm_fraction"] = r["bytes_per_s"] / hbm if hbm else None
             r["copy_fraction"] = r["bytes_per_s"] / ceil["copy_bytes_per_s"]
+            if r.get("graph_bytes_per_s") and hbm:
+                r["graph_hbm_fraction"] = r["graph_bytes_per_s"] / hbm
         return rows
 
-    sections = [("prefill", bench_prefill), ("decode", bench_decode), ("bitmask", bench_bitmask)]
+    def save():
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=2, default=str)
+
+    def tables(key):
+        if key == "prefill" and isinstance(results.get("prefill"), list):
+            print_table("prefill attention (bf16, D=128)   target: speedup_vs_sdpa >= 0.9", results["prefill"], [
+                ("kind", "kind", ""), ("heads", "heads", ""), ("batch", "batch", "d"), ("prefix", "prefix", ""),
+                ("qlen", "qlen", ""), ("ms", "ms", ".4f"), ("ms_again", "ms_repeat", ".4f"),
+                ("sdpa_ms", "sdpa_ms", ".4f"), ("vs_sdpa", "speedup_vs_sdpa", ".2f"), ("TFLOP/s", "tflops", ".1f"),
+                ("graph_ms", "graph_ms", ".4f"), ("g_sdpa_ms", "sdpa_graph_ms", ".4f"),
+                ("g_vs_sdpa", "graph_speedup_vs_sdpa", ".2f"), ("rel_err", "rel_err", ".1e")])
+        if key == "decode" and isinstance(results.get("decode"), list):
+            print_table("decode attention (bf16, D=128)   target: HBM_frac >= 0.6", results["decode"], [
+                ("heads", "heads", ""), ("batch", "batch", "d"), ("seq_len", "seq_len", "d"),
+                ("splits", "splits", "d"), ("ms", "ms", ".4f"), ("ms_again", "ms_repeat", ".4f"),
+                ("sdpa_ms", "sdpa_ms", ".4f"), ("vs_sdpa", "speedup_vs_sdpa", ".2f"),
+                ("HBM_frac", "hbm_fraction", ".2f"), ("graph_ms", "graph_ms", ".4f"),
+                ("g_sdpa_ms", "sdpa_graph_ms", ".4f"), ("g_vs_sdpa", "graph_speedup_vs_sdpa", ".2f"),
+                ("g_HBM", "graph_hbm_fraction", ".2f"), ("rel_err", "rel_err", ".1e")])
+        if key == "bitmask" and isinstance(results.get("bitmask"), list):
+            print_table(f"bitmask ops (V={VOCAB})", results["bitmask"], [
+                ("op", "op", ""), ("batch", "batch", "d"), ("dtype", "dtype", ""), ("allowed", "allowed", ".2f"),
+                ("ms", "ms", ".4f"), ("ms_again", "ms_repeat", ".4f"), ("torch_ms", "torch_ms", ".4f"),
+                ("vs_torch", "speedup_vs_torch", ".1f"), ("graph_ms", "graph_ms", ".4f"),
+                ("g_torch_ms", "torch_graph_ms", ".4f"), ("HBM_frac", "hbm_fraction", ".2f")])
+            bad = [r for r in results["bitmask"] if r["matches_reference"] is False]
+            if bad:
+                print(f"!! {len(bad)} bitmask results differ from the reference")
+
+    # the engine first: it is the number that matters most if the run is cut short;
+    # every section's table is printed and the JSON saved as soon as it is done
+    sections = [] if args.no_engine else [("engine", lambda quick: engine_benchmark(profile_path=args.profile))]
+    sections += [("prefill", lambda q: hbm_frac(bench_prefill(q))), ("decode", lambda q: hbm_frac(bench_decode(q))),
+                 ("bitmask", lambda q: hbm_frac(bench_bitmask(q)))]
+    wanted = {x.strip() for x in args.sections.split(",") if x.strip()}
+    sections = [(key, fn) for key, fn in sections if key in wanted]
     for key, fn in sections:
         try:
-            results[key] = hbm_frac(fn(args.quick))
+            results[key] = fn(args.quick)
         except Exception as exc:                    # report, keep the other sections
             traceback.print_exc()
-            results[key] = {"error": f"{type(exc).__name__}: {exc}"}
+            results[key] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
         torch.cuda.empty_cache()
-
-    if isinstance(results.get("prefill"), list):
-        print_table("prefill attention (bf16, D=128)   target: speedup_vs_sdpa >= 0.9", results["prefill"], [
-            ("kind", "kind", ""), ("heads", "heads", ""), ("batch", "batch", "d"), ("prefix", "prefix", ""),
-            ("qlen", "qlen", ""), ("ms", "ms", ".4f"), ("ms_again", "ms_repeat", ".4f"),
-            ("sdpa_ms", "sdpa_ms", ".4f"), ("vs_sdpa", "speedup_vs_sdpa", ".2f"), ("TFLOP/s", "tflops", ".1f"),
-            ("HBM_frac", "hbm_fraction", ".2f"), ("rel_err", "rel_err", ".1e")])
-    if isinstance(results.get("decode"), list):
-        print_table("decode attention (bf16, D=128)   target: HBM_frac >= 0.6", results["decode"], [
-            ("heads", "heads", ""), ("batch", "batch", "d"), ("seq_len", "seq_len", "d"), ("splits", "splits", "d"),
-            ("ms", "ms", ".4f"), ("ms_again", "ms_repeat", ".4f"), ("sdpa_ms", "sdpa_ms", ".4f"),
-            ("vs_sdpa", "speedup_vs_sdpa", ".2f"), ("HBM_frac", "hbm_fraction", ".2f"),
-            ("copy_frac", "copy_fraction", ".2f"), ("rel_err", "rel_err", ".1e")])
-    if isinstance(results.get("bitmask"), list):
-        print_table(f"bitmask ops (V={VOCAB})", results["bitmask"], [
-            ("op", "op", ""), ("batch", "batch", "d"), ("dtype", "dtype", ""), ("allowed", "allowed", ".2f"),
-            ("ms", "ms", ".4f"), ("ms_again", "ms_repeat", ".4f"), ("torch_ms", "torch_ms", ".4f"),
-            ("vs_torch", "speedup_vs_torch", ".1f"), ("HBM_frac", "hbm_fraction", ".2f")])
-        bad = [r for r in results["bitmask"] if r["matches_reference"] is False]
-        if bad:
-            print(f"!! {len(bad)} bitmask results differ from the reference")
-
-    if not args.no_engine:
-        try:
-            results["engine"] = engine_benchmark()
-        except Exception as exc:
-            traceback.print_exc()
-            results["engine"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        tables(key)
+        save()
 
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2, default=str)
         print(f"\nwrote {args.out}")
     return 0
 

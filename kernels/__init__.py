@@ -8,6 +8,13 @@ Public functions (DESIGN.md §3)::
     masked_argmax(logits, bitmask) -> LongTensor [B]     # -1 for a row with no allowed token
     masked_sample(logits, bitmask, temperature=1.0, top_p=1.0, generator=None) -> LongTensor [B]
 
+and the fused pieces of a decoder layer the engine's own forward uses (:mod:`.layers`)::
+
+    add_rms_norm(x, residual, weight, eps) -> (normed, x + residual)
+    qk_norm_rope_store(qkv, q_norm, k_norm, cos, sin, rope_pos, k_cache, v_cache, slot,
+                       write_pos, num_q_heads, num_kv_heads, eps) -> q
+    silu_mul(gate_up) -> silu(gate) * up
+
 Shapes and semantics are documented in :mod:`qpfast.kernels.reference`, which holds the
 plain-torch versions under the same names.
 
@@ -34,6 +41,7 @@ from .reference import NO_TOKEN
 __all__ = [
     "prefill_attention", "decode_attention", "apply_bitmask_", "masked_argmax",
     "masked_sample", "reference", "HAS_TRITON", "NO_TOKEN", "backend",
+    "add_rms_norm", "qk_norm_rope_store", "silu_mul",
 ]
 
 
@@ -131,3 +139,29 @@ def masked_sample(logits, bitmask, temperature=1.0, top_p=1.0, generator=None):
     mod = _kernel_module("bitmask", logits)
     impl = mod.masked_sample if mod is not None else reference.masked_sample
     return impl(logits, bitmask, temperature, top_p, generator)
+
+
+def add_rms_norm(x, residual, weight, eps):
+    """``h = x + residual`` (residual may be None) and ``RMSNorm(h) * weight``; returns
+    ``(normed, h)``; see :func:`qpfast.kernels.reference.add_rms_norm`."""
+    mod = _kernel_module("layers", x)
+    impl = mod.add_rms_norm if mod is not None else reference.add_rms_norm
+    return impl(x, residual, weight, eps)
+
+
+def qk_norm_rope_store(qkv, q_norm, k_norm, cos, sin, rope_pos, k_cache, v_cache, slot, write_pos,
+                       num_q_heads, num_kv_heads, eps):
+    """Per-head q/k RMSNorm + rotary embedding of a fused qkv projection, K/V written to the
+    cache; returns q; see :func:`qpfast.kernels.reference.qk_norm_rope_store`."""
+    mod = _kernel_module("layers", qkv)
+    impl = mod.qk_norm_rope_store if mod is not None else reference.qk_norm_rope_store
+    return impl(qkv, q_norm, k_norm, cos, sin, rope_pos, k_cache, v_cache, slot, write_pos,
+                num_q_heads, num_kv_heads, eps)
+
+
+def silu_mul(gate_up):
+    """``silu(gate) * up`` of a fused ``[N, 2I]`` projection; see
+    :func:`qpfast.kernels.reference.silu_mul`."""
+    mod = _kernel_module("layers", gate_up)
+    impl = mod.silu_mul if mod is not None else reference.silu_mul
+    return impl(gate_up)

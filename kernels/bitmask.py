@@ -46,102 +46,166 @@ def _apply_bitmask_kernel(LOGITS, BITMASK, vocab, stride_l, stride_m, BLOCK_V: t
 
 
 @triton.jit
-def _masked_argmax_kernel(LOGITS, BITMASK, OUT, vocab, stride_l, stride_m, BLOCK_V: tl.constexpr):
+def _pick_kernel(
+    LOGITS, BITMASK, OUT, PART_VAL, PART_IDX, PART_FIRST, SEED, THRESH,
+    vocab, stride_l, stride_m, inv_temp, chunk_len,
+    SAMPLE: tl.constexpr, USE_THRESH: tl.constexpr, NUM_CHUNKS: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    """Greedy (or Gumbel-max) pick over the allowed tokens of one chunk of one row.
+
+    Program (row, chunk) scans tokens [chunk * chunk_len, (chunk + 1) * chunk_len). With
+    one chunk it writes the pick; otherwise it writes its best key, that key's token and its
+    lowest allowed token, and `_reduce_picks_kernel` combines the chunks in token order."""
     row = tl.program_id(0)
+    chunk = tl.program_id(1)
     logits_row = LOGITS + row.to(tl.int64) * stride_l
     mask_row = BITMASK + row.to(tl.int64) * stride_m
+    if SAMPLE:
+        seed = tl.load(SEED)
+    if USE_THRESH:
+        threshold = tl.load(THRESH + row)
     best_val = tl.full([], float("-inf"), tl.float32)
     best_idx = tl.full([], 0, tl.int32)
     first_ok = tl.full([], 0x7FFFFFFF, tl.int32)        # lowest allowed token so far
-    for start in range(0, vocab, BLOCK_V):
+    lo = chunk * chunk_len
+    hi = tl.minimum(vocab, lo + chunk_len)
+    for start in range(lo, hi, BLOCK_V):
         offs = start + tl.arange(0, BLOCK_V)
-        in_vocab = offs < vocab
-        words = tl.load(mask_row + (offs >> 5), mask=in_vocab, other=0)
-        ok = in_vocab & (((words >> (offs & 31)) & 1) != 0)
-        x = tl.load(logits_row + offs, mask=ok, other=float("-inf")).to(tl.float32)
-        blk_val = tl.max(x, axis=0)
-        blk_idx = tl.argmax(x, axis=0, tie_break_left=True)
+        in_range = offs < hi
+        words = tl.load(mask_row + (offs >> 5), mask=in_range, other=0)
+        ok = in_range & (((words >> (offs & 31)) & 1) != 0)
+        key = tl.load(logits_row + offs, mask=ok, other=float("-inf")).to(tl.float32)
+        if SAMPLE:
+            s = key * inv_temp
+            u = tl.rand(seed, row * vocab + offs)
+            key = s - tl.log(-tl.log(u))
+            keep = ok
+            if USE_THRESH:
+                keep = keep & (s >= threshold)
+            key = tl.where(keep, key, float("-inf"))
+        blk_val = tl.max(key, axis=0)
+        blk_idx = tl.argmax(key, axis=0, tie_break_left=True)
         better = blk_val > best_val                     # strict: earlier blocks win ties
         best_idx = tl.where(better, start + blk_idx, best_idx)
         best_val = tl.where(better, blk_val, best_val)
         first_ok = tl.minimum(first_ok, tl.min(tl.where(ok, offs, 0x7FFFFFFF), axis=0))
-    pick = tl.where(best_val > float("-inf"), best_idx,
-                    tl.where(first_ok < vocab, first_ok, -1))
+    if NUM_CHUNKS == 1:
+        pick = tl.where(best_val > float("-inf"), best_idx,
+                        tl.where(first_ok < vocab, first_ok, -1))
+        tl.store(OUT + row, pick.to(tl.int64))
+    else:
+        slot = row * NUM_CHUNKS + chunk
+        tl.store(PART_VAL + slot, best_val)
+        tl.store(PART_IDX + slot, best_idx)
+        tl.store(PART_FIRST + slot, first_ok)
+
+
+@triton.jit
+def _reduce_picks_kernel(OUT, PART_VAL, PART_IDX, PART_FIRST, vocab,
+                         NUM_CHUNKS: tl.constexpr, BLOCK_C: tl.constexpr):
+    row = tl.program_id(0)
+    offs = tl.arange(0, BLOCK_C)
+    c_ok = offs < NUM_CHUNKS
+    base = row * NUM_CHUNKS
+    vals = tl.load(PART_VAL + base + offs, mask=c_ok, other=float("-inf"))
+    idxs = tl.load(PART_IDX + base + offs, mask=c_ok, other=0)
+    firsts = tl.load(PART_FIRST + base + offs, mask=c_ok, other=0x7FFFFFFF)
+    best = tl.argmax(vals, axis=0, tie_break_left=True)  # chunks in token order: lowest id wins ties
+    best_val = tl.max(vals, axis=0)
+    best_idx = tl.sum(tl.where(offs == best, idxs, 0), axis=0)
+    first_ok = tl.min(firsts, axis=0)
+    pick = tl.where(best_val > float("-inf"), best_idx, tl.where(first_ok < vocab, first_ok, -1))
     tl.store(OUT + row, pick.to(tl.int64))
 
 
 @triton.jit
-def _masked_sample_kernel(
-    LOGITS, BITMASK, OUT, SEED, vocab, stride_l, stride_m,
-    inv_temp, top_p, search_width,
-    USE_TOP_P: tl.constexpr, CANDIDATES: tl.constexpr, ROUNDS: tl.constexpr,
-    BLOCK_V: tl.constexpr,
+def _top_p_threshold_kernel(
+    LOGITS, BITMASK, THRESH, vocab, stride_l, stride_m, inv_temp, top_p, search_width,
+    CANDIDATES: tl.constexpr, ROUNDS: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
+    """Per row: the scaled-logit threshold of the top-p nucleus (see masked_sample)."""
     row = tl.program_id(0)
     logits_row = LOGITS + row.to(tl.int64) * stride_l
     mask_row = BITMASK + row.to(tl.int64) * stride_m
-    seed = tl.load(SEED)
-
-    threshold = tl.full([], float("-inf"), tl.float32)   # keep scaled logits >= threshold
-    if USE_TOP_P:
-        # pass 1: max and sum of exp of the allowed scaled logits (online)
-        m = tl.full([], float("-inf"), tl.float32)
-        z = tl.full([], 0.0, tl.float32)
-        for start in range(0, vocab, BLOCK_V):
-            offs = start + tl.arange(0, BLOCK_V)
-            in_vocab = offs < vocab
-            words = tl.load(mask_row + (offs >> 5), mask=in_vocab, other=0)
-            ok = in_vocab & (((words >> (offs & 31)) & 1) != 0)
-            s = tl.load(logits_row + offs, mask=ok, other=float("-inf")).to(tl.float32) * inv_temp
-            m_new = tl.maximum(m, tl.max(s, axis=0))
-            m_safe = tl.where(m_new > float("-inf"), m_new, 0.0)
-            z = z * tl.exp(m - m_safe) + tl.sum(tl.where(ok, tl.exp(s - m_safe), 0.0), axis=0)
-            m = m_new
-        # passes 2..: the largest threshold whose kept mass is still >= top_p lies in
-        # [lo, hi); each round tests CANDIDATES evenly spaced thresholds inside it.
-        m_safe = tl.where(m > float("-inf"), m, 0.0)
-        lo = m_safe - search_width
-        hi = m_safe + 1.0
-        kk = tl.arange(0, CANDIDATES)
-        for _ in tl.static_range(ROUNDS):
-            cand = lo + (hi - lo) * (kk + 1).to(tl.float32) / (CANDIDATES + 1)
-            mass = tl.zeros([CANDIDATES], tl.float32)
-            for start in range(0, vocab, BLOCK_V):
-                offs = start + tl.arange(0, BLOCK_V)
-                in_vocab = offs < vocab
-                words = tl.load(mask_row + (offs >> 5), mask=in_vocab, other=0)
-                ok = in_vocab & (((words >> (offs & 31)) & 1) != 0)
-                s = tl.load(logits_row + offs, mask=ok, other=float("-inf")).to(tl.float32) * inv_temp
-                p = tl.where(ok, tl.exp(s - m_safe), 0.0)
-                above = s[:, None] >= cand[None, :]
-                mass += tl.sum(tl.where(above, p[:, None], 0.0), axis=0)
-            enough = mass >= top_p * z
-            lo = tl.maximum(lo, tl.max(tl.where(enough, cand, float("-inf")), axis=0))
-            hi = tl.minimum(hi, tl.min(tl.where(enough, float("inf"), cand), axis=0))
-        threshold = lo
-
-    # final pass: Gumbel-max over the allowed (and kept) tokens
-    best_val = tl.full([], float("-inf"), tl.float32)
-    best_idx = tl.full([], 0, tl.int32)
-    first_ok = tl.full([], 0x7FFFFFFF, tl.int32)
+    # pass 1: max and sum of exp of the allowed scaled logits (online)
+    m = tl.full([], float("-inf"), tl.float32)
+    z = tl.full([], 0.0, tl.float32)
     for start in range(0, vocab, BLOCK_V):
         offs = start + tl.arange(0, BLOCK_V)
         in_vocab = offs < vocab
         words = tl.load(mask_row + (offs >> 5), mask=in_vocab, other=0)
         ok = in_vocab & (((words >> (offs & 31)) & 1) != 0)
         s = tl.load(logits_row + offs, mask=ok, other=float("-inf")).to(tl.float32) * inv_temp
-        u = tl.rand(seed, row * vocab + offs)
-        key = s - tl.log(-tl.log(u))
-        key = tl.where(ok & (s >= threshold), key, float("-inf"))
-        blk_val = tl.max(key, axis=0)
-        blk_idx = tl.argmax(key, axis=0, tie_break_left=True)
-        better = blk_val > best_val
-        best_idx = tl.where(better, start + blk_idx, best_idx)
-        best_val = tl.where(better, blk_val, best_val)
-        first_ok = tl.minimum(first_ok, tl.min(tl.where(ok, offs, 0x7FFFFFFF), axis=0))
-    pick = tl.where(best_val > float("-inf"), best_idx,
-                    tl.where(first_ok < vocab, first_ok, -1))
-    tl.store(OUT + row, pick.to(tl.int64))
+        m_new = tl.maximum(m, tl.max(s, axis=0))
+        m_safe = tl.where(m_new > float("-inf"), m_new, 0.0)
+        z = z * tl.exp(m - m_safe) + tl.sum(tl.where(ok, tl.exp(s - m_safe), 0.0), axis=0)
+        m = m_new
+    # passes 2..: the largest threshold whose kept mass is still >= top_p lies in
+    # [lo, hi); each round tests CANDIDATES evenly spaced thresholds inside it.
+    m_safe = tl.where(m > float("-inf"), m, 0.0)
+    lo = m_safe - search_width
+    hi = m_safe + 1.0
+    kk = tl.arange(0, CANDIDATES)
+    for _ in tl.static_range(ROUNDS):
+        cand = lo + (hi - lo) * (kk + 1).to(tl.float32) / (CANDIDATES + 1)
+        mass = tl.zeros([CANDIDATES], tl.float32)
+        for start in range(0, vocab, BLOCK_V):
+            offs = start + tl.arange(0, BLOCK_V)
+            in_vocab = offs < vocab
+            words = tl.load(mask_row + (offs >> 5), mask=in_vocab, other=0)
+            ok = in_vocab & (((words >> (offs & 31)) & 1) != 0)
+            s = tl.load(logits_row + offs, mask=ok, other=float("-inf")).to(tl.float32) * inv_temp
+            p = tl.where(ok, tl.exp(s - m_safe), 0.0)
+            above = s[:, None] >= cand[None, :]
+            mass += tl.sum(tl.where(above, p[:, None], 0.0), axis=0)
+        enough = mass >= top_p * z
+        lo = tl.maximum(lo, tl.max(tl.where(enough, cand, float("-inf")), axis=0))
+        hi = tl.minimum(hi, tl.min(tl.where(enough, float("inf"), cand), axis=0))
+    tl.store(THRESH + row, lo)
+
+
+MAX_CHUNKS = 128
+
+
+def pick_num_chunks(rows: int, vocab: int, block_v: int, num_sms: int) -> int:
+    """Chunks per row for the pick kernels: about two programs per multiprocessor when the
+    rows alone do not fill the GPU, each chunk at least one ``block_v`` block."""
+    if rows >= num_sms:
+        return 1
+    want = -(-2 * num_sms // max(1, rows))
+    return max(1, min(want, -(-vocab // block_v), MAX_CHUNKS))
+
+
+def _pick(logits, bitmask, out, *, sample, seed=None, thresh=None, inv_temp=1.0, block_v, num_chunks):
+    rows, vocab = logits.shape
+    lg, bm = _unit_stride(logits), _unit_stride(bitmask)
+    if num_chunks is None:
+        from .decode import _num_sms
+        num_chunks = pick_num_chunks(rows, vocab, block_v, _num_sms(logits.device))
+    num_chunks = max(1, min(int(num_chunks), MAX_CHUNKS, max(1, -(-vocab // block_v))))
+    chunk_len = -(-vocab // num_chunks)
+    chunk_len = -(-chunk_len // block_v) * block_v
+    num_chunks = max(1, -(-vocab // chunk_len))
+    if num_chunks > 1:
+        part_val = torch.empty(rows * num_chunks, dtype=torch.float32, device=lg.device)
+        part_idx = torch.empty(rows * num_chunks, dtype=torch.int32, device=lg.device)
+        part_first = torch.empty(rows * num_chunks, dtype=torch.int32, device=lg.device)
+    else:
+        part_val = part_idx = part_first = out                 # unused
+    _pick_kernel[(rows, num_chunks)](
+        lg, bm, out, part_val, part_idx, part_first,
+        seed if seed is not None else out, thresh if thresh is not None else out,
+        vocab, lg.stride(0), bm.stride(0), inv_temp, chunk_len,
+        SAMPLE=sample, USE_THRESH=thresh is not None, NUM_CHUNKS=num_chunks, BLOCK_V=block_v,
+        num_warps=8 if block_v >= 2048 else 4)
+    if num_chunks > 1:
+        _reduce_picks_kernel[(rows,)](out, part_val, part_idx, part_first, vocab,
+                                      NUM_CHUNKS=num_chunks, BLOCK_C=max(2, _pow2(num_chunks)), num_warps=1)
+    return out
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
 
 
 def _unit_stride(logits: torch.Tensor) -> torch.Tensor:
@@ -170,25 +234,24 @@ def apply_bitmask_(logits, bitmask, *, block_v=1024):
     return logits
 
 
-def masked_argmax(logits, bitmask, *, out=None, block_v=2048):
+def masked_argmax(logits, bitmask, *, out=None, block_v=2048, num_chunks=None):
     """Triton version of :func:`qpfast.kernels.reference.masked_argmax`.
 
-    One program per row loops over the vocabulary in ``block_v`` chunks.  ``out``
-    (optional int64 ``[B]``) receives the result.
+    Each row's vocabulary is cut into ``num_chunks`` chunks (default
+    :func:`pick_num_chunks`: one when the rows fill the GPU) scanned in ``block_v``
+    blocks by one program each; a second kernel combines the chunks.  ``out`` (optional
+    int64 ``[B]``) receives the result.
     """
     check_bitmask_args(logits, bitmask)
     rows, vocab = logits.shape
     out = _out_tokens(out, rows, logits.device)
     if rows == 0:
         return out
-    lg, bm = _unit_stride(logits), _unit_stride(bitmask)
-    _masked_argmax_kernel[(rows,)](lg, bm, out, vocab, lg.stride(0), bm.stride(0),
-                                   BLOCK_V=block_v, num_warps=8)
-    return out
+    return _pick(logits, bitmask, out, sample=False, block_v=block_v, num_chunks=num_chunks)
 
 
 def masked_sample(logits, bitmask, temperature=1.0, top_p=1.0, generator=None, *, out=None,
-                  block_v=1024):
+                  block_v=1024, num_chunks=None):
     """Triton version of :func:`qpfast.kernels.reference.masked_sample`.
 
     The random stream differs from the reference's (Philox inside the kernel, seeded by
@@ -201,7 +264,7 @@ def masked_sample(logits, bitmask, temperature=1.0, top_p=1.0, generator=None, *
     check_bitmask_args(logits, bitmask)
     temperature, top_p = check_sampling_args(temperature, top_p)
     if temperature == 0.0:
-        return masked_argmax(logits, bitmask, out=out)
+        return masked_argmax(logits, bitmask, out=out, num_chunks=num_chunks)
     rows, vocab = logits.shape
     out = _out_tokens(out, rows, logits.device)
     if rows == 0:
@@ -210,14 +273,16 @@ def masked_sample(logits, bitmask, temperature=1.0, top_p=1.0, generator=None, *
     if generator is not None and generator.device.type != dev.type:
         raise ValueError(f"generator is on {generator.device} but logits is on {dev}")
     seed = torch.randint(0, 2**31 - 1, (1,), device=dev, generator=generator, dtype=torch.int64)
-    lg, bm = _unit_stride(logits), _unit_stride(bitmask)
-    _masked_sample_kernel[(rows,)](
-        lg, bm, out, seed, vocab, lg.stride(0), bm.stride(0),
-        1.0 / temperature, top_p, math.log(max(vocab, 1)) + 20.0,
-        USE_TOP_P=top_p < 1.0, CANDIDATES=TOP_P_CANDIDATES, ROUNDS=TOP_P_ROUNDS,
-        BLOCK_V=block_v, num_warps=8,
-    )
-    return out
+    thresh = None
+    if top_p < 1.0:
+        lg, bm = _unit_stride(logits), _unit_stride(bitmask)
+        thresh = torch.empty(rows, dtype=torch.float32, device=dev)
+        _top_p_threshold_kernel[(rows,)](
+            lg, bm, thresh, vocab, lg.stride(0), bm.stride(0), 1.0 / temperature, top_p,
+            math.log(max(vocab, 1)) + 20.0,
+            CANDIDATES=TOP_P_CANDIDATES, ROUNDS=TOP_P_ROUNDS, BLOCK_V=block_v, num_warps=8)
+    return _pick(logits, bitmask, out, sample=True, seed=seed, thresh=thresh, inv_temp=1.0 / temperature,
+                 block_v=block_v, num_chunks=num_chunks)
 
 
 def _out_tokens(out, rows: int, device: torch.device) -> torch.Tensor:

@@ -420,3 +420,61 @@ def masked_sample(logits, bitmask, temperature=1.0, top_p=1.0, generator=None):
     keys = torch.where(allowed & live, probs / race, float("-inf"))
     keys = torch.where(keys > 0, keys, float("-inf"))  # zero-probability tokens never win
     return _masked_pick(keys, allowed)
+
+
+# --------------------------------------------------------------------------------------
+# fused decoder-layer pieces (the engine's per-token elementwise work)
+# --------------------------------------------------------------------------------------
+
+def _rms_rows(x: torch.Tensor, w: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
+    """Hugging Face's RMSNorm: normalize in float32, cast, scale by the weight."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return w.to(dtype) * h.to(dtype)
+
+
+def add_rms_norm(x, residual, weight, eps):
+    """``h = x + residual`` (or ``x`` when residual is None), then ``RMSNorm(h) * weight``.
+
+    x, residual ``[N, H]``; weight ``[H]``.  Returns ``(normed, h)``, both like x.
+    """
+    h = x if residual is None else (x + residual).to(x.dtype)
+    return _rms_rows(h, weight, eps, x.dtype), h
+
+
+def qk_norm_rope_store(qkv, q_norm, k_norm, cos, sin, rope_pos, k_cache, v_cache, slot, write_pos,
+                       num_q_heads, num_kv_heads, eps):
+    """The attention input of ``N`` new tokens from their fused q/k/v projection.
+
+    qkv ``[N, (Hq + 2 Hkv) D]``; q_norm / k_norm ``[D]`` or None (Qwen3's per-head norms);
+    cos / sin rope tables ``[max_pos, D]``; rope_pos, slot, write_pos int64 ``[N]``;
+    caches ``[slots, Hkv, capacity, D]``.  Per-head RMSNorm, rotary embedding (rotate-half
+    form), then K and V are written to ``cache[slot, :, write_pos]``.  Returns q
+    ``[N, Hq, D]`` (qkv's dtype).
+    """
+    n = qkv.shape[0]
+    hq, hkv = num_q_heads, num_kv_heads
+    d = qkv.shape[1] // (hq + 2 * hkv)
+    dt = qkv.dtype
+    q = qkv[:, : hq * d].view(n, hq, d)
+    k = qkv[:, hq * d: (hq + hkv) * d].view(n, hkv, d)
+    v = qkv[:, (hq + hkv) * d:].view(n, hkv, d)
+    if q_norm is not None:
+        q = _rms_rows(q, q_norm, eps, dt)
+    if k_norm is not None:
+        k = _rms_rows(k, k_norm, eps, dt)
+    c, s = cos[rope_pos][:, None, :].to(dt), sin[rope_pos][:, None, :].to(dt)
+
+    def rot(x):
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * c + torch.cat((-x2, x1), dim=-1) * s
+    q, k = rot(q), rot(k)
+    k_cache[slot, :, write_pos] = k.to(k_cache.dtype)
+    v_cache[slot, :, write_pos] = v.to(v_cache.dtype)
+    return q
+
+
+def silu_mul(gate_up):
+    """SwiGLU: ``silu(gate) * up`` of a fused ``[N, 2I]`` projection -> ``[N, I]``."""
+    g, u = gate_up.chunk(2, dim=-1)
+    return F.silu(g) * u

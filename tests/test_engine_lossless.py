@@ -5,6 +5,7 @@ refilled mid-batch (continuous batching), and through the generic HF-forward run
 from __future__ import annotations
 
 import pytest
+import torch
 
 import qpfast
 from qpfast.engine import Engine
@@ -96,6 +97,60 @@ def test_kernels_attention_layout(baseline):
     eng = Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", attention="kernels")
     assert eng.runner.attention == "kernels"
     assert _ids(eng) == ids
+
+
+def test_decode_graph_step_gives_the_same_tokens(baseline):
+    """The CUDA-graph decode path (bucketed static buffers, padding rows on free slots,
+    forced tokens fed one per step) run eagerly on CPU: the same tokens, in a full batch,
+    with slot refills (batch 5 -> buckets 1..8 as rows retire) and one at a time."""
+    ids, stats = baseline
+    eng = Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", attention="kernels",
+                 cuda_graphs=True)
+    assert eng.runner.graphs is not None and not eng.runner.graphs.capture
+    assert _ids(eng) == ids
+    st = eng.last_stats
+    # one token per row per step: more decode passes, every output token still picked or forced
+    assert st["decode_forward_passes"] > stats["decode_forward_passes"]
+    assert st["picked_tokens"] == stats["picked_tokens"]
+    assert _ids(eng, batch_size=5) == ids
+    assert _ids(eng, batch_size=3) == ids
+
+
+def test_decode_graph_buckets_and_padding_rows_leave_real_rows_alone():
+    from qpfast.engine.cuda_graph import BUCKETS
+    eng = Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", attention="kernels",
+                 cuda_graphs=True)
+    r = eng.runner
+    r.use_prefix(r.compute_prefix([1, 2, 3, 4]))
+    r.reserve(10, 20)
+    g = r.graphs
+    assert [g.bucket(b) for b in (1, 2, 3, 5, 9, 10)] == [1, 2, 4, 8, 10, 10]
+    assert all(b in BUCKETS for b in (1, 2, 4, 8))
+    # rows 0..2 hold 3 own tokens; the padded step (bucket 4) must give the plain forward's
+    # states and must not write into any real position of slots 0..9
+    r.forward(0, [[5, 6, 7]] * 3, [0, 0, 0])
+    before = [k.clone() for k in r.cache.k]
+    plain = r.forward(0, [[8], [9], [10]], [3, 3, 3])
+    for k, b in zip(r.cache.k, before):               # undo: the graph step writes the same K/V
+        k.copy_(b)
+    stepped = r.decode_step([8, 9, 10], [3, 3, 3])
+    torch.testing.assert_close(stepped, plain, rtol=1e-5, atol=1e-5)   # 4 rows vs 3 in the matmuls
+    last = r.cache.capacity - 1
+    for k, b in zip(r.cache.k, before):
+        changed = (k != b).any(dim=(1, 3)).nonzero().tolist()      # (slot, position) pairs
+        assert all(pos == last or (slot < 3 and pos == 4 + 3) for slot, pos in changed), changed
+    with pytest.raises(ValueError, match="decode step"):
+        r.decode_step([1] * 11, [0] * 11)
+
+
+def test_cuda_graphs_argument_errors():
+    with pytest.raises(ValueError, match="cuda_graphs"):
+        Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", cuda_graphs="yes")
+    with pytest.raises(ValueError, match="cuda_graphs"):
+        Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", attention="cascade",
+               cuda_graphs=True)
+    eng = Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu")
+    assert eng.runner.graphs is None              # "auto" is off on CPU
 
 
 def test_masks_filled_during_the_forward_pass(baseline):

@@ -101,6 +101,49 @@ def make_decode(case: str, dtype=torch.float32, seed=0):
     return q, kc, vc, torch.tensor(lens, dtype=torch.int32)
 
 
+def make_layer_inputs(dtype=torch.float32, seed=0, n=7, hq=8, hkv=2, d=32, hidden=48, qk_norm=True):
+    """Inputs of the fused layer pieces: a qkv projection of n tokens, rope tables, a cache
+    of 5 slots x 40 positions (random: untouched entries must stay), distinct (slot, pos)."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(n, (hq + 2 * hkv) * d, generator=g).to(dtype)
+    norms = (1 + 0.1 * torch.randn(d, generator=g)).to(dtype), (1 + 0.1 * torch.randn(d, generator=g)).to(dtype)
+    ang = torch.randn(64, d // 2, generator=g)
+    cos = torch.cat([ang.cos(), ang.cos()], 1).to(dtype)
+    sin = torch.cat([ang.sin(), ang.sin()], 1).to(dtype)
+    cells = torch.randperm(5 * 40, generator=g)[:n]
+    slot, pos = cells // 40, cells % 40
+    rope_pos = torch.randint(0, 64, (n,), generator=g)
+    kc = torch.randn(5, hkv, 40, d, generator=g).to(dtype)
+    vc = torch.randn(5, hkv, 40, d, generator=g).to(dtype)
+    x = torch.randn(n, hidden, generator=g).to(dtype)
+    res = torch.randn(n, hidden, generator=g).to(dtype)
+    w = (1 + 0.1 * torch.randn(hidden, generator=g)).to(dtype)
+    gu = torch.randn(n, 2 * hidden, generator=g).to(dtype)
+    return dict(qkv=qkv, q_norm=norms[0] if qk_norm else None, k_norm=norms[1] if qk_norm else None,
+                cos=cos, sin=sin, rope_pos=rope_pos, kc=kc, vc=vc, slot=slot, pos=pos, hq=hq, hkv=hkv,
+                x=x, res=res, w=w, gu=gu)
+
+
+def check_layer_kernels(mod, inp, tol):
+    """``mod``'s add_rms_norm / qk_norm_rope_store / silu_mul against the references."""
+    for res in (None, inp["res"]):
+        out, h = mod.add_rms_norm(inp["x"], res, inp["w"], 1e-6)
+        ref_out, ref_h = R.add_rms_norm(inp["x"], res, inp["w"], 1e-6)
+        assert rel_err(h, ref_h) < tol and rel_err(out, ref_out) < tol
+    kc, vc = inp["kc"].clone(), inp["vc"].clone()
+    rk, rv = inp["kc"].clone(), inp["vc"].clone()
+    args = (inp["q_norm"], inp["k_norm"], inp["cos"], inp["sin"], inp["rope_pos"])
+    q = mod.qk_norm_rope_store(inp["qkv"], *args, kc, vc, inp["slot"], inp["pos"], inp["hq"], inp["hkv"], 1e-6)
+    rq = R.qk_norm_rope_store(inp["qkv"], *args, rk, rv, inp["slot"], inp["pos"], inp["hq"], inp["hkv"], 1e-6)
+    assert rel_err(q, rq) < tol
+    assert rel_err(kc, rk) < tol and rel_err(vc, rv) < tol
+    written = torch.zeros(kc.shape[0], kc.shape[2], dtype=torch.bool, device=kc.device)
+    written[inp["slot"], inp["pos"]] = True
+    assert torch.equal(kc.transpose(1, 2)[~written], inp["kc"].transpose(1, 2)[~written])   # the rest untouched
+    assert torch.equal(vc[inp["slot"], :, inp["pos"]], rv[inp["slot"], :, inp["pos"]])      # v copied exactly
+    assert rel_err(mod.silu_mul(inp["gu"]), R.silu_mul(inp["gu"])) < tol
+
+
 def make_bitmask(rows: int, vocab: int, seed=0, density=0.5, extra_words=0) -> torch.Tensor:
     """Random bitmask with every bit pattern possible, including garbage past V."""
     g = torch.Generator().manual_seed(seed)
@@ -468,6 +511,17 @@ def test_decode_num_splits():
 
 
 @needs_triton
+def test_pick_num_chunks():
+    from qpfast.kernels.bitmask import MAX_CHUNKS, pick_num_chunks
+    assert pick_num_chunks(256, 151936, 2048, 132) == 1       # the rows fill an H100
+    assert pick_num_chunks(1, 151936, 2048, 132) == 75        # one 2048-token block each
+    assert pick_num_chunks(1, 151936, 512, 132) == MAX_CHUNKS
+    assert pick_num_chunks(16, 151936, 2048, 132) == 17       # ~2 programs per SM
+    assert pick_num_chunks(4, 1000, 2048, 132) == 1           # one block: nothing to split
+    assert pick_num_chunks(3, 151936, 2048, 1) == 1
+
+
+@needs_triton
 @pytest.mark.parametrize("group", [1, 2, 3, 4, 8, 16, 32])
 @pytest.mark.parametrize("mean_q", [1, 8, 40, 300])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
@@ -601,6 +655,20 @@ def test_interp_decode_cache_views_and_dispatch():
 
 
 @interp_only
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("shape", [dict(hq=8, hkv=2, d=32), dict(hq=4, hkv=4, d=16, qk_norm=False),
+                                   dict(hq=6, hkv=1, d=24, hidden=100, n=1)])
+def test_interp_layer_kernels(shape, dtype):
+    from qpfast.kernels import layers
+    inp = make_layer_inputs(dtype, seed=seed_of("layers", str(shape), str(dtype)), **shape)
+    check_layer_kernels(layers, inp, TOL[dtype])
+    assert K.backend(inp["qkv"]) == "interpreter"
+    q = K.qk_norm_rope_store(inp["qkv"], inp["q_norm"], inp["k_norm"], inp["cos"], inp["sin"], inp["rope_pos"],
+                             inp["kc"].clone(), inp["vc"].clone(), inp["slot"], inp["pos"], inp["hq"], inp["hkv"], 1e-6)
+    assert torch.isfinite(q).all()
+
+
+@interp_only
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
                          ids=["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("vocab", [1, 31, 33, 1000, 4133])
@@ -620,10 +688,11 @@ def test_interp_apply_bitmask(vocab, dtype):
 
 
 @interp_only
+@pytest.mark.parametrize("chunks", [None, 3])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 @pytest.mark.parametrize("vocab,block_v", [(1, 64), (31, 64), (33, 64), (1000, 64), (1000, 2048),
-                                           (4133, 2048)])
-def test_interp_masked_argmax(vocab, block_v, dtype):
+                                           (4133, 2048), (4133, 512)])
+def test_interp_masked_argmax(vocab, block_v, dtype, chunks):
     from qpfast.kernels import bitmask
     g = torch.Generator().manual_seed(vocab + block_v)
     logits = torch.randn(6, vocab, generator=g).to(dtype)
@@ -632,8 +701,11 @@ def test_interp_masked_argmax(vocab, block_v, dtype):
     if vocab > 64:   # a tie across a block boundary: the earlier block must win
         logits[5, [3, vocab - 2]] = 100.0
         bm[5] = -1
+    if vocab > 1000:   # the same tie across a chunk boundary (chunks of 1536 / 2048 tokens)
+        logits[4, [100, 3000]] = 100.0
+        bm[4] = -1
     out = torch.full((6,), SENTINEL, dtype=torch.long)
-    bitmask.masked_argmax(logits, bm, out=out, block_v=block_v)
+    bitmask.masked_argmax(logits, bm, out=out, block_v=block_v, num_chunks=chunks)
     assert torch.equal(out, R.masked_argmax(logits, bm))
     assert torch.equal(out, naive_argmax(logits, bm))
 
@@ -649,16 +721,17 @@ def test_interp_masked_sample_edge_cases():
     greedy = R.masked_argmax(logits, bm)
     logits[4:].scatter_add_(1, greedy[4:, None], torch.full((2, 1), 5.0))   # clear winners
     # at T = 0.01 a 5-logit lead is a 500-unit lead: greedy unless the temperature is misused
-    for kwargs in (dict(temperature=0.0), dict(top_p=1e-6), dict(temperature=0.01, top_p=0.9)):
+    for kwargs in (dict(temperature=0.0), dict(top_p=1e-6), dict(temperature=0.01, top_p=0.9),
+                   dict(temperature=0.01, num_chunks=3), dict(top_p=1e-6, num_chunks=2)):
         out = torch.full((6,), SENTINEL, dtype=torch.long)
         bitmask.masked_sample(logits, bm, generator=g, out=out, block_v=128, **kwargs)
         assert torch.equal(out[[0, 1, 2, 4, 5]], greedy[[0, 1, 2, 4, 5]]), kwargs
         assert out[3] in (vocab // 2, vocab - 1)           # the two tied best tokens
     allowed = naive_allowed(bm, vocab)
-    for top_p in (1.0, 0.5):
+    for top_p, chunks in ((1.0, None), (0.5, None), (1.0, 3), (0.5, 2)):
         out = torch.full((6,), SENTINEL, dtype=torch.long)
         bitmask.masked_sample(logits, bm, temperature=3.0, top_p=top_p, generator=g, out=out,
-                              block_v=512)
+                              block_v=512 if chunks is None else 64, num_chunks=chunks)
         assert out[0] == -1 and out[1] == vocab - 1 and out[2] == greedy[2]
         assert all(allowed[r, int(out[r])] for r in range(1, 6))
 
@@ -688,12 +761,12 @@ def test_interp_masked_sample_top_p_keeps_the_nucleus():
     g = torch.Generator().manual_seed(17)
     logits = torch.randn(rows, vocab, generator=g) * 2
     bm = make_bitmask(rows, vocab, seed=18, density=0.7)
-    for top_p in (0.3, 0.8):
+    for top_p, chunks in ((0.3, None), (0.8, None), (0.8, 3)):
         scaled = logits.masked_fill(~R.bitmask_to_bool(bm, vocab), float("-inf")) / 1.5
         nucleus = R.top_p_keep(scaled, top_p)
         out = torch.full((rows,), SENTINEL, dtype=torch.long)
         bitmask.masked_sample(logits, bm, temperature=1.5, top_p=top_p, generator=g, out=out,
-                              block_v=256)
+                              block_v=256 if chunks is None else 64, num_chunks=chunks)
         assert all(nucleus[r, int(out[r])] for r in range(rows)), top_p
         assert (out != R.masked_argmax(logits, bm)).any()   # it samples, not picks greedily
 

@@ -167,7 +167,10 @@ class Engine:
     in a worker thread during the forward pass instead of before it; cheaper fills, but
     single-choice steps then cost a forward pass each), attention ("auto", "cascade",
     "kernels"), runner ("auto": the own forward for Llama/Qwen2/Qwen3, else "hf": the
-    model's own forward).
+    model's own forward), cuda_graphs ("auto": on for the native runner on CUDA; the
+    decode step is replayed from CUDA graphs, one per batch bucket, and rows then take
+    their forced tokens one per step instead of in one multi-token pass; True on CPU runs
+    the same bucketed step without capture, for tests).
 
     After each `generate`, `last_stats` holds counters and timings and `last_token_ids` the
     output token ids of each query (None for a query that got an error result).
@@ -176,7 +179,8 @@ class Engine:
     def __init__(self, model: Any, tokenizer: Any = None, schema: Schema = DEFAULT_SCHEMA, device: Any = "auto",
                  dtype: Any = "auto", *, batch_size: Optional[int] = None, max_new_tokens: Optional[int] = None,
                  jump_forward: bool = True, sparse_logits: int | bool = 64, reuse_prefix: bool = True,
-                 overlap_masks: bool = False, attention: str = "auto", runner: str = "auto"):
+                 overlap_masks: bool = False, attention: str = "auto", runner: str = "auto",
+                 cuda_graphs: bool | str = "auto"):
         if schema is None:
             schema = DEFAULT_SCHEMA
         if not isinstance(schema, Schema):
@@ -185,6 +189,8 @@ class Engine:
             raise ValueError(f"runner: expected 'auto', 'native' or 'hf', got {runner!r}")
         if attention not in ("auto", "cascade", "kernels"):
             raise ValueError(f"attention: expected 'auto', 'cascade' or 'kernels', got {attention!r}")
+        if cuda_graphs not in ("auto", True, False):
+            raise ValueError(f"cuda_graphs: expected 'auto', True or False, got {cuda_graphs!r}")
         self.schema = schema
         self.batch_size = _check_positive_int("batch_size", batch_size)
         self.max_new_tokens = _check_positive_int("max_new_tokens", max_new_tokens)
@@ -202,6 +208,12 @@ class Engine:
             self.runner: Any = NativeRunner(self.model, self.device, attention)
         else:
             self.runner = HFRunner(self.model, self.device, self.vocab_size)
+        graphs_ok = runner == "native" and self.runner.attention == "kernels"
+        if cuda_graphs is True and not graphs_ok:
+            raise ValueError("cuda_graphs: needs the native runner with attention='kernels' "
+                             f"(runner={self.runner.kind!r}, attention={getattr(self.runner, 'attention', None)!r})")
+        if cuda_graphs is True or (cuda_graphs == "auto" and graphs_ok and self.device.type == "cuda"):
+            self.runner.enable_graphs(capture=self.device.type == "cuda")
         self.vocab = _vocab_for(self.tokenizer, self.vocab_size)
         self.vocab.grammar(schema)                   # compile (vocabulary x schema) once, now
         self._prefixes: "OrderedDict[tuple, Any]" = OrderedDict()
@@ -435,6 +447,7 @@ class Engine:
 
     def _pick(self, states: torch.Tensor, mask: np.ndarray, temperature: float, top_p: float,
               gen: Optional[torch.Generator], stats: dict) -> np.ndarray:
+        """One token per row of `states` under the bitmask row of the same index."""
         n = states.shape[0]
         out = np.full(n, -1, dtype=np.int64)
         sparse_rows, ids, counts, dense_rows = split_rows(mask[:n], self._sparse_threshold())
@@ -515,12 +528,19 @@ class Engine:
             if self.overlap_masks:
                 fut = self._pool.submit(fill_bitmasks, [s.matcher for s in rows], mask[:len(rows)])
             t0 = time.perf_counter()
+            # with CUDA graphs, active rows take one pending token per step (the graph's
+            # shape); a row with more forced tokens left skips the pick until they are in
+            graphs = getattr(runner, "graphs", None) is not None
+            feeds = [s.pending[:1] if graphs else s.pending for s in active] + [s.pending for s in new]
             parts = []
             if active:
-                parts.append(runner.forward(0, [s.pending for s in active], [s.own_len for s in active]))
+                if graphs:
+                    parts.append(runner.decode_step([f[0] for f in feeds[:n_old]], [s.own_len for s in active]))
+                else:
+                    parts.append(runner.forward(0, feeds[:n_old], [s.own_len for s in active]))
                 stats["decode_forward_passes"] += 1
             if new:
-                parts.append(runner.forward(n_old, [s.pending for s in new], [0] * len(new)))
+                parts.append(runner.forward(n_old, feeds[n_old:], [0] * len(new)))
                 stats["prefill_forward_passes"] += 1
             states = parts[0] if len(parts) == 1 else torch.cat(parts)
             t1 = time.perf_counter()
@@ -528,22 +548,29 @@ class Engine:
             if fut is not None:
                 fut.result()
                 stats["time_masks"] += time.perf_counter() - t1
-            for s in rows:
-                s.own_len += len(s.pending)
-                s.pending = []
+            for s, fed in zip(rows, feeds):
+                s.own_len += len(fed)
+                del s.pending[:len(fed)]
                 s.forwards += 1
             stats["row_forward_passes"] += len(rows)
-            # 3. pick, 4. accept + jump forward + next masks
+            # 3. pick, 4. accept + jump forward + next masks (rows with no pending tokens)
+            ready = [i for i, s in enumerate(rows) if not s.pending]
+            if len(ready) == len(rows):
+                pick_states, pick_mask = states, mask[:len(rows)]
+            else:
+                pick_states = states[torch.tensor(ready, dtype=torch.long, device=states.device)]
+                pick_mask = mask[ready]
             t2 = time.perf_counter()
-            picks = self._pick(states, mask, temperature, top_p, gen, stats)
+            picks = self._pick(pick_states, pick_mask, temperature, top_p, gen, stats)
             stats["time_logits"] += time.perf_counter() - t2
-            stats["picked_tokens"] += len(rows)
-            for s, t in zip(rows, picks.tolist()):
+            stats["picked_tokens"] += len(ready)
+            for i, t in zip(ready, picks.tolist()):
+                s = rows[i]
                 if t < 0:
                     s.error = "no allowed token (internal error)"
                 else:
                     s.accept(int(t))
-            self._advance(list(enumerate(rows)), mask, stats)
+            self._advance([(i, rows[i]) for i in ready], mask, stats)
             # 5. retire finished rows; the last active row moves into each hole
             t3 = time.perf_counter()
             done = 0

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import kernels
+from .cuda_graph import DecodeGraphs
 from .kv_cache import KVCache, PrefixKV
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
@@ -83,18 +84,6 @@ def lm_head_rows(model: Any, tokenizer: Any = None) -> int:
     if tokenizer is not None:
         return len(tokenizer)
     raise ValueError("model: cannot tell its vocabulary size (no lm_head, no config.vocab_size)")
-
-
-def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    dt = x.dtype
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return w * h.to(dt)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
 
 
 class _Layer:
@@ -187,6 +176,21 @@ class NativeRunner:
         self.cache: Optional[KVCache] = None
         self.prefix: Optional[PrefixKV] = None
         self._prefix_f32: Optional[tuple[list[torch.Tensor], list[torch.Tensor]]] = None
+        self.graphs: Optional[DecodeGraphs] = None
+
+    def enable_graphs(self, capture: bool = True) -> None:
+        """One-token decode steps (`decode_step`) replay CUDA graphs from now on; with
+        `capture=False` the same bucketed step runs eagerly (CPU tests)."""
+        self.graphs = DecodeGraphs(self, capture=capture)
+        self.cache = None                      # the next reserve() adds the scratch position
+
+    @torch.no_grad()
+    def decode_step(self, tokens: Sequence[int], starts: Sequence[int]) -> torch.Tensor:
+        """One new token for each row in slots [0, b): the final hidden states [b, hidden].
+        Through the CUDA graphs when they are enabled, else a plain `forward`."""
+        if self.graphs is None:
+            return self.forward(0, [[t] for t in tokens], starts)
+        return self.graphs.step(tokens, starts)
 
     # -- rope --------------------------------------------------------------------------
     def _rope_table(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,7 +207,7 @@ class NativeRunner:
     def reserve(self, slots: int, own_capacity: int) -> None:
         """Makes sure the static cache holds `slots` rows of `own_capacity` own tokens."""
         p = self.prefix.length if (self.prefix is not None and self.attention == "kernels") else 0
-        cap = p + own_capacity
+        cap = p + own_capacity + (1 if self.graphs is not None else 0)   # + the graphs' scratch position
         if self.cache is None or not self.cache.fits(slots, cap, self.dtype, self.device):
             old = self.cache
             slots = max(slots, old.slots if old else 0)
@@ -255,46 +259,63 @@ class NativeRunner:
     def _forward(self, cache: KVCache, prefix: Optional[PrefixKV], plen: int, token_lists, starts, slot0: int,
                  attention: str, return_all: bool = False) -> torch.Tensor:
         inp = StepInputs(token_lists, starts, slot0, plen, self.device)
-        cos_t, sin_t = self._rope_table(plen + max(s + n for s, n in zip(inp.starts, inp.lens)))
-        cos, sin = cos_t[inp.abs_pos][:, None, :], sin_t[inp.abs_pos][:, None, :]
+        self._rope_table(plen + max(s + n for s, n in zip(inp.starts, inp.lens)))
         write_pos = inp.own_pos + (plen if attention == "kernels" else 0)
-        hq, hkv, d = self.hq, self.hkv, self.d
-        h = self.embed[inp.tokens]
-        N = inp.N
         meta = self._attn_meta(inp, plen, attention)
-        for li, L in enumerate(self.layers):
-            x = _rms(h, L.ln1, self.eps)
-            qkv = F.linear(x, L.wqkv, L.bqkv)
-            q = qkv[:, : hq * d].view(N, hq, d)
-            k = qkv[:, hq * d: (hq + hkv) * d].view(N, hkv, d)
-            v = qkv[:, (hq + hkv) * d:].view(N, hkv, d)
-            if L.qn is not None:
-                q = _rms(q, L.qn, self.eps)
-            if L.kn is not None:
-                k = _rms(k, L.kn, self.eps)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-            kc, vc = cache.k[li], cache.v[li]
-            kc[inp.slot, :, write_pos] = k.to(kc.dtype)
-            vc[inp.slot, :, write_pos] = v.to(vc.dtype)
+
+        def attend(li: int, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
             if attention == "kernels":
-                o = self._attn_kernels(q, kc, vc, inp, meta)
-            else:
-                pk = pv = None
-                if plen:
-                    if prefix is self.prefix and self._prefix_f32 is not None:
-                        pk, pv = self._prefix_f32[0][li], self._prefix_f32[1][li]
-                    else:
-                        pk, pv = prefix.k[li].float(), prefix.v[li].float()
-                o = self._attn_cascade(q, kc, vc, pk, pv, inp, meta)
-            h = h + F.linear(o.reshape(N, hq * d).to(h.dtype), L.wo, L.bo)
-            x = _rms(h, L.ln2, self.eps)
-            gu = F.linear(x, L.wgu)
-            g, u = gu.chunk(2, dim=-1)
-            h = h + F.linear(self.act(g) * u, L.wd)
+                return self._attn_kernels(q, kc, vc, inp, meta)
+            pk = pv = None
+            if plen:
+                if prefix is self.prefix and self._prefix_f32 is not None:
+                    pk, pv = self._prefix_f32[0][li], self._prefix_f32[1][li]
+                else:
+                    pk, pv = prefix.k[li].float(), prefix.v[li].float()
+            return self._attn_cascade(q, kc, vc, pk, pv, inp, meta)
+
+        h = self.layers_forward(self.embed[inp.tokens], inp.abs_pos, cache, inp.slot, write_pos, attend)
         if not return_all:
             h = h[inp.last]
-        return _rms(h, self.norm, self.eps)
+        return self.final_norm(h)
+
+    def final_norm(self, h: torch.Tensor) -> torch.Tensor:
+        return kernels.add_rms_norm(h, None, self.norm, self.eps)[0]
+
+    def layers_forward(self, h: torch.Tensor, rope_pos: torch.Tensor, cache: KVCache, slot: torch.Tensor,
+                       write_pos: torch.Tensor, attend) -> torch.Tensor:
+        """The decoder layers over `N` new tokens (embeddings `h` [N, hidden], rotary
+        positions `rope_pos`): each token's K/V is written to `cache` at (`slot`,
+        `write_pos`), then `attend(layer, q, k_cache, v_cache)` gives its attention output
+        [N, Hq, D]. Returns the last layer's output (before the final norm).
+
+        The elementwise work goes through `qpfast.kernels` (add_rms_norm,
+        qk_norm_rope_store, silu_mul): three fused Triton kernels a layer on CUDA, the
+        torch references (Hugging Face's arithmetic) on CPU."""
+        hq, hkv, d = self.hq, self.hkv, self.d
+        N = h.shape[0]
+        layers = self.layers
+        x, h = kernels.add_rms_norm(h, None, layers[0].ln1, self.eps)
+        for li, L in enumerate(layers):
+            kc, vc = cache.k[li], cache.v[li]
+            qkv = F.linear(x, L.wqkv, L.bqkv)
+            q = kernels.qk_norm_rope_store(qkv, L.qn, L.kn, self._cos, self._sin, rope_pos, kc, vc, slot,
+                                           write_pos, hq, hkv, self.eps)
+            o = attend(li, q, kc, vc)
+            a = F.linear(o.reshape(N, hq * d).to(h.dtype), L.wo, L.bo)
+            x, h = kernels.add_rms_norm(a, h, L.ln2, self.eps)
+            gu = F.linear(x, L.wgu)
+            if self.act is F.silu:
+                y = kernels.silu_mul(gu)
+            else:
+                g, u = gu.chunk(2, dim=-1)
+                y = self.act(g) * u
+            m = F.linear(y, L.wd)
+            if li + 1 < len(layers):
+                x, h = kernels.add_rms_norm(m, h, layers[li + 1].ln1, self.eps)
+            else:
+                h = h + m
+        return h
 
     # -- attention ---------------------------------------------------------------------
     def _attn_meta(self, inp: StepInputs, plen: int, attention: str) -> dict:

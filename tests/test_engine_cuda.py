@@ -1,0 +1,60 @@
+"""The engine on a real GPU: Triton attention kernels, CUDA-graph decode steps.
+
+Skipped without CUDA (CI has none); run on a GPU machine with
+``python -m pytest -q tests/test_engine_cuda.py``.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import qpfast
+from qpfast.engine import Engine
+from qpfast.testing import qwen_tokenizer
+
+from test_engine_support import ADVERSARIAL, QUERIES16, qwen3_model
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _engine(dtype, **kw):
+    return Engine(copy.deepcopy(qwen3_model()), qwen_tokenizer(), device="cuda", dtype=dtype, **kw)
+
+
+def _strict(queries, results):
+    for q, r in zip(queries, results):
+        if r.error is None:
+            qpfast.parse(r.raw, q, strict=True)
+
+
+def test_cuda_defaults_use_kernels_and_graphs():
+    eng = _engine("float32")
+    assert eng.runner.attention == "kernels" and eng.runner.graphs is not None
+    res = eng.generate(QUERIES16, max_new_tokens=96, batch_size=16)
+    assert all(r.error is None for r in res)
+    _strict(QUERIES16, res)
+    assert eng.runner.graphs.captured >= 1
+
+
+def test_cuda_graphs_on_vs_off_same_tokens_fp32():
+    on = _engine("float32")
+    off = _engine("float32", cuda_graphs=False)
+    cpu = Engine(copy.deepcopy(qwen3_model()), qwen_tokenizer(), device="cpu")
+    for bs in (16, 5):
+        on.generate(QUERIES16, max_new_tokens=96, batch_size=bs)
+        off.generate(QUERIES16, max_new_tokens=96, batch_size=bs)
+        assert on.last_token_ids == off.last_token_ids, bs
+    cpu.generate(QUERIES16, max_new_tokens=96, batch_size=16)
+    assert on.last_token_ids == cpu.last_token_ids
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_cuda_half_precision_outputs_parse_strictly(dtype):
+    eng = _engine(dtype)
+    res = eng.generate(ADVERSARIAL * 3, max_new_tokens=128, batch_size=24)
+    _strict(ADVERSARIAL * 3, res)
+    assert sum(r.error is None for r in res) >= len(ADVERSARIAL * 3) - 6   # the empty queries
+    res = eng.generate(ADVERSARIAL, max_new_tokens=128, temperature=1.0, seed=0)
+    _strict(ADVERSARIAL, res)

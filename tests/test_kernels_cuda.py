@@ -1,0 +1,127 @@
+"""The Triton kernels compiled for a real GPU, against the torch references (float64).
+
+Skipped without CUDA (CI has none); run on a GPU machine with
+``python -m pytest -q tests/test_kernels_cuda.py``. The same cases as the interpreter tests
+in test_kernels.py (ragged lengths with 0 and 1, non-powers of two, GQA 1-8, empty and long
+prefixes) plus QP shapes (head dim 128, prefix 128-512) in fp32, fp16 and bf16, outputs
+poisoned with NaN / a sentinel before every run.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import qpfast.kernels as K
+from qpfast.kernels import reference as R
+
+from test_kernels import (DECODE_CASES, PREFILL_CASES, SENTINEL, check_layer_kernels, cumsum0, make_bitmask,
+                          make_decode, make_layer_inputs, make_prefill, rel_err, seed_of, special_rows)
+
+pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and K.HAS_TRITON),
+                                reason="needs CUDA and triton")
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+IDS = ["fp32", "fp16", "bf16"]
+# fp32 dots run in IEEE fp32; fp16/bf16 operands with fp32 accumulation
+TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+
+def _ref64(fn, *tensors, **kw):
+    """The reference on float32 copies (on the GPU, IEEE fp32 matmuls), as float64."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        return fn(*(t.float() if t.is_floating_point() else t for t in tensors), **kw).double()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def _cuda(*ts):
+    return tuple(t.cuda() for t in ts)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("case", list(PREFILL_CASES))
+def test_cuda_prefill(case, dtype):
+    from qpfast.kernels import prefill
+    q, k, v, cu_q, cu_k = _cuda(*make_prefill(case, dtype, seed=seed_of("cuda", case, str(dtype))))
+    for extra in ({}, dict(block_n=16)):
+        out = torch.full_like(q, float("nan"))
+        prefill.prefill_attention(q, k, v, cu_q, cu_k, out=out, **extra)
+        torch.cuda.synchronize()
+        assert rel_err(out, _ref64(R.prefill_attention, q, k, v, cu_q, cu_k)) < TOL[dtype], extra
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("splits", [None, 1, 3, 8])
+@pytest.mark.parametrize("case", list(DECODE_CASES))
+def test_cuda_decode(case, splits, dtype):
+    from qpfast.kernels import decode
+    q, kc, vc, lens = _cuda(*make_decode(case, dtype, seed=seed_of("cuda", case, splits, str(dtype))))
+    out = torch.full_like(q, float("nan"))
+    decode.decode_attention(q, kc, vc, lens, out=out, num_splits=splits)
+    torch.cuda.synchronize()
+    assert rel_err(out, _ref64(R.decode_attention, q, kc, vc, lens)) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("hq,hkv", [(16, 2), (8, 1), (16, 8)])
+def test_cuda_qp_shapes(hq, hkv, dtype):
+    """Head dim 128, ragged 8-40 new tokens on 128-512-token prefixes; decode on caches
+    longer than the sequences (the engine's static cache)."""
+    g = torch.Generator().manual_seed(hq * 10 + hkv)
+    len_q = torch.randint(8, 41, (37,), generator=g).tolist() + [1]
+    prefix = torch.randint(128, 513, (38,), generator=g).tolist()
+    len_k = [a + b for a, b in zip(len_q, prefix)]
+    q = torch.randn(sum(len_q), hq, 128, generator=g).to(dtype).cuda()
+    k = torch.randn(sum(len_k), hkv, 128, generator=g).to(dtype).cuda()
+    v = torch.randn(sum(len_k), hkv, 128, generator=g).to(dtype).cuda()
+    cu_q, cu_k = cumsum0(len_q).cuda(), cumsum0(len_k).cuda()
+    out = K.prefill_attention(q, k, v, cu_q, cu_k)
+    assert rel_err(out, _ref64(R.prefill_attention, q, k, v, cu_q, cu_k)) < TOL[dtype]
+    for batch in (1, 5, 64):
+        qd = torch.randn(batch, hq, 128, generator=g).to(dtype).cuda()
+        kc = torch.randn(batch, hkv, 640, 128, generator=g).to(dtype).cuda()
+        vc = torch.randn(batch, hkv, 640, 128, generator=g).to(dtype).cuda()
+        lens = torch.randint(1, 641, (batch,), generator=g, dtype=torch.int32).cuda()
+        od = K.decode_attention(qd, kc, vc, lens)
+        assert rel_err(od, _ref64(R.decode_attention, qd, kc, vc, lens)) < TOL[dtype], batch
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("vocab", [1, 33, 4133, 151936])
+def test_cuda_bitmask_ops(vocab, dtype):
+    from qpfast.kernels import bitmask
+    rows = 9
+    g = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(rows, vocab, generator=g).to(dtype)
+    bm = make_bitmask(rows, vocab, seed=vocab + 1, density=0.01 if vocab > 4000 else 0.5, extra_words=1)
+    special_rows(logits, bm)
+    logits, bm = logits.cuda(), bm.cuda()
+    want = R.apply_bitmask_(logits.clone(), bm)
+    got = logits.clone()
+    bitmask.apply_bitmask_(got, bm)
+    assert torch.equal(got, want)
+    out = torch.full((rows,), SENTINEL, dtype=torch.long, device="cuda")
+    bitmask.masked_argmax(logits, bm, out=out)
+    assert torch.equal(out, R.masked_argmax(logits, bm))
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    allowed = R.bitmask_to_bool(bm, vocab)
+    for kwargs in (dict(temperature=0.0), dict(temperature=1.0), dict(temperature=0.7, top_p=0.9)):
+        out = torch.full((rows,), SENTINEL, dtype=torch.long, device="cuda")
+        bitmask.masked_sample(logits, bm, generator=gen, out=out, **kwargs)
+        some = allowed.any(1)
+        assert torch.equal(out[~some], torch.full_like(out[~some], -1))      # nothing allowed
+        assert all(bool(allowed[r, int(out[r])]) for r in range(rows) if some[r]), kwargs
+        if kwargs["temperature"] == 0.0:
+            assert torch.equal(out, R.masked_argmax(logits, bm))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("shape", [dict(hq=16, hkv=8, d=128, hidden=1024, n=64),
+                                   dict(hq=8, hkv=1, d=64, hidden=100, n=3, qk_norm=False)])
+def test_cuda_layer_kernels(shape, dtype):
+    from qpfast.kernels import layers
+    inp = make_layer_inputs(dtype, seed=seed_of("cuda-layers", str(shape), str(dtype)), **shape)
+    inp = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in inp.items()}
+    check_layer_kernels(layers, inp, TOL[dtype])
