@@ -46,6 +46,16 @@ def _apply_bitmask_kernel(LOGITS, BITMASK, vocab, stride_l, stride_m, BLOCK_V: t
 
 
 @triton.jit
+def _allowed_block(logits_row, mask_row, offs, limit, scale):
+    """Tokens `offs` (< limit) of one row: which are allowed, and their logits * scale in
+    float32 (-inf where not allowed)."""
+    in_range = offs < limit
+    words = tl.load(mask_row + (offs >> 5), mask=in_range, other=0)
+    ok = in_range & (((words >> (offs & 31)) & 1) != 0)
+    return ok, tl.load(logits_row + offs, mask=ok, other=float("-inf")).to(tl.float32) * scale
+
+
+@triton.jit
 def _pick_kernel(
     LOGITS, BITMASK, OUT, PART_VAL, PART_IDX, PART_FIRST, SEED, THRESH,
     vocab, stride_l, stride_m, inv_temp, chunk_len,
@@ -71,10 +81,7 @@ def _pick_kernel(
     hi = tl.minimum(vocab, lo + chunk_len)
     for start in range(lo, hi, BLOCK_V):
         offs = start + tl.arange(0, BLOCK_V)
-        in_range = offs < hi
-        words = tl.load(mask_row + (offs >> 5), mask=in_range, other=0)
-        ok = in_range & (((words >> (offs & 31)) & 1) != 0)
-        key = tl.load(logits_row + offs, mask=ok, other=float("-inf")).to(tl.float32)
+        ok, key = _allowed_block(logits_row, mask_row, offs, hi, 1.0)
         if SAMPLE:
             s = key * inv_temp
             u = tl.rand(seed, row * vocab + offs)
@@ -132,10 +139,7 @@ def _top_p_threshold_kernel(
     z = tl.full([], 0.0, tl.float32)
     for start in range(0, vocab, BLOCK_V):
         offs = start + tl.arange(0, BLOCK_V)
-        in_vocab = offs < vocab
-        words = tl.load(mask_row + (offs >> 5), mask=in_vocab, other=0)
-        ok = in_vocab & (((words >> (offs & 31)) & 1) != 0)
-        s = tl.load(logits_row + offs, mask=ok, other=float("-inf")).to(tl.float32) * inv_temp
+        ok, s = _allowed_block(logits_row, mask_row, offs, vocab, inv_temp)
         m_new = tl.maximum(m, tl.max(s, axis=0))
         m_safe = tl.where(m_new > float("-inf"), m_new, 0.0)
         z = z * tl.exp(m - m_safe) + tl.sum(tl.where(ok, tl.exp(s - m_safe), 0.0), axis=0)
@@ -151,10 +155,7 @@ def _top_p_threshold_kernel(
         mass = tl.zeros([CANDIDATES], tl.float32)
         for start in range(0, vocab, BLOCK_V):
             offs = start + tl.arange(0, BLOCK_V)
-            in_vocab = offs < vocab
-            words = tl.load(mask_row + (offs >> 5), mask=in_vocab, other=0)
-            ok = in_vocab & (((words >> (offs & 31)) & 1) != 0)
-            s = tl.load(logits_row + offs, mask=ok, other=float("-inf")).to(tl.float32) * inv_temp
+            ok, s = _allowed_block(logits_row, mask_row, offs, vocab, inv_temp)
             p = tl.where(ok, tl.exp(s - m_safe), 0.0)
             above = s[:, None] >= cand[None, :]
             mass += tl.sum(tl.where(above, p[:, None], 0.0), axis=0)
