@@ -285,8 +285,10 @@ def test_stats_jump_forward_and_sparse_logits():
 
 # -- qpfast.generate ---------------------------------------------------------------------------
 
-def test_module_generate_default_model_error_and_engine_cache():
-    with pytest.raises(FileNotFoundError, match="model="):
+def test_module_generate_default_model_error_and_engine_cache(monkeypatch, tmp_path):
+    import sys
+    monkeypatch.setattr(sys.modules["qpfast.generate"], "DEFAULT_MODEL_DIR", tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="model="):      # a broken install says what to do
         generate(["兰蔻"])
     with pytest.raises(TypeError, match="queries"):
         generate("兰蔻", model=llama_dir())
