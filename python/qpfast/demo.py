@@ -35,7 +35,7 @@ def main(max_new_tokens: int = 160) -> int:
     else:
         from .testing import tiny_model_dir
         model = tiny_model_dir("qwen3", hidden=64, layers=2)
-        note = "a tiny RANDOM-weight Qwen3 (no default model is shipped yet): content is noise, validity is not"
+        note = "a tiny RANDOM-weight Qwen3 (the default model is not installed): content is noise, validity is not"
     print(f"2) qpfast.Engine on {note}")
     t0 = time.perf_counter()
     eng = qpfast.Engine(model=model)

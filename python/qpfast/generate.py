@@ -11,7 +11,7 @@ from .schema import DEFAULT_SCHEMA, Schema
 
 __all__ = ["generate", "default_model_dir", "clear_engines", "get_engine"]
 
-#: Where the embedded default model lives inside the package (not shipped yet).
+#: Where the embedded default model lives inside the package (package data).
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
 
 _ENGINES: dict[tuple, Any] = {}
