@@ -279,3 +279,43 @@ def test_100k_generation_deterministic():
     digest = lambda xs: hashlib.sha256("\n".join(e.query + "\t" + e.target for e in xs).encode()).hexdigest()  # noqa
     assert digest(a) == digest(b)
     print(f"100k examples in {elapsed:.1f} s")
+
+
+# -- synthetic entity values (training augmentation) --------------------------------------------
+
+def test_synthetic_values_keep_labels_valid_and_shape_but_are_new():
+    gen = QueryGenerator("train", synth_values=1.0)
+    plan = split_plan(0)
+    known = set().union(*(plan.pool(s).values() for s in SPLITS))
+    new = total = 0
+    for ex in gen.examples(400, seed=3):
+        qpfast.parse(ex.target, ex.query, strict=True)              # labels still check out
+        for value, _ in ex.entities:
+            total += 1
+            new += value not in known
+    assert total > 300 and new / total > 0.9                         # values no split contains
+
+
+def test_synthetic_mutation_preserves_the_shape():
+    from qpfast.data.synthetic import SyntheticValues
+    sv = SyntheticValues(split_plan(0).pool("train"))
+    rng = random.Random(0)
+    for value in ("兰蔻", "iphone 15pro", "su7", "x-100 ultra", "小黑瓶"):
+        out = sv.mutate(value, rng)
+        assert len(out) == len(value)
+        for a, b in zip(value, out):
+            assert (a.isdigit(), a.isascii() and a.isalpha(), "\u4e00" <= a <= "\u9fff") == \
+                   (b.isdigit(), b.isascii() and b.isalpha(), "\u4e00" <= b <= "\u9fff")
+            if not (a.isalnum() or "\u4e00" <= a <= "\u9fff"):
+                assert a == b                                         # spaces, punctuation kept
+    line = gz.ProductLine("兰蔻", "小黑瓶")
+    m = sv.item(line, rng)
+    assert isinstance(m, gz.ProductLine) and len(m.brand) == 2 and len(m.line) == 3
+
+
+def test_synthetic_values_off_draws_exactly_as_before():
+    plain = QueryGenerator("train").examples(80, seed=5)
+    off = QueryGenerator("train", synth_values=0.0).examples(80, seed=5)
+    assert [e.target for e in plain] == [e.target for e in off]
+    with pytest.raises(ValueError, match="synth_values"):
+        QueryGenerator("train", synth_values=1.5)

@@ -90,6 +90,16 @@ def test_a_stage_can_be_rerun_alone(tiny_run, tmp_path):
         run_recipe("tiny", out, "stage2", log=lambda s: None)
 
 
+def test_stage2_mixes_in_gold_with_synthetic_entity_values(tiny_run):
+    from qpfast.data import read_jsonl
+    synth = list(read_jsonl(tiny_run / "data" / "train_synth.jsonl"))
+    assert len(synth) == 16
+    for r in synth:
+        qpfast.parse(r["target"], r["query"], strict=True)
+    log = (tiny_run / "train.log").read_text(encoding="utf-8")
+    assert "stage 2: 24 gold examples (6 with synthetic entity values)" in log
+
+
 def test_configs_load_and_reject_typos(tmp_path):
     assert config_path("tiny") == CONFIG_DIR / "tiny.toml"
     default = RecipeConfig.load("default")
@@ -104,6 +114,10 @@ def test_configs_load_and_reject_typos(tmp_path):
         RecipeConfig.from_dict({"rewards": {"sentiment": 1.0}})
     with pytest.raises(TypeError, match="stage3.isolate"):
         RecipeConfig.from_dict({"stage3": {"isolate": "yes"}})
+    with pytest.raises(ValueError, match="synth_share"):
+        RecipeConfig.from_dict({"stage2": {"synth_share": 0.5}})           # no synthetic examples
+    with pytest.raises(ValueError, match="synth_share"):
+        RecipeConfig.from_dict({"data": {"n_synth": 10}, "stage2": {"synth_share": 2}})
     with pytest.raises(FileNotFoundError):
         config_path(tmp_path / "nope.toml")
     p = tmp_path / "c.json"

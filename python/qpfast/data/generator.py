@@ -167,11 +167,17 @@ class QueryGenerator:
     """Draws labelled queries from one split's `Pool` of templates and gazetteer values.
 
     split: ``"train"``, ``"dev"``, ``"test"`` or ``"all"``; split_seed: the seed of the
-    partition (`qpfast.data.splits`), independent of the sampling seed.
+    partition (`qpfast.data.splits`), independent of the sampling seed; synth_values: the
+    probability that a slot gets a synthetic value (`qpfast.data.synthetic`) instead of one
+    of the split's own (training augmentation; 0 draws exactly as without it).
     """
 
-    def __init__(self, split: str = "train", *, split_seed: int = 0, schema: Schema | None = None):
+    def __init__(self, split: str = "train", *, split_seed: int = 0, schema: Schema | None = None,
+                 synth_values: float = 0.0):
+        if not 0.0 <= synth_values <= 1.0:
+            raise ValueError(f"synth_values: must be in [0, 1], got {synth_values}")
         self.split = split
+        self.synth_values = synth_values
         self.schema = schema or DEFAULT_SCHEMA
         self.pool: Pool = split_plan(split_seed).pool(split)
         by_cat: dict[str, list[Template]] = {}
@@ -180,6 +186,10 @@ class QueryGenerator:
         self._categories = sorted(by_cat)
         self._by_category = {c: tuple(ts) for c, ts in by_cat.items()}
         self._candidates: dict[tuple[str, str], tuple] = {}
+        self._synth = None
+        if synth_values > 0.0:
+            from .synthetic import SyntheticValues
+            self._synth = SyntheticValues(self.pool)
 
     # -- drawing ---------------------------------------------------------------------
     def _choices(self, slot: Slot) -> tuple:
@@ -223,6 +233,8 @@ class QueryGenerator:
                     pieces.append(Piece(text, w, None, surface, chunk))
                     continue
                 item = rng.choice(self._choices(part))
+                if self._synth is not None and rng.random() < self.synth_values:
+                    item = self._synth.item(item, rng)     # a value no split contains
                 key = draw_kind(part.types, part.group)
                 if item in drawn.setdefault(key, set()):
                     duplicate = True

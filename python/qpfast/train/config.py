@@ -50,6 +50,8 @@ class DataConfig:
     seed: int = 0                 # sampling seed of `qpfast data`
     split_seed: int = 0           # train/dev/test partition seed
     perturb: float = 0.3          # perturbation probability of the stream
+    n_synth: int = 0              # gold train examples with synthetic entity values (train_synth.jsonl)
+    synth_values: float = 0.7     # in those, the probability that a slot's value is synthetic
 
 
 @dataclass
@@ -68,6 +70,7 @@ class SFTStageConfig:
 
     n_examples: int = 0           # examples drawn for the stage (0: all available)
     gold_share: float = 1.0       # stage 1: share of gold examples in the mix; stage 2: 1.0
+    synth_share: float = 0.0      # share of the stage's examples from train_synth.jsonl (stage 2)
     epochs: float = 1.0
     max_steps: int = -1           # > 0 overrides epochs
     batch_size: int = 32
@@ -165,6 +168,14 @@ class RecipeConfig:
             raise ValueError("rewards: at least one task weight must be > 0")
         if not 0.0 <= self.stage1.gold_share <= 1.0:
             raise ValueError(f"stage1.gold_share: must be in [0, 1], got {self.stage1.gold_share}")
+        for name in ("stage1", "stage2"):
+            share = getattr(self, name).synth_share
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{name}.synth_share: must be in [0, 1], got {share}")
+        if self.stage2.synth_share and not self.data.n_synth:
+            raise ValueError("stage2.synth_share: needs data.n_synth > 0 (the synthetic-value examples)")
+        if not 0.0 <= self.data.synth_values <= 1.0:
+            raise ValueError(f"data.synth_values: must be in [0, 1], got {self.data.synth_values}")
         if self.stage3.num_generations < 2:
             raise ValueError("stage3.num_generations: GRPO needs at least 2 rollouts per group")
         if self.stage3.oversample < 1.0:

@@ -158,6 +158,11 @@ class Recipe:
         data = self.path("data")
         write_splits(data, d.n_train, d.n_dev, d.n_test, seed=d.seed, split_seed=d.split_seed)
         self.log(f"gold: train {d.n_train}, dev {d.n_dev}, test {d.n_test} -> {data}")
+        if d.n_synth:
+            from ..data import QueryGenerator
+            gen = QueryGenerator("train", split_seed=d.split_seed, synth_values=d.synth_values)
+            write_jsonl(data / "train_synth.jsonl", gen.iter_examples(d.n_synth, seed=d.seed + 1))
+            self.log(f"gold with synthetic entity values: {d.n_synth} (slot probability {d.synth_values})")
         queries = list(unlabelled_queries(d.n_unlabelled, d.seed, split_seed=d.split_seed, perturb=d.perturb))
         legacy = legacy_pipeline("train", d.split_seed)
         t = time.perf_counter()
@@ -217,8 +222,15 @@ class Recipe:
 
         c = self.cfg.stage2
         model, tok = self._load("stage1")
-        pairs = self._gold_sample(c.n_examples, "stage2")
-        self.log(f"stage 2: {len(pairs)} gold examples")
+        n_synth = round(c.n_examples * c.synth_share)
+        pairs = self._gold_sample(c.n_examples - n_synth, "stage2")
+        if n_synth:
+            rng = random.Random(f"qpfast.train.stage2.synth:{self.cfg.seed}")
+            synth = self._pairs("train_synth.jsonl")
+            rng.shuffle(synth)
+            pairs = pairs + synth[:n_synth]
+            rng.shuffle(pairs)
+        self.log(f"stage 2: {len(pairs)} gold examples ({n_synth} with synthetic entity values)")
         res = run_sft(model, tok, pairs, c, str(self.path("scratch", "stage2")), seed=self.cfg.seed,
                       schema=self.schema, device=self.cfg.device, log=self.log)
         self._save_model(model, tok, "stage2")
