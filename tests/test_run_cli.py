@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import qpfast
+from qpfast.generate import clear_engines
 from qpfast.run_cli import add_run_parser, run_main
 
 from test_engine_support import llama_dir, torch_threads
@@ -60,12 +61,25 @@ def test_run_stdin_to_output_file(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_missing_model_exits_non_zero_with_a_message(tmp_path, capsys):
+def test_without_model_runs_the_embedded_default(tmp_path, capsys):
+    f = tmp_path / "q.txt"
+    f.write_text("兰蔻小黑瓶\n", encoding="utf-8")
+    try:
+        assert run_main(_args([str(f), "--no-progress", "--device", "cpu"])) == 0
+    finally:
+        clear_engines()
+    row = json.loads(capsys.readouterr().out)
+    assert row["query"] == "兰蔻小黑瓶" and row["error"] is None
+    qpfast.parse(row["raw"], row["query"], strict=True)
+
+
+def test_missing_model_exits_non_zero_with_a_message(tmp_path, capsys, monkeypatch):
     f = tmp_path / "q.txt"
     f.write_text("q\n", encoding="utf-8")
     assert run_main(_args(["--model", str(tmp_path / "nope"), str(f)])) != 0
     assert "nope" in capsys.readouterr().err
-    assert run_main(_args([str(f)])) != 0                  # no --model, no embedded default yet
+    monkeypatch.setattr(sys.modules["qpfast.generate"], "DEFAULT_MODEL_DIR", tmp_path / "no-default")
+    assert run_main(_args([str(f)])) != 0                  # no --model and a broken install
     assert "--model" in capsys.readouterr().err
     assert run_main(_args(["--model", str(tmp_path), str(f)])) != 0   # not a checkpoint
     assert "config.json" in capsys.readouterr().err

@@ -19,7 +19,7 @@ _LOCK = threading.Lock()
 
 
 def default_model_dir() -> str:
-    """The embedded default model's directory; a clear error while it is not shipped."""
+    """The embedded default model's directory; a clear error when it is missing (a broken install)."""
     d = DEFAULT_MODEL_DIR
     if not (d.is_dir() and (d / "config.json").is_file()):
         raise FileNotFoundError(
