@@ -98,6 +98,7 @@ def test_stage2_mixes_in_gold_with_synthetic_entity_values(tiny_run):
         qpfast.parse(r["target"], r["query"], strict=True)
     log = (tiny_run / "train.log").read_text(encoding="utf-8")
     assert "stage 2: 24 gold examples (6 with synthetic entity values)" in log
+    assert "stage 3: 8 queries (2 with synthetic entity values)" in log
 
 
 def test_configs_load_and_reject_typos(tmp_path):
@@ -118,6 +119,8 @@ def test_configs_load_and_reject_typos(tmp_path):
         RecipeConfig.from_dict({"stage2": {"synth_share": 0.5}})           # no synthetic examples
     with pytest.raises(ValueError, match="synth_share"):
         RecipeConfig.from_dict({"data": {"n_synth": 10}, "stage2": {"synth_share": 2}})
+    with pytest.raises(ValueError, match="stage3.synth_share"):
+        RecipeConfig.from_dict({"stage3": {"synth_share": 0.5}})
     with pytest.raises(FileNotFoundError):
         config_path(tmp_path / "nope.toml")
     p = tmp_path / "c.json"

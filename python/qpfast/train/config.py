@@ -89,6 +89,7 @@ class GRPOStageConfig:
     """Stage 3: multi-reward GRPO with constrained rollouts (`qpfast.train.grpo`)."""
 
     n_queries: int = 512          # training prompts (gold train queries)
+    synth_share: float = 0.0      # share of the prompts from train_synth.jsonl (unseen-looking values)
     num_generations: int = 8      # G, rollouts per group
     oversample: float = 2.0       # candidates sampled per group = ceil(G * oversample) (task isolation)
     isolate: bool = True          # task-isolated sampling
@@ -168,12 +169,13 @@ class RecipeConfig:
             raise ValueError("rewards: at least one task weight must be > 0")
         if not 0.0 <= self.stage1.gold_share <= 1.0:
             raise ValueError(f"stage1.gold_share: must be in [0, 1], got {self.stage1.gold_share}")
-        for name in ("stage1", "stage2"):
+        for name in ("stage1", "stage2", "stage3"):
             share = getattr(self, name).synth_share
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"{name}.synth_share: must be in [0, 1], got {share}")
-        if self.stage2.synth_share and not self.data.n_synth:
-            raise ValueError("stage2.synth_share: needs data.n_synth > 0 (the synthetic-value examples)")
+        for name in ("stage2", "stage3"):
+            if getattr(self, name).synth_share and not self.data.n_synth:
+                raise ValueError(f"{name}.synth_share: needs data.n_synth > 0 (the synthetic-value examples)")
         if not 0.0 <= self.data.synth_values <= 1.0:
             raise ValueError(f"data.synth_values: must be in [0, 1], got {self.data.synth_values}")
         if self.stage3.num_generations < 2:

@@ -222,14 +222,7 @@ class Recipe:
 
         c = self.cfg.stage2
         model, tok = self._load("stage1")
-        n_synth = round(c.n_examples * c.synth_share)
-        pairs = self._gold_sample(c.n_examples - n_synth, "stage2")
-        if n_synth:
-            rng = random.Random(f"qpfast.train.stage2.synth:{self.cfg.seed}")
-            synth = self._pairs("train_synth.jsonl")
-            rng.shuffle(synth)
-            pairs = pairs + synth[:n_synth]
-            rng.shuffle(pairs)
+        pairs, n_synth = self._gold_mix(c.n_examples, c.synth_share, "stage2")
         self.log(f"stage 2: {len(pairs)} gold examples ({n_synth} with synthetic entity values)")
         res = run_sft(model, tok, pairs, c, str(self.path("scratch", "stage2")), seed=self.cfg.seed,
                       schema=self.schema, device=self.cfg.device, log=self.log)
@@ -242,8 +235,8 @@ class Recipe:
 
         c = self.cfg.stage3
         model, tok = self._load("stage2")
-        pairs = self._gold_sample(c.n_queries, "stage3")
-        self.log(f"stage 3: {len(pairs)} queries, G={c.num_generations}, oversample {c.oversample}, "
+        pairs, n_synth = self._gold_mix(c.n_queries, c.synth_share, "stage3")
+        self.log(f"stage 3: {len(pairs)} queries ({n_synth} with synthetic entity values), G={c.num_generations}, oversample {c.oversample}, "
                  f"isolate {c.isolate}, rewards {self.cfg.rewards}")
         res = run_grpo(model, tok, pairs, c, self.cfg.rewards, str(self.path("scratch", "stage3")),
                        seed=self.cfg.seed, schema=self.schema, device=self.cfg.device, log=self.log)
@@ -264,6 +257,18 @@ class Recipe:
         rng = random.Random(f"qpfast.train.{salt}:{self.cfg.seed}")
         rng.shuffle(gold)
         return gold[:n] if n > 0 else gold
+
+    def _gold_mix(self, n: int, synth_share: float, salt: str) -> tuple[list[tuple[str, str]], int]:
+        """`n` gold pairs of which a `synth_share` comes from train_synth.jsonl; and that count."""
+        n_synth = round(n * synth_share)
+        pairs = self._gold_sample(n - n_synth, salt)
+        if n_synth:
+            rng = random.Random(f"qpfast.train.{salt}.synth:{self.cfg.seed}")
+            synth = self._pairs("train_synth.jsonl")
+            rng.shuffle(synth)
+            pairs = pairs + synth[:n_synth]
+            rng.shuffle(pairs)
+        return pairs, n_synth
 
     @staticmethod
     def _tokenizer(path: Path):
