@@ -121,6 +121,7 @@ def test_configs_load_and_reject_typos(tmp_path):
         RecipeConfig.from_dict({"data": {"n_synth": 10}, "stage2": {"synth_share": 2}})
     with pytest.raises(ValueError, match="stage3.synth_share"):
         RecipeConfig.from_dict({"stage3": {"synth_share": 0.5}})
+    assert default.data.n_synth > 0 and 0 < default.stage2.synth_share < 1
     with pytest.raises(FileNotFoundError):
         config_path(tmp_path / "nope.toml")
     p = tmp_path / "c.json"
