@@ -52,7 +52,10 @@ from typing import Any
 import torch
 
 import qpfast
-from qpfast import DEFAULT_SCHEMA, Schema
+
+# the same plain JSON Schema as the mask benchmark (without minLength, which xgrammar 0.2.8
+# compiles without escape sequences)
+from bench_mask import xgr_schema_json  # noqa: E402  (bench/ is the script's directory)
 
 N_QUERIES = 64
 MAX_NEW_TOKENS = 128
@@ -110,31 +113,13 @@ def batch_inputs(qs: list[str]):
     return ids, att
 
 
-def equivalent_json_schema(schema: Schema = DEFAULT_SCHEMA) -> dict[str, Any]:
-    """The closest plain JSON Schema to qp-json/1 (no query grounding; as bench_mask.py:
-    no minLength on ner/seg strings, which xgrammar 0.2.8 would compile without escapes)."""
-    text = {"type": "string"}
-    props = {
-        "ner": {"type": "array", "items": {
-            "type": "array", "prefixItems": [text, {"type": "string", "enum": list(schema.entity_types)}],
-            "items": False, "minItems": 2, "maxItems": 2}},
-        "seg": {"type": "array", "items": text, "minItems": 1},
-        "weight": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": schema.weight_levels - 1}},
-        "cat": {"type": "string", "enum": list(schema.categories)},
-        "intent": {"type": "string", "minLength": 1, "maxLength": schema.intent_max_chars},
-    }
-    keys = [schema.keys[f] for f in schema.fields]
-    return {"type": "object", "properties": {schema.keys[f]: props[f] for f in schema.fields},
-            "required": keys, "additionalProperties": False}
-
-
 @functools.lru_cache(maxsize=1)
 def xgr_compiled():
     import xgrammar as xgr
     info = xgr.TokenizerInfo.from_huggingface(tokenizer(), vocab_size=model().config.vocab_size,
                                               stop_token_ids=end_ids())
     comp = xgr.GrammarCompiler(info)
-    return comp.compile_json_schema(json.dumps(equivalent_json_schema(), ensure_ascii=False), any_whitespace=False,
+    return comp.compile_json_schema(xgr_schema_json(), any_whitespace=False,
                                     separators=(",", ":"), strict_mode=True)
 
 
