@@ -246,8 +246,9 @@ def bench_decode(quick: bool) -> list[dict]:
         seq_lens = torch.full((bsz,), seq, device="cuda", dtype=torch.int32)
         err = rel_err(K.decode_attention(q, kc, vc, seq_lens), R.decode_attention(q, kc, vc, seq_lens))
         ms, ms2 = bench(lambda: K.decode_attention(q, kc, vc, seq_lens))
-        from qpfast.kernels.decode import _num_sms, decode_num_splits
-        splits = decode_num_splits(bsz, hkv, seq, _num_sms(q.device))
+        from qpfast.kernels.common import num_sms
+        from qpfast.kernels.decode import decode_num_splits
+        splits = decode_num_splits(bsz, hkv, seq, num_sms(q.device))
 
         q4 = q[:, :, None]
         try:

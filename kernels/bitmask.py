@@ -26,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import num_sms as _num_sms
+from .common import pow2
 from .reference import check_bitmask_args, check_sampling_args
 
 #: candidate thresholds per pass / passes of the top-p search: resolution
@@ -181,7 +183,6 @@ def _pick(logits, bitmask, out, *, sample, seed=None, thresh=None, inv_temp=1.0,
     rows, vocab = logits.shape
     lg, bm = _unit_stride(logits), _unit_stride(bitmask)
     if num_chunks is None:
-        from .decode import _num_sms
         num_chunks = pick_num_chunks(rows, vocab, block_v, _num_sms(logits.device))
     num_chunks = max(1, min(int(num_chunks), MAX_CHUNKS, max(1, -(-vocab // block_v))))
     chunk_len = -(-vocab // num_chunks)
@@ -201,12 +202,8 @@ def _pick(logits, bitmask, out, *, sample, seed=None, thresh=None, inv_temp=1.0,
         num_warps=8 if block_v >= 2048 else 4)
     if num_chunks > 1:
         _reduce_picks_kernel[(rows,)](out, part_val, part_idx, part_first, vocab,
-                                      NUM_CHUNKS=num_chunks, BLOCK_C=max(2, _pow2(num_chunks)), num_warps=1)
+                                      NUM_CHUNKS=num_chunks, BLOCK_C=max(2, pow2(num_chunks)), num_warps=1)
     return out
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
 
 
 def _unit_stride(logits: torch.Tensor) -> torch.Tensor:

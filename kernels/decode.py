@@ -24,12 +24,13 @@ capacity and the number of multiprocessors.
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
+from .common import num_sms as _num_sms
+from .common import online_softmax_step
+from .common import pow2 as _pow2
 from .reference import check_decode_args
 
 LOG2E = 1.4426950408889634
@@ -84,14 +85,9 @@ def _decode_kernel(
                         mask=key_ok[:, None] & d_ok[None, :], other=0.0)
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
             s = tl.where(key_ok[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
             v = tl.load(v_base + keys[:, None] * stride_vt + offs_d[None, :],
                         mask=key_ok[:, None] & d_ok[None, :], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-            m_i = m_new
+            m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION)
 
         out = acc / l_i[:, None]
         if NUM_SPLITS == 1:
@@ -134,10 +130,6 @@ def _merge_splits_kernel(
              mask=d_ok)
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
 def decode_num_splits(batch: int, num_kv_heads: int, max_len: int, num_sms: int) -> int:
     """How many chunks to cut each sequence's cache into.
 
@@ -152,17 +144,6 @@ def decode_num_splits(batch: int, num_kv_heads: int, max_len: int, num_sms: int)
         return 1
     want = -(-2 * num_sms // programs)
     return max(1, min(want, -(-max_len // MIN_KEYS_PER_SPLIT), MAX_SPLITS))
-
-
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())
-    return 1  # the interpreter runs programs one at a time: splitting buys nothing
-
-
-@functools.lru_cache(maxsize=None)
-def _cuda_sms(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, out=None, num_splits=None,

@@ -21,9 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
+from .common import pow2
 
 
 @triton.jit
@@ -53,7 +51,7 @@ def add_rms_norm(x, residual, weight, eps):
         return out, h_out
     res = residual if residual is not None else x
     _add_rms_kernel[(n,)](x, res, weight, out, h_out, h, x.stride(0), res.stride(0), out.stride(0),
-                          h_out.stride(0), eps, HAS_RES=residual is not None, BLOCK=_pow2(h),
+                          h_out.stride(0), eps, HAS_RES=residual is not None, BLOCK=pow2(h),
                           num_warps=4 if h <= 2048 else 8)
     return out, h_out
 
@@ -130,7 +128,7 @@ def qk_norm_rope_store(qkv, q_norm, k_norm, cos, sin, rope_pos, k_cache, v_cache
         cos, sin, rope_pos, k_cache, v_cache, slot, write_pos, q,
         qkv.stride(0), cos.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), q.stride(0), q.stride(1), eps,
-        HQ=hq, HKV=hkv, HALF=half, BLOCK=max(16, _pow2(half)),
+        HQ=hq, HKV=hkv, HALF=half, BLOCK=max(16, pow2(half)),
         HAS_QN=q_norm is not None, HAS_KN=k_norm is not None, num_warps=1 if half <= 64 else 2)
     return q
 
@@ -154,7 +152,7 @@ def silu_mul(gate_up):
     out = torch.empty((n, inter), dtype=gate_up.dtype, device=gate_up.device)
     if n == 0:
         return out
-    block = min(1024, _pow2(inter))
+    block = min(1024, pow2(inter))
     _silu_mul_kernel[(n, triton.cdiv(inter, block))](gate_up, out, inter, gate_up.stride(0), out.stride(0),
                                                     BLOCK=block, num_warps=4)
     return out

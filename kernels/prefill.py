@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import online_softmax_step
+from .common import pow2 as _pow2
 from .reference import check_prefill_args
 
 LOG2E = 1.4426950408889634
@@ -99,14 +101,9 @@ def _prefill_kernel(
             k = tl.load(k_base + keys[:, None] * stride_kt + offs_d[None, :],
                         mask=d_ok[None, :], other=0.0)
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
             v = tl.load(v_base + keys[:, None] * stride_vt + offs_d[None, :],
                         mask=d_ok[None, :], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-            m_i = m_new
+            m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION)
 
         # 2) the causal diagonal: up to the last row's position, masked per row.
         #    Every row sees key 0, so no row is fully masked after the first block.
@@ -119,23 +116,14 @@ def _prefill_kernel(
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
             visible = key_ok[None, :] & (keys[None, :] <= q_pos[:, None])
             s = tl.where(visible, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
             v = tl.load(v_base + keys[:, None] * stride_vt + offs_d[None, :],
                         mask=key_ok[:, None] & d_ok[None, :], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-            m_i = m_new
+            m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION)
 
         out = acc / l_i[:, None]
         o_rows = pos * stride_ot + head * stride_oh
         tl.store(OUT + q_start.to(tl.int64) * stride_ot + o_rows[:, None] + offs_d[None, :],
                  out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
 
 
 def prefill_config(total_q: int, num_seqs: int, group: int, head_dim: int) -> dict:
