@@ -53,6 +53,7 @@ except ImportError:  # pragma: no cover - the script needs triton on a GPU machi
 
 import qpfast.kernels as K
 from qpfast.kernels import reference as R
+from qpfast.kernels.common import num_sms
 
 VOCAB = 151_936          # Qwen2/Qwen3 lm_head rows
 HEAD_DIM = 128
@@ -91,6 +92,36 @@ def bench_graph(fn) -> float | None:
     except Exception:                     # e.g. a reference that synchronizes
         torch.cuda.synchronize()
         return None
+
+
+def bench_graph_cold(make_call, nbytes: int) -> float | None:
+    """Median milliseconds per call of ``make_call(i)()`` replayed from a CUDA graph that
+    runs ``n`` calls on ``n`` separate sets of buffers (``make_call(i)`` allocates set
+    ``i``), ``n`` chosen so that the sets together exceed twice the L2 cache: each call
+    reads its inputs from HBM, not from the L2, and pays no launch cost.  This is how
+    the HBM fractions are computed (one layer's cache, then the next layer's...)."""
+    l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20) or (50 << 20)
+    n = max(1, min(256, -(-2 * l2 // max(1, nbytes))))
+    try:
+        calls = [make_call(i) for i in range(n)]
+
+        def run():
+            for c in calls:
+                c()
+        run()
+        return triton.testing.do_bench_cudagraph(run, rep=50, return_mode="median") / n
+    except Exception:
+        torch.cuda.synchronize()
+        return None
+
+
+def copy_call(nbytes: int):
+    """A device-to-device copy moving ``nbytes`` in all (half read, half written): the
+    fastest way to stream that many bytes, the yardstick for small shapes."""
+    n = max(1, nbytes // 4)                                   # bf16 elements per side
+    src = torch.empty(n, device="cuda", dtype=torch.bfloat16).normal_()
+    dst = torch.empty_like(src)
+    return lambda: dst.copy_(src)
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -169,8 +200,9 @@ def _sdpa_prefill_fn(qb, kb, vb, scale):
 
 def bench_prefill(quick: bool) -> list[dict]:
     heads = [(16, 2), (8, 1)] if quick else [(16, 2), (8, 1), (16, 8)]
-    batches = [1, 64] if quick else [1, 16, 64, 256]
+    batches = [1, 64] if quick else [1, 4, 16, 64, 256]
     lengths = [(128, 8), (512, 40)] if quick else [(128, 8), (128, 40), (512, 8), (512, 40), (300, 24)]
+    from qpfast.kernels import prefill as P
     rows = []
     dt = torch.bfloat16
     for (hq, hkv), bsz, (prefix, qlen) in ((h, b, n) for h in heads for b in batches for n in lengths):
@@ -193,11 +225,20 @@ def bench_prefill(quick: bool) -> list[dict]:
         sdpa_ms = bench(sdpa)[0] if sdpa is not None else None
         g_ms = bench_graph(lambda: K.prefill_attention(q, k, v, cu_q, cu_k))
         g_sdpa = bench_graph(sdpa) if sdpa is not None else None
+        cfg = P.prefill_config(q.shape[0], bsz, hq // hkv, HEAD_DIM)
+        tiles = q.shape[0] // cfg["BLOCK_M"] + bsz
+        splits = P.prefill_num_splits(tiles * hkv, k.shape[0], cfg["BLOCK_N"], num_sms(q.device))
+        # replayed time per forced split count (1 = no split-K), to check the heuristic
+        sweep = {}
+        if tiles * hkv < num_sms(q.device):
+            for ns in (1, 2, 4, 8, 16):
+                sweep[ns] = bench_graph(lambda: P.prefill_attention(q, k, v, cu_q, cu_k, num_splits=ns))
 
         pairs = bsz * (qlen * prefix + qlen * (qlen + 1) // 2)
         flops = 4 * HEAD_DIM * hq * pairs
         nbytes = 2 * (2 * q.numel() + k.numel() + v.numel())
         rows.append(dict(kind="uniform", heads=f"{hq}:{hkv}", batch=bsz, prefix=prefix, qlen=qlen,
+                         splits=splits, graph_ms_by_splits=sweep,
                          ms=ms, ms_repeat=ms2, sdpa_ms=sdpa_ms, sdpa=how,
                          speedup_vs_sdpa=(sdpa_ms / ms) if sdpa_ms else None,
                          graph_ms=g_ms, sdpa_graph_ms=g_sdpa,
@@ -246,7 +287,6 @@ def bench_decode(quick: bool) -> list[dict]:
         seq_lens = torch.full((bsz,), seq, device="cuda", dtype=torch.int32)
         err = rel_err(K.decode_attention(q, kc, vc, seq_lens), R.decode_attention(q, kc, vc, seq_lens))
         ms, ms2 = bench(lambda: K.decode_attention(q, kc, vc, seq_lens))
-        from qpfast.kernels.common import num_sms
         from qpfast.kernels.decode import decode_num_splits
         splits = decode_num_splits(bsz, hkv, seq, num_sms(q.device))
 
@@ -262,7 +302,30 @@ def bench_decode(quick: bool) -> list[dict]:
         g_ms = bench_graph(lambda: K.decode_attention(q, kc, vc, seq_lens))
         g_sdpa = bench_graph(sdpa) if sdpa is not None else None
         nbytes = 2 * (kc.numel() + vc.numel() + 2 * q.numel())
+
+        # cold: replayed over enough separate caches that they come from HBM, not the L2
+        def decode_call(i, ns=None, flash=False):
+            qi = torch.randn_like(q)
+            ki = torch.empty_like(kc).normal_()
+            vi = torch.empty_like(vc).normal_()
+            if flash:
+                def call():
+                    with _sdpa_flash():
+                        return F.scaled_dot_product_attention(qi[:, :, None], ki, vi, enable_gqa=hq != hkv)
+                return call
+            return lambda: K.decode_attention(qi, ki, vi, seq_lens, num_splits=ns)
+        cold = bench_graph_cold(decode_call, nbytes)
+        cold_sdpa = bench_graph_cold(lambda i: decode_call(i, flash=True), nbytes) if sdpa is not None else None
+        cold_copy = bench_graph_cold(lambda i: copy_call(nbytes), nbytes)
+        cold_sweep = ({ns: bench_graph_cold(lambda i, ns=ns: decode_call(i, ns), nbytes) for ns in (1, 2, 4, 8)}
+                      if bsz * hkv < num_sms(q.device) else {})
+        hbm = datasheet_hbm(torch.cuda.get_device_name())
         rows.append(dict(heads=f"{hq}:{hkv}", batch=bsz, seq_len=seq, splits=splits, ms=ms, ms_repeat=ms2,
+                         cold_ms=cold, cold_sdpa_ms=cold_sdpa, cold_copy_ms=cold_copy,
+                         cold_ms_by_splits=cold_sweep,
+                         cold_hbm_fraction=nbytes / (cold * 1e-3) / hbm if (cold and hbm) else None,
+                         cold_copy_hbm_fraction=nbytes / (cold_copy * 1e-3) / hbm if (cold_copy and hbm) else None,
+                         cold_vs_copy=cold_copy / cold if (cold and cold_copy) else None,
                          sdpa_ms=sdpa_ms, sdpa=how, speedup_vs_sdpa=(sdpa_ms / ms) if sdpa_ms else None,
                          graph_ms=g_ms, sdpa_graph_ms=g_sdpa,
                          graph_speedup_vs_sdpa=(g_sdpa / g_ms) if (g_ms and g_sdpa) else None,
@@ -283,11 +346,13 @@ def _qp_bitmask(rows: int, vocab: int, allowed_frac: float, seed: int = 0) -> to
     return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
 
 
-def bench_bitmask(quick: bool) -> list[dict]:
+def bench_bitmask(quick: bool, lite: bool = False) -> list[dict]:
+    """``lite``: bf16 logits with 1% allowed only (the QP case)."""
     rows_out = []
     batches = [1, 64] if quick else [1, 16, 64, 256]
-    for bsz, dt, frac in ((b, d, f) for b in batches for d in (torch.bfloat16, torch.float32)
-                          for f in (0.01, 0.5)):
+    dtypes = (torch.bfloat16,) if lite else (torch.bfloat16, torch.float32)
+    fracs = (0.01,) if lite else (0.01, 0.5)
+    for bsz, dt, frac in ((b, d, f) for b in batches for d in dtypes for f in fracs):
         logits = torch.randn(bsz, VOCAB, device="cuda", dtype=dt)
         bm = _qp_bitmask(bsz, VOCAB, frac)
         esz = logits.element_size()
@@ -525,7 +590,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer shapes (a smoke run)")
     ap.add_argument("--no-engine", action="store_true", help="skip the end-to-end engine benchmark")
     ap.add_argument("--sections", default="engine,prefill,decode,bitmask",
-                    help="comma-separated sections to run (default: all)")
+                    help="comma-separated sections to run: engine, prefill, decode, bitmask or "
+                         "bitmask_lite (bf16, 1%% allowed only); default: the first four")
     ap.add_argument("--profile", metavar="PATH", help="also profile one engine run (CUDA graphs) into PATH")
     args = ap.parse_args(argv)
 
@@ -570,7 +636,13 @@ def main(argv=None) -> int:
                 ("qlen", "qlen", ""), ("ms", "ms", ".4f"), ("ms_again", "ms_repeat", ".4f"),
                 ("sdpa_ms", "sdpa_ms", ".4f"), ("vs_sdpa", "speedup_vs_sdpa", ".2f"), ("TFLOP/s", "tflops", ".1f"),
                 ("graph_ms", "graph_ms", ".4f"), ("g_sdpa_ms", "sdpa_graph_ms", ".4f"),
-                ("g_vs_sdpa", "graph_speedup_vs_sdpa", ".2f"), ("rel_err", "rel_err", ".1e")])
+                ("g_vs_sdpa", "graph_speedup_vs_sdpa", ".2f"), ("splits", "splits", "d"),
+                ("rel_err", "rel_err", ".1e")])
+            for r in results["prefill"]:
+                if r.get("graph_ms_by_splits"):
+                    print(f"  {r['heads']} b={r['batch']} {r['prefix']}+{r['qlen']}: graph ms by splits "
+                          + " ".join(f"{k}:{_fmt(v, '.4f')}" for k, v in r["graph_ms_by_splits"].items())
+                          + f"  (auto {r['splits']}, sdpa {_fmt(r.get('sdpa_graph_ms'), '.4f')})")
         if key == "decode" and isinstance(results.get("decode"), list):
             print_table("decode attention (bf16, D=128)   target: HBM_frac >= 0.6", results["decode"], [
                 ("heads", "heads", ""), ("batch", "batch", "d"), ("seq_len", "seq_len", "d"),
@@ -578,14 +650,21 @@ def main(argv=None) -> int:
                 ("sdpa_ms", "sdpa_ms", ".4f"), ("vs_sdpa", "speedup_vs_sdpa", ".2f"),
                 ("HBM_frac", "hbm_fraction", ".2f"), ("graph_ms", "graph_ms", ".4f"),
                 ("g_sdpa_ms", "sdpa_graph_ms", ".4f"), ("g_vs_sdpa", "graph_speedup_vs_sdpa", ".2f"),
-                ("g_HBM", "graph_hbm_fraction", ".2f"), ("rel_err", "rel_err", ".1e")])
-        if key == "bitmask" and isinstance(results.get("bitmask"), list):
-            print_table(f"bitmask ops (V={VOCAB})", results["bitmask"], [
+                ("g_HBM", "graph_hbm_fraction", ".2f"), ("cold_ms", "cold_ms", ".4f"),
+                ("cold_sdpa", "cold_sdpa_ms", ".4f"), ("cold_copy", "cold_copy_ms", ".4f"),
+                ("cold_HBM", "cold_hbm_fraction", ".2f"), ("copy_HBM", "cold_copy_hbm_fraction", ".2f"),
+                ("vs_copy", "cold_vs_copy", ".2f"), ("rel_err", "rel_err", ".1e")])
+            for r in results["decode"]:
+                print(f"  {r['heads']} b={r['batch']} len={r['seq_len']}: cold ms by splits "
+                      + " ".join(f"{k}:{_fmt(v, '.4f')}" for k, v in (r.get("cold_ms_by_splits") or {}).items())
+                      + f"  (auto {r['splits']})")
+        if key.startswith("bitmask") and isinstance(results.get(key), list):
+            print_table(f"bitmask ops (V={VOCAB})", results[key], [
                 ("op", "op", ""), ("batch", "batch", "d"), ("dtype", "dtype", ""), ("allowed", "allowed", ".2f"),
                 ("ms", "ms", ".4f"), ("ms_again", "ms_repeat", ".4f"), ("torch_ms", "torch_ms", ".4f"),
                 ("vs_torch", "speedup_vs_torch", ".1f"), ("graph_ms", "graph_ms", ".4f"),
                 ("g_torch_ms", "torch_graph_ms", ".4f"), ("HBM_frac", "hbm_fraction", ".2f")])
-            bad = [r for r in results["bitmask"] if r["matches_reference"] is False]
+            bad = [r for r in results[key] if r["matches_reference"] is False]
             if bad:
                 print(f"!! {len(bad)} bitmask results differ from the reference")
 
@@ -593,7 +672,8 @@ def main(argv=None) -> int:
     # every section's table is printed and the JSON saved as soon as it is done
     sections = [] if args.no_engine else [("engine", lambda quick: engine_benchmark(profile_path=args.profile))]
     sections += [("prefill", lambda q: hbm_frac(bench_prefill(q))), ("decode", lambda q: hbm_frac(bench_decode(q))),
-                 ("bitmask", lambda q: hbm_frac(bench_bitmask(q)))]
+                 ("bitmask", lambda q: hbm_frac(bench_bitmask(q))),
+                 ("bitmask_lite", lambda q: hbm_frac(bench_bitmask(q, lite=True)))]
     wanted = {x.strip() for x in args.sections.split(",") if x.strip()}
     sections = [(key, fn) for key, fn in sections if key in wanted]
     for key, fn in sections:

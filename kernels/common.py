@@ -30,10 +30,12 @@ def _cuda_sms(index: int) -> int:
 @triton.jit
 def online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION: tl.constexpr):
     """Folds one key block into a running softmax-weighted sum (base-2 scores `s`
-    [rows, keys], -inf where masked; values `v` [keys, D]); returns the new (m, l, acc)."""
+    [rows, keys], -inf where masked; values `v` [keys, D]); returns the new (m, l, acc).
+    A row whose keys so far are all masked keeps m = -inf, l = 0, acc = 0."""
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
+    m_safe = tl.where(m_new > float("-inf"), m_new, 0.0)   # a row with no visible key yet
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     return m_new, l_i, acc

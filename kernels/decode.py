@@ -130,6 +130,17 @@ def _merge_splits_kernel(
              mask=d_ok)
 
 
+def merge_splits(out, part_o, part_lse, seq_lens, split_len: int) -> None:
+    """Combine split partials into ``out`` ``[R, H, D]``: row ``r`` (a sequence, or a
+    prefill token) used the splits holding its first ``seq_lens[r]`` keys; ``part_o``
+    ``[R, H, S, BLOCK_D]`` and ``part_lse`` ``[R, H, S]`` as the attention kernels write them."""
+    rows, heads, d = out.shape
+    num_splits, block_d = part_o.shape[2], part_o.shape[3]
+    _merge_splits_kernel[(rows, heads)](
+        out, part_o, part_lse, seq_lens, out.stride(0), out.stride(1), heads, split_len,
+        HEAD_DIM=d, BLOCK_D=block_d, NUM_SPLITS=num_splits, BLOCK_S=_pow2(num_splits), num_warps=4)
+
+
 def decode_num_splits(batch: int, num_kv_heads: int, max_len: int, num_sms: int) -> int:
     """How many chunks to cut each sequence's cache into.
 
@@ -194,11 +205,7 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, out=None, 
         num_warps=4, num_stages=2,
     )
     if num_splits > 1:
-        _merge_splits_kernel[(b, hq)](
-            dst, part_o, part_lse, seq_lens, dst.stride(0), dst.stride(1), hq, split_len,
-            HEAD_DIM=d, BLOCK_D=block_d, NUM_SPLITS=num_splits, BLOCK_S=_pow2(num_splits),
-            num_warps=4,
-        )
+        merge_splits(dst, part_o, part_lse, seq_lens, split_len)
     if dst is not out:
         out.copy_(dst)
     return out

@@ -16,7 +16,16 @@ the tensor cores even for short queries.  Keys are walked in ``BLOCK_N`` steps w
 online softmax in float32 (base-2 exponentials, the scale folded into ``log2 e``): first
 the blocks every row of the tile sees in full (no mask), then the causal diagonal.
 
-Grid: ``(total_q // BLOCK_M + B, Hkv)``.  Sequence ``i``'s tiles are numbered from
+Split-K (few sequences): a single QP query gives only ``Hkv * ceil(new / BLOCK_M)``
+programs, far too few to fill the GPU, and each walks the whole prefix alone.  With
+``num_splits > 1`` the keys are cut into chunks of ``split_len`` (a multiple of
+``BLOCK_N``), a third grid axis; each (tile, head, split) program writes its normalized
+partial output and base-2 log-sum-exp to float32 scratch (plus, from split 0, each row's
+count of visible keys), and decode's merge kernel (`qpfast.kernels.decode`) combines the
+splits that hold at least one visible key of each (token, head).  Splits past a tile's
+last key exit at once.  :func:`prefill_num_splits` decides from host-known sizes only.
+
+Grid: ``(total_q // BLOCK_M + B, Hkv, num_splits)``.  Sequence ``i``'s tiles are numbered from
 ``cu_seqlens_q[i] // BLOCK_M + i``; that numbering leaves room for
 ``ceil(len_q(i) / BLOCK_M)`` tiles per sequence, so a program finds its sequence by a
 binary search over ``cu_seqlens_q`` and the host never reads sequence lengths (no device
@@ -29,19 +38,25 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import num_sms as _num_sms
 from .common import online_softmax_step
 from .common import pow2 as _pow2
+from .decode import merge_splits
 from .reference import check_prefill_args
 
 LOG2E = 1.4426950408889634
+MAX_SPLITS = 32
+MIN_SPLIT_BLOCKS = 2
 
 
 @triton.jit
 def _prefill_kernel(
-    Q, K, V, OUT, CU_Q, CU_K,
+    Q, K, V, OUT, CU_Q, CU_K, PART_O, PART_LSE, VISIBLE,
     qk_scale,                                   # sm_scale * log2(e)
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
     num_seqs,
+    split_len,                                  # keys per split, a multiple of BLOCK_N
+    NUM_SPLITS: tl.constexpr,
     GROUP: tl.constexpr,                        # query heads per key/value head
     GROUP_PAD: tl.constexpr,                    # GROUP rounded up to a power of two
     HEAD_DIM: tl.constexpr,
@@ -53,6 +68,7 @@ def _prefill_kernel(
     ROWS: tl.constexpr = BLOCK_M * GROUP_PAD
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
+    split = tl.program_id(2)
 
     # Sequence of this tile: the largest i with cu_q[i] // BLOCK_M + i <= tile.
     lo = tile * 0
@@ -71,8 +87,12 @@ def _prefill_kernel(
     len_k = tl.load(CU_K + seq + 1) - k_start
     prefix = len_k - len_q
     m_start = (tile - (q_start // BLOCK_M + seq)) * BLOCK_M
+    # keys this tile sees at all, and this program's share of them
+    diag_end = tl.minimum(len_k, prefix + m_start + BLOCK_M)
+    split_start = split * split_len
+    split_end = split_start + split_len
 
-    if m_start < len_q:
+    if (m_start < len_q) & (split_start < diag_end):
         rows = tl.arange(0, ROWS)
         pos = m_start + rows // GROUP_PAD        # query position within the sequence
         grp = rows % GROUP_PAD                   # query head within the group
@@ -96,7 +116,7 @@ def _prefill_kernel(
 
         # 1) keys that every row of the tile sees: [0, prefix + m_start] in whole blocks.
         full_end = (prefix + m_start + 1) // BLOCK_N * BLOCK_N
-        for n in range(0, full_end, BLOCK_N):
+        for n in range(split_start, tl.minimum(full_end, split_end), BLOCK_N):
             keys = n + offs_n
             k = tl.load(k_base + keys[:, None] * stride_kt + offs_d[None, :],
                         mask=d_ok[None, :], other=0.0)
@@ -106,9 +126,10 @@ def _prefill_kernel(
             m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION)
 
         # 2) the causal diagonal: up to the last row's position, masked per row.
-        #    Every row sees key 0, so no row is fully masked after the first block.
-        diag_end = tl.minimum(len_k, prefix + m_start + BLOCK_M)
-        for n in range(full_end, diag_end, BLOCK_N):
+        #    Without splits every row sees key 0, so no row stays fully masked; a later
+        #    split may hold no key of an early row (the softmax step tolerates that and
+        #    the merge never reads such a row's partial).
+        for n in range(tl.maximum(full_end, split_start), tl.minimum(diag_end, split_end), BLOCK_N):
             keys = n + offs_n
             key_ok = keys < len_k
             k = tl.load(k_base + keys[:, None] * stride_kt + offs_d[None, :],
@@ -120,10 +141,21 @@ def _prefill_kernel(
                         mask=key_ok[:, None] & d_ok[None, :], other=0.0)
             m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION)
 
-        out = acc / l_i[:, None]
-        o_rows = pos * stride_ot + head * stride_oh
-        tl.store(OUT + q_start.to(tl.int64) * stride_ot + o_rows[:, None] + offs_d[None, :],
-                 out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+        if NUM_SPLITS == 1:
+            out = acc / l_i[:, None]
+            o_rows = pos * stride_ot + head * stride_oh
+            tl.store(OUT + q_start.to(tl.int64) * stride_ot + o_rows[:, None] + offs_d[None, :],
+                     out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+        else:
+            # scratch: PART_O [total_q, Hq, NUM_SPLITS, BLOCK_D], PART_LSE [total_q, Hq, NUM_SPLITS]
+            seen = l_i > 0.0
+            out = acc / tl.where(seen, l_i, 1.0)[:, None]
+            token = q_start.to(tl.int64) + pos
+            row = (token * (GROUP * tl.num_programs(1)) + head) * NUM_SPLITS + split
+            tl.store(PART_O + row[:, None] * BLOCK_D + offs_d[None, :], out, mask=row_ok[:, None])
+            tl.store(PART_LSE + row, tl.where(seen, m_i + tl.log2(l_i), float("-inf")), mask=row_ok)
+            if split == 0:
+                tl.store(VISIBLE + token, q_pos + 1, mask=row_ok & (grp == 0))
 
 
 def prefill_config(total_q: int, num_seqs: int, group: int, head_dim: int) -> dict:
@@ -144,13 +176,27 @@ def prefill_config(total_q: int, num_seqs: int, group: int, head_dim: int) -> di
                 BLOCK_N=64 if block_d <= 128 else 32, num_warps=8 if big else 4, num_stages=2)
 
 
+def prefill_num_splits(programs: int, total_k: int, block_n: int, num_sms: int) -> int:
+    """Key splits for one launch of ``programs`` (tile, head) programs over ``total_k`` keys.
+
+    One when the programs already fill every multiprocessor; otherwise enough for about two
+    programs per multiprocessor, each split at least ``MIN_SPLIT_BLOCKS`` key blocks of the
+    longest possible sequence (``total_k``), at most ``MAX_SPLITS``.
+    """
+    if programs >= num_sms:
+        return 1
+    want = -(-2 * num_sms // max(1, programs))
+    return max(1, min(want, -(-total_k // (MIN_SPLIT_BLOCKS * block_n)), MAX_SPLITS))
+
+
 def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None, *, out=None,
-                      block_m=None, block_n=None):
+                      block_m=None, block_n=None, num_splits=None):
     """Triton version of :func:`qpfast.kernels.reference.prefill_attention`.
 
     ``out`` (optional, ``[total_q, Hq, D]`` like q) receives the result; ``block_m`` /
     ``block_n`` override the tile sizes (tests use them to force several tiles and key
-    blocks on tiny inputs).  Head dims up to 256 are supported.
+    blocks on tiny inputs); ``num_splits`` overrides :func:`prefill_num_splits`.  Head dims
+    up to 256 are supported.
     """
     scale = check_prefill_args(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale)
     total_q, hq, d = q.shape
@@ -173,15 +219,31 @@ def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None, *, out
         cfg["BLOCK_M"] = block_m
     if block_n is not None:
         cfg["BLOCK_N"] = block_n
-    grid = (total_q // cfg["BLOCK_M"] + num_seqs, hkv)
-    _prefill_kernel[grid](
-        q, k, v, dst, cu_seqlens_q, cu_seqlens_k, scale * LOG2E,
+    tiles = total_q // cfg["BLOCK_M"] + num_seqs
+    total_k = k.shape[0]
+    bn = cfg["BLOCK_N"]
+    if num_splits is None:
+        num_splits = prefill_num_splits(tiles * hkv, total_k, bn, _num_sms(q.device))
+    num_splits = max(1, min(int(num_splits), MAX_SPLITS))
+    split_len = -(-max(1, total_k) // num_splits)
+    split_len = -(-split_len // bn) * bn
+    num_splits = max(1, -(-total_k // split_len))
+    if num_splits > 1:
+        part_o = torch.empty((total_q, hq, num_splits, cfg["BLOCK_D"]), dtype=torch.float32, device=q.device)
+        part_lse = torch.empty((total_q, hq, num_splits), dtype=torch.float32, device=q.device)
+        visible = torch.empty(total_q, dtype=torch.int32, device=q.device)
+    else:
+        part_o = part_lse = visible = dst        # unused
+    _prefill_kernel[(tiles, hkv, num_splits)](
+        q, k, v, dst, cu_seqlens_q, cu_seqlens_k, part_o, part_lse, visible, scale * LOG2E,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        dst.stride(0), dst.stride(1), num_seqs,
-        GROUP=group, HEAD_DIM=d,
+        dst.stride(0), dst.stride(1), num_seqs, split_len,
+        NUM_SPLITS=num_splits, GROUP=group, HEAD_DIM=d,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         **cfg,
     )
+    if num_splits > 1:
+        merge_splits(dst, part_o, part_lse, visible, split_len)
     if dst is not out:
         out.copy_(dst)
     return out

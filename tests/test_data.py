@@ -252,6 +252,36 @@ def test_unlabelled_stream():
         list(unlabelled_queries(1, perturb=2.0))
 
 
+def test_unlabelled_stream_splice_and_keyword_queries():
+    from qpfast.data.stream import KEYWORD_ASKS, keyword_query, splice
+    kw = {"美妆>护肤": ["保湿", "控油"], "数码>手机": ["续航"]}
+    a = list(unlabelled_queries(400, seed=3, splice_prob=0.5, keywords=kw, keyword_share=0.4))
+    assert a == list(unlabelled_queries(400, seed=3, splice_prob=0.5, keywords=kw, keyword_share=0.4))
+    assert len(a) == 400 and all(str(qpfast.normalize(q)) for q in a)
+    words = [w for ws in kw.values() for w in ws]
+    with_kw = sum(any(w in str(qpfast.normalize(q)) for w in words) for q in a)
+    assert 100 < with_kw < 300          # about the keyword share (templates rarely hold these words)
+    plain = list(unlabelled_queries(400, seed=3))
+    assert len(set(a) - set(plain)) > 200
+    rng = random.Random(0)
+    head = [Piece("兰蔻", 3, "品牌", chunk=1), Piece("小黑瓶", 3, "产品", chunk=1), Piece("怎么样", 0, chunk=2)]
+    tail = [Piece("上海", 3, "地点", chunk=1), Piece("去哪玩", 1, chunk=2)]
+    for _ in range(50):
+        out = splice(head, tail, rng)
+        texts = [p.text for p in out]
+        assert texts[:2] == ["兰蔻", "小黑瓶"]                 # a linked chunk stays whole
+        assert set(texts[2:]) <= {"怎么样", "上海", "去哪玩"}
+        q = keyword_query(head, kw, rng)
+        texts = [p.text for p in q]
+        assert sum(t in words for t in texts) in (1, 2)
+        assert "兰蔻" in texts and texts.index("小黑瓶") == texts.index("兰蔻") + 1
+        assert set(texts) <= set(words) | {"兰蔻", "小黑瓶"} | {t for t, _ in KEYWORD_ASKS}
+    with pytest.raises(ValueError, match="keywords"):
+        list(unlabelled_queries(1, keyword_share=0.5))
+    with pytest.raises(ValueError, match="splice_prob"):
+        list(unlabelled_queries(1, splice_prob=-0.1))
+
+
 def test_write_splits_files(tmp_path):
     paths = write_splits(tmp_path, 40, 10, 12, seed=5, n_unlabelled=15)
     counts = {k: sum(1 for _ in read_jsonl(p)) for k, p in paths.items()}

@@ -500,6 +500,16 @@ def test_devices_must_match():
 # --------------------------------------------------------------------------------------
 
 @needs_triton
+def test_prefill_num_splits():
+    from qpfast.kernels.prefill import MAX_SPLITS, MIN_SPLIT_BLOCKS, prefill_num_splits
+    assert prefill_num_splits(264, 600, 64, 132) == 1          # enough programs: no split
+    assert prefill_num_splits(6, 552, 64, 132) == -(-552 // (MIN_SPLIT_BLOCKS * 64))  # one query, 512+40
+    assert prefill_num_splits(2, 100_000, 64, 132) == MAX_SPLITS
+    assert prefill_num_splits(40, 4096, 64, 132) == 7           # ~2 programs per SM
+    assert prefill_num_splits(6, 100, 64, 132) == 1             # too short to split
+    assert prefill_num_splits(3, 4096, 64, 1) == 1              # the interpreter: no split
+
+
 def test_decode_num_splits():
     from qpfast.kernels.decode import MAX_SPLITS, MIN_KEYS_PER_SPLIT, decode_num_splits
     assert decode_num_splits(64, 8, 512, 132) == 1           # 512 programs fill an H100
@@ -594,15 +604,19 @@ DT_IDS = ["fp32", "fp16"]
 
 @interp_only
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
-@pytest.mark.parametrize("blocks", ["auto", "small"])
+@pytest.mark.parametrize("blocks", ["auto", "small", "split"])
 @pytest.mark.parametrize("case", list(PREFILL_CASES))
 def test_interp_prefill(case, blocks, dtype):
     from qpfast.kernels import prefill
     q, k, v, cu_q, cu_k = make_prefill(case, dtype, seed=seed_of(case, blocks, str(dtype)))
     group_pad = prefill.prefill_config(q.shape[0], len(cu_q) - 1, q.shape[1] // k.shape[1],
                                        q.shape[2])["GROUP_PAD"]
-    # "small": several tiles per sequence and several key blocks per tile
+    # "small": several tiles per sequence and several key blocks per tile; "split": the
+    # same cut into key splits (rows whose visible keys end before a split, splits past a
+    # short sequence's end)
     extra = {} if blocks == "auto" else dict(block_m=max(1, 16 // group_pad), block_n=16)
+    if blocks == "split":
+        extra["num_splits"] = 4
     out = torch.full_like(q, float("nan"))
     assert prefill.prefill_attention(q, k, v, cu_q, cu_k, out=out, **extra) is out
     assert rel_err(out, R.prefill_attention(q, k, v, cu_q, cu_k)) < TOL[dtype]
@@ -783,9 +797,10 @@ def test_interp_qp_shapes_slow(dtype):
     q = torch.randn(sum(len_q), 16, 128, generator=g).to(dtype)
     k = torch.randn(sum(len_k), 2, 128, generator=g).to(dtype)
     v = torch.randn(sum(len_k), 2, 128, generator=g).to(dtype)
-    out = torch.full_like(q, float("nan"))
-    prefill.prefill_attention(q, k, v, cumsum0(len_q), cumsum0(len_k), out=out)
-    assert rel_err(out, R.prefill_attention(q, k, v, cumsum0(len_q), cumsum0(len_k))) < TOL[dtype]
+    for splits in (1, 5):
+        out = torch.full_like(q, float("nan"))
+        prefill.prefill_attention(q, k, v, cumsum0(len_q), cumsum0(len_k), out=out, num_splits=splits)
+        assert rel_err(out, R.prefill_attention(q, k, v, cumsum0(len_q), cumsum0(len_k))) < TOL[dtype]
     qd = torch.randn(3, 16, 128, generator=g).to(dtype)
     kc = torch.randn(3, 2, 600, 128, generator=g).to(dtype)
     vc = torch.randn(3, 2, 600, 128, generator=g).to(dtype)

@@ -45,7 +45,8 @@ def _cuda(*ts):
 def test_cuda_prefill(case, dtype):
     from qpfast.kernels import prefill
     q, k, v, cu_q, cu_k = _cuda(*make_prefill(case, dtype, seed=seed_of("cuda", case, str(dtype))))
-    for extra in ({}, dict(block_n=16)):
+    # {}: the kernel's own choices (these few-program cases split the keys on a GPU)
+    for extra in ({}, dict(block_n=16), dict(num_splits=1), dict(num_splits=3, block_n=16), dict(num_splits=8)):
         out = torch.full_like(q, float("nan"))
         prefill.prefill_attention(q, k, v, cu_q, cu_k, out=out, **extra)
         torch.cuda.synchronize()
@@ -79,6 +80,13 @@ def test_cuda_qp_shapes(hq, hkv, dtype):
     cu_q, cu_k = cumsum0(len_q).cuda(), cumsum0(len_k).cuda()
     out = K.prefill_attention(q, k, v, cu_q, cu_k)
     assert rel_err(out, _ref64(R.prefill_attention, q, k, v, cu_q, cu_k)) < TOL[dtype]
+    for n in (1, 3):                     # one or a few queries: the split-K path
+        cq, ck = cumsum0(len_q[:n]).cuda(), cumsum0(len_k[:n]).cuda()
+        qs, ks, vs = q[: sum(len_q[:n])], k[: sum(len_k[:n])], v[: sum(len_k[:n])]
+        out = torch.full_like(qs, float("nan"))
+        from qpfast.kernels import prefill
+        prefill.prefill_attention(qs, ks, vs, cq, ck, out=out)
+        assert rel_err(out, _ref64(R.prefill_attention, qs, ks, vs, cq, ck)) < TOL[dtype], n
     for batch in (1, 5, 64):
         qd = torch.randn(batch, hq, 128, generator=g).to(dtype).cuda()
         kc = torch.randn(batch, hkv, 640, 128, generator=g).to(dtype).cuda()

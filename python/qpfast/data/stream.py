@@ -5,32 +5,91 @@ pipeline. Here the "historical" queries come from the same generator with the la
 discarded, and a share of them perturbed (`qpfast.data.perturb`) so the stream is noisier
 than the templates. By default the stream draws from the *train* split only, so stage 1
 never sees a test entity value or template.
+
+Real logs are far more varied in phrasing than a few hundred templates. Two options widen
+the stream without touching another split:
+
+- `splice`: the head of one drafted query joined to the tail of another (from any train
+  template), so words meet in contexts no template has;
+- `keyword_share` with `keywords` (category -> words, e.g. the legacy pipeline's keyword
+  table): short "bare keyword" queries, one drafted entity chunk plus one or two topic
+  words and an optional ask. Whatever the legacy pipeline knows about such words reaches
+  the model through its pseudo-labels, which is what knowledge injection is for.
 """
 from __future__ import annotations
 
 import random
-from typing import Iterator
+from typing import Iterator, Mapping, Sequence
 
 from ..normalize import normalize
-from .generator import QueryGenerator, compose
+from .generator import Piece, QueryGenerator, compose
 from .perturb import PERTURBATIONS
+
+#: Asks a bare keyword query may end with (text, weight level), "" for none.
+KEYWORD_ASKS = (("", 0), ("", 0), ("推荐", 1), ("怎么样", 0), ("哪个好", 1), ("求推荐", 1), ("攻略", 1),
+                ("分享", 1), ("好用吗", 1), ("怎么选", 1), ("测评", 1), ("避雷", 1))
+
+
+def _chunks(pieces: list[Piece]) -> list[list[Piece]]:
+    out: list[list[Piece]] = []
+    for p in pieces:
+        if out and out[-1][0].chunk == p.chunk:
+            out[-1].append(p)
+        else:
+            out.append([p])
+    return out
+
+
+def splice(a: list[Piece], b: list[Piece], rng: random.Random) -> list[Piece]:
+    """The chunks of `a` before a random cut, then the chunks of `b` from a random cut."""
+    ca, cb = _chunks(a), _chunks(b)
+    i = rng.randint(1, max(1, len(ca) - 1))
+    j = rng.randint(0, max(0, len(cb) - 1))
+    head = [p for c in ca[:i] for p in c]
+    tail = [Piece(p.text, p.weight, p.type, p.surface, p.chunk + 1000) for c in cb[j:] for p in c]
+    return head + tail or list(a)
+
+
+def keyword_query(pieces: list[Piece], keywords: Mapping[str, Sequence[str]], rng: random.Random) -> list[Piece]:
+    """One entity chunk of `pieces` (if any) with 1-2 topic words of one category and an ask."""
+    entity = [c for c in _chunks(pieces) if any(p.type is not None for p in c)]
+    words = list(keywords[rng.choice(sorted(keywords))])
+    parts = [[Piece(w, 2, None, w, -10 - k)] for k, w in enumerate(rng.sample(words, min(len(words), rng.randint(1, 2))))]
+    if entity:
+        parts.insert(rng.randint(0, len(parts)), rng.choice(entity))
+    ask, w = rng.choice(KEYWORD_ASKS)
+    if ask:
+        parts.append([Piece(ask, w, None, ask, -20)])
+    return [p for c in parts for p in c]
 
 
 def unlabelled_queries(n: int, seed: int = 0, *, split: str = "train", split_seed: int = 0,
-                       perturb: float = 0.3) -> Iterator[str]:
-    """`n` raw queries, deterministic per seed; each perturbation applies with prob `perturb`."""
+                       perturb: float = 0.3, splice_prob: float = 0.0,
+                       keywords: Mapping[str, Sequence[str]] | None = None,
+                       keyword_share: float = 0.0) -> Iterator[str]:
+    """`n` raw queries, deterministic per seed; each perturbation applies with prob `perturb`,
+    a splice of two drafts with prob `splice_prob`; a `keyword_share` of the queries are bare
+    keyword queries over `keywords`."""
     if n < 0:
         raise ValueError(f"n: must be >= 0, got {n}")
-    if not 0.0 <= perturb <= 1.0:
-        raise ValueError(f"perturb: must be in [0, 1], got {perturb}")
+    for name, p in (("perturb", perturb), ("splice_prob", splice_prob), ("keyword_share", keyword_share)):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{name}: must be in [0, 1], got {p}")
+    if keyword_share and not keywords:
+        raise ValueError("keywords: required (a non-empty mapping) when keyword_share > 0")
     gen = QueryGenerator(split, split_seed=split_seed)
     rng = random.Random(f"qpfast.stream:{seed}:{split}")
     produced = 0
     while produced < n:
         pieces = gen.draft(rng).pieces
-        for f in PERTURBATIONS:
-            if rng.random() < perturb:
-                pieces = f(pieces, rng)
+        if keyword_share and rng.random() < keyword_share:
+            pieces = keyword_query(pieces, keywords, rng)
+        else:
+            if splice_prob and rng.random() < splice_prob:
+                pieces = splice(pieces, gen.draft(rng).pieces, rng)
+            for f in PERTURBATIONS:
+                if rng.random() < perturb:
+                    pieces = f(pieces, rng)
         raw, _, _ = compose(pieces, rng)
         if not str(normalize(raw)):
             continue

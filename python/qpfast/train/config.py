@@ -50,6 +50,8 @@ class DataConfig:
     seed: int = 0                 # sampling seed of `qpfast data`
     split_seed: int = 0           # train/dev/test partition seed
     perturb: float = 0.3          # perturbation probability of the stream
+    splice: float = 0.0           # probability that a stream query joins the head and tail of two drafts
+    keyword_share: float = 0.0    # share of bare keyword queries (legacy keyword table) in the stream
     n_synth: int = 0              # gold train examples with synthetic entity values (train_synth.jsonl)
     synth_values: float = 0.7     # in those, the probability that a slot's value is synthetic
 

@@ -163,7 +163,10 @@ class Recipe:
             gen = QueryGenerator("train", split_seed=d.split_seed, synth_values=d.synth_values)
             write_jsonl(data / "train_synth.jsonl", gen.iter_examples(d.n_synth, seed=d.seed + 1))
             self.log(f"gold with synthetic entity values: {d.n_synth} (slot probability {d.synth_values})")
-        queries = list(unlabelled_queries(d.n_unlabelled, d.seed, split_seed=d.split_seed, perturb=d.perturb))
+        from ..legacy.category_rules import KEYWORDS
+        keywords = {cat: [w for w, _ in words] for cat, words in KEYWORDS.items()}
+        queries = list(unlabelled_queries(d.n_unlabelled, d.seed, split_seed=d.split_seed, perturb=d.perturb,
+                                          splice_prob=d.splice, keywords=keywords, keyword_share=d.keyword_share))
         legacy = legacy_pipeline("train", d.split_seed)
         t = time.perf_counter()
         pseudo = []
