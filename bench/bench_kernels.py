@@ -278,6 +278,7 @@ def bench_decode(quick: bool) -> list[dict]:
     heads = [(16, 2), (8, 1)] if quick else [(16, 2), (8, 1), (16, 8)]
     batches = [1, 64, 256] if quick else [1, 8, 32, 64, 128, 256]
     lens = [600] if quick else [160, 600]
+    from qpfast.kernels import decode as D
     rows = []
     dt = torch.bfloat16
     for (hq, hkv), bsz, seq in ((h, b, n) for h in heads for b in batches for n in lens):
@@ -287,8 +288,7 @@ def bench_decode(quick: bool) -> list[dict]:
         seq_lens = torch.full((bsz,), seq, device="cuda", dtype=torch.int32)
         err = rel_err(K.decode_attention(q, kc, vc, seq_lens), R.decode_attention(q, kc, vc, seq_lens))
         ms, ms2 = bench(lambda: K.decode_attention(q, kc, vc, seq_lens))
-        from qpfast.kernels.decode import decode_num_splits
-        splits = decode_num_splits(bsz, hkv, seq, num_sms(q.device))
+        splits = D.decode_num_splits(bsz, hkv, seq, num_sms(q.device))
 
         q4 = q[:, :, None]
         try:
@@ -313,7 +313,7 @@ def bench_decode(quick: bool) -> list[dict]:
                     with _sdpa_flash():
                         return F.scaled_dot_product_attention(qi[:, :, None], ki, vi, enable_gqa=hq != hkv)
                 return call
-            return lambda: K.decode_attention(qi, ki, vi, seq_lens, num_splits=ns)
+            return lambda: D.decode_attention(qi, ki, vi, seq_lens, num_splits=ns)
         cold = bench_graph_cold(decode_call, nbytes)
         cold_sdpa = bench_graph_cold(lambda i: decode_call(i, flash=True), nbytes) if sdpa is not None else None
         cold_copy = bench_graph_cold(lambda i: copy_call(nbytes), nbytes)
