@@ -227,11 +227,11 @@ def bench_prefill(quick: bool) -> list[dict]:
         g_sdpa = bench_graph(sdpa) if sdpa is not None else None
         cfg = P.prefill_config(q.shape[0], bsz, hq // hkv, HEAD_DIM)
         tiles = q.shape[0] // cfg["BLOCK_M"] + bsz
-        splits = P.prefill_num_splits(tiles * hkv, k.shape[0], cfg["BLOCK_N"], num_sms(q.device))
-        # replayed time per forced split count (1 = no split-K), to check the heuristic
+        splits = P.prefill_num_splits(tiles * hkv, klen, cfg["BLOCK_N"], num_sms(q.device))
+        # replayed time per forced split count per sequence (1 = no split-K), to check the heuristic
         sweep = {}
         if tiles * hkv < num_sms(q.device):
-            for ns in (1, 2, 4, 8, 16):
+            for ns in (1, 3, 5, 9, 16):
                 sweep[ns] = bench_graph(lambda: P.prefill_attention(q, k, v, cu_q, cu_k, num_splits=ns))
 
         pairs = bsz * (qlen * prefix + qlen * (qlen + 1) // 2)

@@ -36,6 +36,7 @@ from .reference import check_decode_args
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64
 MIN_KEYS_PER_SPLIT = 128
+MIN_SPLIT_LEN = 256
 
 
 @triton.jit
@@ -144,14 +145,15 @@ def merge_splits(out, part_o, part_lse, seq_lens, split_len: int) -> None:
 def decode_num_splits(batch: int, num_kv_heads: int, max_len: int, num_sms: int) -> int:
     """How many chunks to cut each sequence's cache into.
 
-    With ``batch * num_kv_heads`` programs already filling every multiprocessor, one split
-    (no merge pass).  Otherwise enough splits for about two programs per multiprocessor,
+    With ``batch * num_kv_heads`` programs already filling every multiprocessor, or a cache
+    of at most ``MIN_SPLIT_LEN`` keys, one split (no merge pass: on an H200 the merge costs
+    more than it saves for 160-key caches at every batch, bench/RESULTS.md).  Otherwise enough splits for about two programs per multiprocessor,
     each split at least ``MIN_KEYS_PER_SPLIT`` keys of cache capacity, at most
     ``MAX_SPLITS``.  Decided on the cache capacity, not the actual lengths, which only the
     device knows.
     """
     programs = max(1, batch * num_kv_heads)
-    if programs >= num_sms:
+    if programs >= num_sms or max_len <= MIN_SPLIT_LEN:
         return 1
     want = -(-2 * num_sms // programs)
     return max(1, min(want, -(-max_len // MIN_KEYS_PER_SPLIT), MAX_SPLITS))

@@ -18,8 +18,8 @@ the blocks every row of the tile sees in full (no mask), then the causal diagona
 
 Split-K (few sequences): a single QP query gives only ``Hkv * ceil(new / BLOCK_M)``
 programs, far too few to fill the GPU, and each walks the whole prefix alone.  With
-``num_splits > 1`` the keys are cut into chunks of ``split_len`` (a multiple of
-``BLOCK_N``), a third grid axis; each (tile, head, split) program writes its normalized
+splits the keys are cut into chunks of ``split_len`` (a multiple of ``BLOCK_N``, sized
+from the mean sequence length; the grid's third axis covers the longest possible one); each (tile, head, split) program writes its normalized
 partial output and base-2 log-sum-exp to float32 scratch (plus, from split 0, each row's
 count of visible keys), and decode's merge kernel (`qpfast.kernels.decode`) combines the
 splits that hold at least one visible key of each (token, head).  Splits past a tile's
@@ -46,7 +46,7 @@ from .reference import check_prefill_args
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 32
-MIN_SPLIT_BLOCKS = 2
+MIN_SPLIT_KEYS = 256
 
 
 @triton.jit
@@ -176,17 +176,32 @@ def prefill_config(total_q: int, num_seqs: int, group: int, head_dim: int) -> di
                 BLOCK_N=64 if block_d <= 128 else 32, num_warps=8 if big else 4, num_stages=2)
 
 
-def prefill_num_splits(programs: int, total_k: int, block_n: int, num_sms: int) -> int:
-    """Key splits for one launch of ``programs`` (tile, head) programs over ``total_k`` keys.
+def prefill_num_splits(programs: int, keys_per_seq: int, block_n: int, num_sms: int) -> int:
+    """Key splits per sequence for one launch of ``programs`` (tile, head) programs whose
+    sequences hold ``keys_per_seq`` keys on average.
 
-    One when the programs already fill every multiprocessor; otherwise enough for about two
-    programs per multiprocessor, each split at least ``MIN_SPLIT_BLOCKS`` key blocks of the
-    longest possible sequence (``total_k``), at most ``MAX_SPLITS``.
+    Measured on an H200 (bench/RESULTS.md): splitting pays for a single query or a few on
+    long prefixes (up to 1.9x at 512 + 8), and costs once a quarter of the GPU is busy or
+    the prefix is short (the merge pass and the partial outputs outweigh the shorter key
+    walk).  So: one split unless at most ``num_sms / 8`` programs run and the sequences hold
+    more than ``MIN_SPLIT_KEYS`` keys; then enough for about two programs per
+    multiprocessor, at least one key block each, at most ``MAX_SPLITS``.
     """
-    if programs >= num_sms:
+    if programs * 8 > num_sms or keys_per_seq <= MIN_SPLIT_KEYS:
         return 1
     want = -(-2 * num_sms // max(1, programs))
-    return max(1, min(want, -(-total_k // (MIN_SPLIT_BLOCKS * block_n)), MAX_SPLITS))
+    return max(1, min(want, -(-keys_per_seq // block_n), MAX_SPLITS))
+
+
+def split_plan(total_k: int, num_seqs: int, splits_per_seq: int, block_n: int) -> tuple[int, int]:
+    """``(split_len, grid_splits)``: keys per split (a multiple of ``block_n``) for about
+    ``splits_per_seq`` splits of a mean-length sequence, and the split axis of the grid,
+    which must cover the longest possible sequence (``total_k`` keys, lengths live on the
+    device) in at most ``MAX_SPLITS`` splits."""
+    keys_per_seq = -(-max(1, total_k) // max(1, num_seqs))
+    split_len = max(-(-keys_per_seq // max(1, splits_per_seq)), -(-max(1, total_k) // MAX_SPLITS))
+    split_len = -(-split_len // block_n) * block_n
+    return split_len, max(1, -(-total_k // split_len))
 
 
 def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None, *, out=None,
@@ -195,7 +210,8 @@ def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None, *, out
 
     ``out`` (optional, ``[total_q, Hq, D]`` like q) receives the result; ``block_m`` /
     ``block_n`` override the tile sizes (tests use them to force several tiles and key
-    blocks on tiny inputs); ``num_splits`` overrides :func:`prefill_num_splits`.  Head dims
+    blocks on tiny inputs); ``num_splits`` (splits per sequence) overrides
+    :func:`prefill_num_splits`.  Head dims
     up to 256 are supported.
     """
     scale = check_prefill_args(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale)
@@ -223,11 +239,10 @@ def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None, *, out
     total_k = k.shape[0]
     bn = cfg["BLOCK_N"]
     if num_splits is None:
-        num_splits = prefill_num_splits(tiles * hkv, total_k, bn, _num_sms(q.device))
+        num_splits = prefill_num_splits(tiles * hkv, -(-total_k // num_seqs), bn, _num_sms(q.device))
     num_splits = max(1, min(int(num_splits), MAX_SPLITS))
-    split_len = -(-max(1, total_k) // num_splits)
-    split_len = -(-split_len // bn) * bn
-    num_splits = max(1, -(-total_k // split_len))
+    split_len, num_splits = split_plan(total_k, num_seqs, num_splits, bn) if num_splits > 1 else (total_k, 1)
+    split_len = -(-max(1, split_len) // bn) * bn
     if num_splits > 1:
         part_o = torch.empty((total_q, hq, num_splits, cfg["BLOCK_D"]), dtype=torch.float32, device=q.device)
         part_lse = torch.empty((total_q, hq, num_splits), dtype=torch.float32, device=q.device)

@@ -501,13 +501,19 @@ def test_devices_must_match():
 
 @needs_triton
 def test_prefill_num_splits():
-    from qpfast.kernels.prefill import MAX_SPLITS, MIN_SPLIT_BLOCKS, prefill_num_splits
-    assert prefill_num_splits(264, 600, 64, 132) == 1          # enough programs: no split
-    assert prefill_num_splits(6, 552, 64, 132) == -(-552 // (MIN_SPLIT_BLOCKS * 64))  # one query, 512+40
-    assert prefill_num_splits(2, 100_000, 64, 132) == MAX_SPLITS
-    assert prefill_num_splits(40, 4096, 64, 132) == 7           # ~2 programs per SM
-    assert prefill_num_splits(6, 100, 64, 132) == 1             # too short to split
-    assert prefill_num_splits(3, 4096, 64, 1) == 1              # the interpreter: no split
+    from qpfast.kernels.prefill import MAX_SPLITS, MIN_SPLIT_KEYS, prefill_num_splits, split_plan
+    assert prefill_num_splits(8, 552, 64, 132) == 9              # one query, 512+40, 16:2: a key block each
+    assert prefill_num_splits(14, 552, 64, 132) == 9             # four queries, 8:1 heads
+    assert prefill_num_splits(28, 552, 64, 132) == 1             # a quarter of the GPU busy: no split
+    assert prefill_num_splits(4, MIN_SPLIT_KEYS, 64, 132) == 1   # short prefix: no split
+    assert prefill_num_splits(1, 100_000, 64, 132) == MAX_SPLITS
+    assert prefill_num_splits(2, 4096, 64, 1) == 1               # the interpreter: no split
+    assert split_plan(552, 1, 9, 64) == (64, 9)
+    assert split_plan(2208, 4, 9, 64) == (128, 18)                # the grid covers a 2208-key sequence
+    assert split_plan(100, 1, 3, 16) == (48, 3)
+    for total_k, seqs, want, bn in [(1, 1, 4, 16), (999, 7, 5, 64), (100_000, 3, 32, 64)]:
+        split_len, grid = split_plan(total_k, seqs, want, bn)
+        assert split_len % bn == 0 and grid * split_len >= total_k and grid <= MAX_SPLITS
 
 
 def test_decode_num_splits():
@@ -517,6 +523,7 @@ def test_decode_num_splits():
     assert decode_num_splits(1, 2, 32768, 132) == MAX_SPLITS
     assert decode_num_splits(4, 8, 4096, 132) == 9           # ~2 programs per SM
     assert decode_num_splits(2, 8, 100, 132) == 1            # too short to split
+    assert decode_num_splits(1, 2, 160, 132) == 1            # a QP cache of 160 keys: the merge costs more
     assert decode_num_splits(3, 2, 4096, 1) == 1
 
 
