@@ -26,14 +26,20 @@ def drop_function_words(pieces: list[Piece], rng: random.Random) -> list[Piece]:
     return kept or list(pieces)
 
 
+def chunks_of(pieces: list[Piece]) -> list[list[Piece]]:
+    """Runs of consecutive pieces with the same chunk id (a slot's linked values together)."""
+    out: list[list[Piece]] = []
+    for p in pieces:
+        if out and out[-1][0].chunk == p.chunk:
+            out[-1].append(p)
+        else:
+            out.append([p])
+    return out
+
+
 def swap_order(pieces: list[Piece], rng: random.Random) -> list[Piece]:
     """Swap two content chunks (a slot's linked values move together, e.g. brand + line)."""
-    chunks: list[list[Piece]] = []
-    for p in pieces:
-        if chunks and chunks[-1][0].chunk == p.chunk:
-            chunks[-1].append(p)
-        else:
-            chunks.append([p])
+    chunks = chunks_of(pieces)
     content = [i for i, c in enumerate(chunks) if any(p.type is not None or p.weight >= 2 for p in c)]
     if len(content) < 2:
         return list(pieces)

@@ -23,26 +23,16 @@ from typing import Iterator, Mapping, Sequence
 
 from ..normalize import normalize
 from .generator import Piece, QueryGenerator, compose
-from .perturb import PERTURBATIONS
+from .perturb import PERTURBATIONS, chunks_of
 
 #: Asks a bare keyword query may end with (text, weight level), "" for none.
 KEYWORD_ASKS = (("", 0), ("", 0), ("推荐", 1), ("怎么样", 0), ("哪个好", 1), ("求推荐", 1), ("攻略", 1),
                 ("分享", 1), ("好用吗", 1), ("怎么选", 1), ("测评", 1), ("避雷", 1))
 
 
-def _chunks(pieces: list[Piece]) -> list[list[Piece]]:
-    out: list[list[Piece]] = []
-    for p in pieces:
-        if out and out[-1][0].chunk == p.chunk:
-            out[-1].append(p)
-        else:
-            out.append([p])
-    return out
-
-
 def splice(a: list[Piece], b: list[Piece], rng: random.Random) -> list[Piece]:
     """The chunks of `a` before a random cut, then the chunks of `b` from a random cut."""
-    ca, cb = _chunks(a), _chunks(b)
+    ca, cb = chunks_of(a), chunks_of(b)
     i = rng.randint(1, max(1, len(ca) - 1))
     j = rng.randint(0, max(0, len(cb) - 1))
     head = [p for c in ca[:i] for p in c]
@@ -52,7 +42,7 @@ def splice(a: list[Piece], b: list[Piece], rng: random.Random) -> list[Piece]:
 
 def keyword_query(pieces: list[Piece], keywords: Mapping[str, Sequence[str]], rng: random.Random) -> list[Piece]:
     """One entity chunk of `pieces` (if any) with 1-2 topic words of one category and an ask."""
-    entity = [c for c in _chunks(pieces) if any(p.type is not None for p in c)]
+    entity = [c for c in chunks_of(pieces) if any(p.type is not None for p in c)]
     words = list(keywords[rng.choice(sorted(keywords))])
     parts = [[Piece(w, 2, None, w, -10 - k)] for k, w in enumerate(rng.sample(words, min(len(words), rng.randint(1, 2))))]
     if entity:
