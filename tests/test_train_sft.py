@@ -12,7 +12,7 @@ needs_trl()
 from qpfast.prompt import encode_example, prompt_template  # noqa: E402
 from qpfast.train.config import SFTStageConfig  # noqa: E402
 from qpfast.train.prefix import cache_kwarg, prefix_cache, shared_prefix_len  # noqa: E402
-from qpfast.train.sft import mix_stage1, run_sft, sft_dataset  # noqa: E402
+from qpfast.train.sft import field_value_tokens, mix_stage1, run_sft, sft_dataset  # noqa: E402
 
 # transformers 5 deprecates TrainingArguments.gradient_checkpointing, which TRL still sets
 pytestmark = pytest.mark.filterwarnings("ignore:.*gradient_checkpointing.*:FutureWarning")
@@ -106,6 +106,32 @@ def test_labels_cover_exactly_the_target_tokens():
         learned = [x for x in row["labels"] if x != -100]
         assert learned == ex.target_ids and learned[-1] == 2
         assert row["labels"][:len(ex.prompt_ids)] == [-100] * len(ex.prompt_ids)
+
+
+def test_masked_fields_drop_exactly_their_value_tokens():
+    import json
+    tok = tiny_tokenizer()
+    pairs = list(tiny_pairs()[:20])
+    full = sft_dataset(tok, pairs)
+    for fields in (["cat"], ["intent"], ["cat", "intent"]):
+        masked = sft_dataset(tok, pairs, mask_fields=fields)
+        for a, b, (q, t) in zip(full, masked, pairs):
+            assert a["input_ids"] == b["input_ids"]
+            start = len(encode_example(tok, q, t).prompt_ids)
+            dropped = [i - start for i, (x, y) in enumerate(zip(a["labels"], b["labels"])) if x != y]
+            assert all(y == -100 for x, y in zip(a["labels"], b["labels"]) if x != y)
+            # the dropped tokens decode to exactly the fields' values, in target order
+            values = "".join(json.loads(t)[f] for f in sorted(fields, key=t.index))
+            assert tok.decode([a["labels"][start + i] for i in dropped]) == values
+            assert dropped == field_value_tokens(tok, t, fields)
+    with pytest.raises(ValueError, match="maskable"):
+        field_value_tokens(tok, pairs[0][1], ["seg"])
+    with pytest.raises(ValueError, match="no string field"):
+        field_value_tokens(tok, '{"cat":1}', ["cat"])
+    from qpfast.train.config import RecipeConfig
+    with pytest.raises(ValueError, match="stage2.mask_fields"):
+        RecipeConfig.from_dict({"stage2": {"mask_fields": ["weight"]}})
+    assert RecipeConfig.from_dict({"stage2": {"mask_fields": ["cat"]}}).stage2.mask_fields == ["cat"]
 
 
 def test_stage1_mix():

@@ -19,6 +19,10 @@ from typing import Any, Mapping
 
 from .model_init import ModelSpec
 
+#: Target fields an SFT stage can leave out of its loss (`SFTStageConfig.mask_fields`): the
+#: string-valued ones of qp-json/1.
+MASKABLE_FIELDS = ("cat", "intent")
+
 __all__ = ["DataConfig", "TokenizerConfig", "SFTStageConfig", "GRPOStageConfig", "EvalConfig", "RecipeConfig",
            "CONFIG_DIR", "config_path"]
 
@@ -84,6 +88,7 @@ class SFTStageConfig:
     max_grad_norm: float = 1.0
     share_prefix: bool = True     # compute the shared prompt prefix once per batch (exact, ~3x faster)
     logging_steps: int = 50
+    mask_fields: list = field(default_factory=list)  # target fields whose value tokens carry no loss
 
 
 @dataclass
@@ -175,6 +180,10 @@ class RecipeConfig:
             share = getattr(self, name).synth_share
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"{name}.synth_share: must be in [0, 1], got {share}")
+        for name in ("stage1", "stage2"):
+            bad = [f for f in getattr(self, name).mask_fields if f not in MASKABLE_FIELDS]
+            if bad:
+                raise ValueError(f"{name}.mask_fields: unknown field(s) {bad}; maskable: {list(MASKABLE_FIELDS)}")
         for name in ("stage2", "stage3"):
             if getattr(self, name).synth_share and not self.data.n_synth:
                 raise ValueError(f"{name}.synth_share: needs data.n_synth > 0 (the synthetic-value examples)")

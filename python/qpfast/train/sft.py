@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -27,9 +28,9 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from trl import SFTConfig, SFTTrainer
 
-from ..prompt import encode_example, prompt_template
+from ..prompt import encode_example, end_token_id, prompt_template, target_ids
 from ..schema import DEFAULT_SCHEMA, Schema
-from .config import SFTStageConfig
+from .config import MASKABLE_FIELDS, SFTStageConfig
 from .prefix import backbone, cache_kwarg, prefix_cache, shared_prefix_len
 
 # transformers 5 renamed TrainingArguments.gradient_checkpointing, which TRL still sets (off here).
@@ -38,8 +39,12 @@ warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing` is de
 __all__ = ["PrefixSFTTrainer", "SFTResult", "mix_stage1", "run_sft", "sft_dataset"]
 
 
-def sft_dataset(tokenizer: Any, pairs: Sequence[tuple[str, str]], schema: Schema | None = None):
-    """A pre-tokenized `datasets.Dataset` (``input_ids``, ``labels``) from (query, target) pairs."""
+def sft_dataset(tokenizer: Any, pairs: Sequence[tuple[str, str]], schema: Schema | None = None,
+                mask_fields: Sequence[str] = ()):
+    """A pre-tokenized `datasets.Dataset` (``input_ids``, ``labels``) from (query, target) pairs.
+
+    `mask_fields` (names from `MASKABLE_FIELDS`): the tokens of those fields' values get label
+    -100, so the stage teaches everything but them (the field's key and quotes still count)."""
     from datasets import Dataset
 
     schema = schema or DEFAULT_SCHEMA
@@ -47,8 +52,33 @@ def sft_dataset(tokenizer: Any, pairs: Sequence[tuple[str, str]], schema: Schema
     for q, t in pairs:
         ex = encode_example(tokenizer, q, t, schema)
         ids.append(ex.input_ids)
-        labels.append(ex.labels)
+        lab = ex.labels
+        if mask_fields:
+            lab = list(lab)
+            start = len(ex.prompt_ids)
+            for i in field_value_tokens(tokenizer, t, mask_fields):
+                lab[start + i] = -100
+        labels.append(lab)
     return Dataset.from_dict({"input_ids": ids, "labels": labels})
+
+
+def field_value_tokens(tokenizer: Any, target: str, fields: Sequence[str]) -> list[int]:
+    """Indices of the target tokens that overlap the value of any of `fields` (string
+    fields of a qp-json/1 target, e.g. ``"cat":"美妆>护肤"`` -> the tokens of 美妆>护肤)."""
+    bad = [f for f in fields if f not in MASKABLE_FIELDS]
+    if bad:
+        raise ValueError(f"fields: {bad} cannot be masked; maskable: {list(MASKABLE_FIELDS)}")
+    spans = []
+    for f in fields:
+        m = re.search(r'"%s":"((?:[^"\\]|\\.)*)"' % re.escape(f), target)
+        if m is None:
+            raise ValueError(f"target: no string field {f!r} in {target[:80]!r}")
+        spans.append(m.span(1))
+    enc = tokenizer(target, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
+    if list(enc["input_ids"]) + [end_token_id(tokenizer)] != target_ids(tokenizer, target):
+        raise RuntimeError("tokenizer: offsets do not describe the canonical target ids")
+    return [i for i, (a, b) in enumerate(enc["offset_mapping"])
+            if any(a < e and s < b for s, e in spans)]
 
 
 def mix_stage1(pseudo: Sequence[tuple[str, str]], gold: Sequence[tuple[str, str]], n_examples: int,
@@ -169,7 +199,7 @@ def run_sft(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], cfg: S
     schema = schema or DEFAULT_SCHEMA
     set_seed(seed)
     t0 = time.perf_counter()
-    ds = sft_dataset(tokenizer, pairs, schema)
+    ds = sft_dataset(tokenizer, pairs, schema, mask_fields=cfg.mask_fields)
     prefix_len = len(prompt_template(tokenizer, schema).prefix_ids) if cfg.share_prefix else 0
     result = SFTResult(examples=len(pairs))
 
