@@ -59,12 +59,13 @@ def test_model_card_holds_the_metrics_table():
         assert system in metrics, system
         assert metrics[system]["invalid_rate"] == 0.0
     assert "legacy" in card and "stage 3" in card.lower()
-    for system in ("legacy", "stage1", "stage2", "stage3"):          # the card's table is metrics.json's
-        assert f"| {metrics[system]['seg_f1']:.4f} | {metrics[system]['ner_f1']:.4f} |" in card, system
+    for system in ("legacy", "stage1", "stage2", "stage3_policy", "stage3"):   # the card's table is metrics.json's
+        if system in metrics:
+            assert f"| {metrics[system]['seg_f1']:.4f} | {metrics[system]['ner_f1']:.4f} |" in card, system
 
 
 @pytest.mark.xfail(strict=True, reason="known gap (issue 7 open): on held-out templates and entity values "
-                   "the shipped 5.7M model beats the legacy pipeline on intent only")
+                   "the shipped 5.7M model beats the legacy pipeline on NER and intent only")
 def test_shipped_model_beats_legacy_on_every_task():
     metrics = json.loads((Path(DEFAULT_MODEL_DIR) / "metrics.json").read_text(encoding="utf-8"))
     for task in ("seg_f1", "ner_f1", "weight_f1", "cat_acc", "intent_f1"):

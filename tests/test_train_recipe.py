@@ -37,7 +37,7 @@ def test_every_stage_ran_and_was_evaluated(tiny_run, capsys):
     for name in SYSTEMS:
         assert set(m[name]) == set(REPORT_KEYS) and m[name]["n"] == 8, name
         assert m[name]["invalid_rate"] == 0.0                 # constrained decoding: always valid
-    assert set(m["timings"]) == set(STAGES) | {"total"}
+    assert set(m["timings"]) == set(STAGES) - {"export"} | {"total"}
     t = m["train"]
     assert t["stage1"]["steps"] == 3 and t["stage2"]["steps"] == 3 and t["stage3"]["steps"] == 2
     assert set(m["beats_legacy"]) == {"seg", "ner", "weight", "cat", "intent"}
@@ -131,8 +131,9 @@ def test_configs_load_and_reject_typos(tmp_path):
 
 
 def test_parse_stages():
-    assert parse_stages(None) == list(STAGES) == parse_stages("all")
+    assert parse_stages(None) == list(STAGES[:-1]) == parse_stages("all") and STAGES[-1] == "export"
     assert parse_stages("3,1") == ["stage1", "stage3"]
+    assert parse_stages("export") == ["export"] and parse_stages("3,export") == ["stage3"]
     assert parse_stages(["tokenizer", "data"]) == ["data", "tokenizer"]
     with pytest.raises(ValueError, match="unknown stage"):
         parse_stages("stage4")
@@ -143,3 +144,46 @@ def test_cli_errors(capsys):
     assert main(["--config", "no-such-config"]) == 2
     assert "no-such-config" in capsys.readouterr().err
     assert main(["--config", "tiny", "--stages", "bogus"]) == 2
+
+
+def test_export_stage_averages_stage3_toward_stage1(tiny_run, tmp_path):
+    """``--stages export`` with ``stage3.average_stage1``: the shipped weights are the
+    interpolation, the policy before averaging is evaluated too, the card shows both."""
+    import torch
+    from safetensors.torch import load_file
+    from qpfast.train.__main__ import main
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    cfg = RecipeConfig.load(config_path("tiny")).to_dict()
+    cfg["stage3"]["average_stage1"] = 0.25
+    cfg_path = tmp_path / "tiny-avg.json"
+    cfg_path.write_text(json.dumps(cfg), encoding="utf-8")
+    with torch_threads(1):
+        assert main(["--config", str(cfg_path), "--out", str(run), "--stages", "export"]) == 0
+    m = json.loads((run / "model" / "metrics.json").read_text(encoding="utf-8"))
+    assert set(m["stage3_policy"]) == set(REPORT_KEYS) and m["stage3_policy"]["n"] == 8
+    s1, s3 = load_file(str(run / "stage1" / "model.safetensors")), load_file(str(run / "stage3" / "model.safetensors"))
+    out = load_file(str(run / "model" / "model.safetensors"))
+    dtype = next(iter(out.values())).dtype
+    for k, v in out.items():
+        want = (0.75 * s3[k].float() + 0.25 * s1[k].float()).to(dtype)
+        torch.testing.assert_close(v, want, msg=k)
+    card = (run / "model" / "README.md").read_text(encoding="utf-8")
+    assert "before averaging" in card and "shipped" in card
+    with pytest.raises(ValueError, match="average_stage1"):
+        RecipeConfig.from_dict({"stage3": {"average_stage1": 1.0}})
+
+
+def test_average_weights_counts_tied_weights_once():
+    import torch
+    from test_train_support import tiny_model
+    from qpfast.train.recipe import average_weights_
+    a, b = tiny_model(seed=1), tiny_model(seed=2)
+    assert a.get_input_embeddings().weight.data_ptr() == a.get_output_embeddings().weight.data_ptr()
+    ea, eb = a.get_input_embeddings().weight.clone(), b.get_input_embeddings().weight.clone()
+    na = a.model.norm.weight.clone()
+    average_weights_(a, b, 0.5)
+    torch.testing.assert_close(a.get_input_embeddings().weight, 0.5 * ea + 0.5 * eb)
+    torch.testing.assert_close(a.model.norm.weight, 0.5 * na + 0.5 * b.model.norm.weight)
+    with pytest.raises(ValueError, match="w"):
+        average_weights_(a, b, 1.5)

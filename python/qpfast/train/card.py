@@ -9,7 +9,9 @@ _COLS = (("seg_f1", "seg F1"), ("ner_f1", "NER F1"), ("weight_f1", "weight F1"),
          ("cat1_acc", "category acc (1st level)"), ("intent_f1", "intent char F1"), ("overall", "overall"),
          ("invalid_rate", "invalid"))
 _ROWS = (("legacy", "legacy pipeline (jieba + gazetteers + rules)"), ("stage1", "after stage 1 (knowledge injection)"),
-         ("stage2", "after stage 2 (target alignment)"), ("stage3", "after stage 3 (multi-reward GRPO), shipped"))
+         ("stage2", "after stage 2 (target alignment)"),
+         ("stage3_policy", "after stage 3 (multi-reward GRPO), the policy before averaging"),
+         ("stage3", "after stage 3 (multi-reward GRPO), shipped"))
 
 
 def metrics_table(metrics: Mapping[str, Any]) -> str:
@@ -69,6 +71,10 @@ def model_card(cfg: Any, metrics: Mapping[str, Any], *, params: int, size_mb: fl
                        f"another and {d.keyword_share:.0%} are bare keyword queries (an entity with one or two topic "
                        f"words of the legacy pipeline's keyword table, `qpfast.data.stream`), so the legacy "
                        f"pipeline's word and category knowledge reaches the model outside the training templates.")
+    w = cfg.stage3.average_stage1
+    avg_note = (f"\n- export: the shipped weights are {1 - w:g} x stage 3 + {w:g} x stage 1 (weight averaging "
+                f"toward the earlier checkpoint, as in WiSE-FT: it keeps part of stage 1's category knowledge that "
+                f"stages 2-3 overwrite); the table shows the stage-3 policy before and after") if w else ""
     return f"""---
 language: zh
 library_name: transformers
@@ -107,7 +113,7 @@ the train split's templates and values.{stream_note} Stages 2 and 3 read the
 {_stage_line("stage 1, knowledge injection (SFT, TRL SFTTrainer, loss on target tokens)", train.get("stage1"))}
 {_stage_line("stage 2, target alignment (SFT on gold)", train.get("stage2"))}
 {_stage_line("stage 3, multi-reward GRPO (TRL GRPOTrainer, constrained rollouts, task-isolated groups)",
-             train.get("stage3"))}
+             train.get("stage3"))}{avg_note}
 
 Reward weights: {weights}. Stage 3 samples its rollouts with qpfast's engine under the constraints
 the model is served with, and its loss uses the log-probs of that constrained policy (the softmax

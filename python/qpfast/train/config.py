@@ -97,6 +97,7 @@ class GRPOStageConfig:
 
     n_queries: int = 512          # training prompts (gold train queries)
     synth_share: float = 0.0      # share of the prompts from train_synth.jsonl (unseen-looking values)
+    average_stage1: float = 0.0   # export (1 - w) * stage 3 + w * stage 1 weights (WiSE-FT); 0: stage 3 as is
     num_generations: int = 8      # G, rollouts per group
     oversample: float = 2.0       # candidates sampled per group = ceil(G * oversample) (task isolation)
     isolate: bool = True          # task-isolated sampling
@@ -189,6 +190,8 @@ class RecipeConfig:
                 raise ValueError(f"{name}.synth_share: needs data.n_synth > 0 (the synthetic-value examples)")
         if not 0.0 <= self.data.synth_values <= 1.0:
             raise ValueError(f"data.synth_values: must be in [0, 1], got {self.data.synth_values}")
+        if not 0.0 <= self.stage3.average_stage1 < 1.0:
+            raise ValueError(f"stage3.average_stage1: must be in [0, 1), got {self.stage3.average_stage1}")
         if self.stage3.num_generations < 2:
             raise ValueError("stage3.num_generations: GRPO needs at least 2 rollouts per group")
         if self.stage3.oversample < 1.0:

@@ -36,7 +36,7 @@ from .config import RecipeConfig
 
 __all__ = ["STAGES", "Recipe", "run_recipe", "parse_stages"]
 
-STAGES = ("data", "tokenizer", "stage1", "stage2", "stage3")
+STAGES = ("data", "tokenizer", "stage1", "stage2", "stage3", "export")
 #: The most the embedded default model's weights may weigh (MB).
 MAX_SHIPPED_MB = 25.0
 _ALIASES = {"1": "stage1", "2": "stage2", "3": "stage3", "all": None, "tok": "tokenizer"}
@@ -44,9 +44,12 @@ _TASK_KEYS = {"seg": "seg_f1", "ner": "ner_f1", "weight": "weight_f1", "cat": "c
 
 
 def parse_stages(spec: Optional[str | Sequence[str]]) -> list[str]:
-    """``"stage2,stage3"`` / ``["2", "3"]`` / ``"all"`` / None -> stage names in recipe order."""
+    """``"stage2,stage3"`` / ``["2", "3"]`` / ``"all"`` / None -> stage names in recipe order.
+    ``export`` (re-export stage 3's checkpoint) runs only when asked for, and not with stage 3,
+    which exports anyway."""
+    everything = [s for s in STAGES if s != "export"]          # stage 3 exports
     if spec is None:
-        return list(STAGES)
+        return everything
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     out: set[str] = set()
     for raw in items:
@@ -55,12 +58,14 @@ def parse_stages(spec: Optional[str | Sequence[str]]) -> list[str]:
             continue
         s = _ALIASES.get(s, s)
         if s is None:
-            return list(STAGES)
+            return everything
         if s not in STAGES:
             raise ValueError(f"stages: unknown stage {raw!r}; stages are {', '.join(STAGES)} (or all)")
         out.add(s)
     if not out:
         raise ValueError("stages: none given")
+    if "stage3" in out:
+        out.discard("export")                           # stage 3 exports anyway
     return [s for s in STAGES if s in out]
 
 
@@ -247,6 +252,10 @@ class Recipe:
         self._update(train={"stage3": res.to_dict()})
         self._export()
 
+    def stage_export(self) -> None:
+        """Re-export ``stage3/`` (e.g. with another ``stage3.average_stage1``) without training."""
+        self._export()
+
     # -- helpers ------------------------------------------------------------------------
     def _eval_file(self) -> Path:
         return self._require("data", f"{self.cfg.eval.split}.jsonl")
@@ -312,7 +321,15 @@ class Recipe:
         if dst.exists():
             shutil.rmtree(dst)
         from .tokenizer import save_tokenizer
-        model = AutoModelForCausalLM.from_pretrained(str(src), dtype=dtype, local_files_only=True)
+        w = self.cfg.stage3.average_stage1
+        model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32, local_files_only=True)
+        if w > 0:
+            self._evaluate("stage3_policy", src)
+            anchor = AutoModelForCausalLM.from_pretrained(str(self._require("stage1")), dtype=torch.float32,
+                                                          local_files_only=True)
+            average_weights_(model, anchor, w)
+            self.log(f"exported weights = {1 - w:g} * stage 3 + {w:g} * stage 1")
+        model = model.to(dtype)
         model.config.use_cache = True
         model.save_pretrained(str(dst), safe_serialization=True)
         tok = self._tokenizer(src)
@@ -328,6 +345,7 @@ class Recipe:
         (dst / "README.md").write_text(model_card(self.cfg, m, params=parameter_count(model), size_mb=size,
                                                   vocab_size=len(tok)), encoding="utf-8")
         (dst / "metrics.json").write_text(json.dumps({k: m.get(k) for k in ("legacy", "stage1", "stage2", "stage3",
+                                                                             "stage3_policy",
                                                                              "train", "beats_legacy")},
                                                      ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         if self.export_to is not None:
@@ -361,6 +379,25 @@ class Recipe:
         self.log(f"eval {name} on {self.cfg.eval.split} ({rep['n']}){took}: " + "  ".join(
             f"{k} {rep[k]:.4f}" for k in ("seg_f1", "ner_f1", "weight_f1", "cat_acc", "intent_f1", "overall",
                                           "invalid_rate")))
+
+
+def average_weights_(model: Any, anchor: Any, w: float) -> None:
+    """``model``'s parameters and buffers become ``(1 - w) * model + w * anchor`` (same
+    architecture), in place. Interpolating a fine-tuned model back toward an earlier
+    checkpoint of the same run (WiSE-FT, Wortsman et al. 2022) keeps some of what the earlier
+    stage generalized; here stage 1's knowledge of the legacy pipeline's categories."""
+    import torch
+    if not 0.0 <= w <= 1.0:
+        raise ValueError(f"w: must be in [0, 1], got {w}")
+    ours, theirs = model.state_dict(), anchor.state_dict()
+    if ours.keys() != theirs.keys() or any(ours[k].shape != theirs[k].shape for k in ours):
+        raise ValueError("anchor: not the same architecture as model")
+    seen: set[int] = set()                          # tied weights (embedding = lm_head) once
+    with torch.no_grad():
+        for k, v in ours.items():
+            if v.is_floating_point() and v.data_ptr() not in seen:
+                seen.add(v.data_ptr())
+                v.mul_(1.0 - w).add_(theirs[k].to(v.dtype), alpha=w)
 
 
 def _quiet_transformers() -> None:
