@@ -26,8 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import cdiv, cut, fill_count, pow2
 from .common import num_sms as _num_sms
-from .common import pow2
 from .reference import check_bitmask_args, check_sampling_args
 
 #: candidate thresholds per pass / passes of the top-p search: resolution
@@ -175,8 +175,7 @@ def pick_num_chunks(rows: int, vocab: int, block_v: int, num_sms: int) -> int:
     rows alone do not fill the GPU, each chunk at least one ``block_v`` block."""
     if rows >= num_sms:
         return 1
-    want = -(-2 * num_sms // max(1, rows))
-    return max(1, min(want, -(-vocab // block_v), MAX_CHUNKS))
+    return fill_count(rows, num_sms, min(cdiv(vocab, block_v), MAX_CHUNKS))
 
 
 def _pick(logits, bitmask, out, *, sample, seed=None, thresh=None, inv_temp=1.0, block_v, num_chunks):
@@ -184,10 +183,8 @@ def _pick(logits, bitmask, out, *, sample, seed=None, thresh=None, inv_temp=1.0,
     lg, bm = _unit_stride(logits), _unit_stride(bitmask)
     if num_chunks is None:
         num_chunks = pick_num_chunks(rows, vocab, block_v, _num_sms(logits.device))
-    num_chunks = max(1, min(int(num_chunks), MAX_CHUNKS, max(1, -(-vocab // block_v))))
-    chunk_len = -(-vocab // num_chunks)
-    chunk_len = -(-chunk_len // block_v) * block_v
-    num_chunks = max(1, -(-vocab // chunk_len))
+    num_chunks = max(1, min(int(num_chunks), MAX_CHUNKS, max(1, cdiv(vocab, block_v))))
+    chunk_len, num_chunks = cut(vocab, num_chunks, block_v)
     if num_chunks > 1:
         part_val = torch.empty(rows * num_chunks, dtype=torch.float32, device=lg.device)
         part_idx = torch.empty(rows * num_chunks, dtype=torch.int32, device=lg.device)

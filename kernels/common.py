@@ -1,5 +1,6 @@
-"""Pieces the Triton kernel modules share: block-size rounding, the GPU's multiprocessor
-count, and the online-softmax update of the attention kernels."""
+"""Pieces the Triton kernel modules share: block-size rounding, how to cut work into
+splits, the GPU's multiprocessor count, and the online-softmax update of the attention
+kernels."""
 from __future__ import annotations
 
 import functools
@@ -12,6 +13,29 @@ import triton.language as tl
 def pow2(n: int) -> int:
     """The smallest power of two >= n (1 for n <= 1)."""
     return 1 << max(0, int(n) - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for ints (b > 0)."""
+    return -(-a // b)
+
+
+def round_up(a: int, m: int) -> int:
+    """The smallest multiple of ``m`` that is >= ``a``."""
+    return cdiv(a, m) * m
+
+
+def cut(n: int, parts: int, block: int) -> tuple[int, int]:
+    """Cut ``n`` items into about ``parts`` runs of a multiple of ``block`` items: returns
+    ``(run length, number of runs)``; rounding the length up may leave fewer runs."""
+    length = round_up(cdiv(max(1, n), max(1, parts)), block)
+    return length, max(1, cdiv(n, length))
+
+
+def fill_count(programs: int, num_sms: int, most: int) -> int:
+    """How many pieces to cut each of ``programs`` programs' work into for about two
+    programs per multiprocessor: at least 1, at most ``most``."""
+    return max(1, min(cdiv(2 * num_sms, max(1, programs)), most))
 
 
 def num_sms(device: torch.device) -> int:

@@ -28,8 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import cdiv, cut, fill_count, online_softmax_step
 from .common import num_sms as _num_sms
-from .common import online_softmax_step
 from .common import pow2 as _pow2
 from .reference import check_decode_args
 
@@ -155,8 +155,7 @@ def decode_num_splits(batch: int, num_kv_heads: int, max_len: int, num_sms: int)
     programs = max(1, batch * num_kv_heads)
     if programs >= num_sms or max_len <= MIN_SPLIT_LEN:
         return 1
-    want = -(-2 * num_sms // programs)
-    return max(1, min(want, -(-max_len // MIN_KEYS_PER_SPLIT), MAX_SPLITS))
+    return fill_count(programs, num_sms, min(cdiv(max_len, MIN_KEYS_PER_SPLIT), MAX_SPLITS))
 
 
 def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, out=None, num_splits=None,
@@ -187,9 +186,7 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, out=None, 
     if num_splits is None:
         num_splits = decode_num_splits(b, hkv, max_len, _num_sms(q.device))
     num_splits = max(1, min(int(num_splits), MAX_SPLITS))
-    split_len = -(-max_len // num_splits)
-    split_len = -(-split_len // block_n) * block_n
-    num_splits = -(-max_len // split_len)       # rounding up the split may leave fewer
+    split_len, num_splits = cut(max_len, num_splits, block_n)
 
     if num_splits > 1:
         part_o = torch.empty((b, hq, num_splits, block_d), dtype=torch.float32, device=q.device)

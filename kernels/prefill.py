@@ -38,8 +38,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import cdiv, fill_count, online_softmax_step, round_up
 from .common import num_sms as _num_sms
-from .common import online_softmax_step
 from .common import pow2 as _pow2
 from .decode import merge_splits
 from .reference import check_prefill_args
@@ -168,7 +168,7 @@ def prefill_config(total_q: int, num_seqs: int, group: int, head_dim: int) -> di
     group_pad = _pow2(group)
     block_d = max(16, _pow2(head_dim))
     rows = 128 if block_d <= 128 else 64
-    mean_q = max(1, -(-total_q // max(1, num_seqs)))
+    mean_q = max(1, cdiv(total_q, max(1, num_seqs)))
     block_m = max(1, min(_pow2(mean_q), rows // group_pad), 16 // group_pad)
     # 4 warps spill registers (sm_90 resource report) from 64x64 / 32x128 tiles upwards
     big = block_m * group_pad * block_d >= 32 * 128
@@ -189,8 +189,7 @@ def prefill_num_splits(programs: int, keys_per_seq: int, block_n: int, num_sms: 
     """
     if programs * 8 > num_sms or keys_per_seq <= MIN_SPLIT_KEYS:
         return 1
-    want = -(-2 * num_sms // max(1, programs))
-    return max(1, min(want, -(-keys_per_seq // block_n), MAX_SPLITS))
+    return fill_count(programs, num_sms, min(cdiv(keys_per_seq, block_n), MAX_SPLITS))
 
 
 def split_plan(total_k: int, num_seqs: int, splits_per_seq: int, block_n: int) -> tuple[int, int]:
@@ -198,10 +197,10 @@ def split_plan(total_k: int, num_seqs: int, splits_per_seq: int, block_n: int) -
     ``splits_per_seq`` splits of a mean-length sequence, and the split axis of the grid,
     which must cover the longest possible sequence (``total_k`` keys, lengths live on the
     device) in at most ``MAX_SPLITS`` splits."""
-    keys_per_seq = -(-max(1, total_k) // max(1, num_seqs))
-    split_len = max(-(-keys_per_seq // max(1, splits_per_seq)), -(-max(1, total_k) // MAX_SPLITS))
-    split_len = -(-split_len // block_n) * block_n
-    return split_len, max(1, -(-total_k // split_len))
+    keys_per_seq = cdiv(max(1, total_k), max(1, num_seqs))
+    split_len = max(cdiv(keys_per_seq, max(1, splits_per_seq)), cdiv(max(1, total_k), MAX_SPLITS))
+    split_len = round_up(split_len, block_n)
+    return split_len, max(1, cdiv(total_k, split_len))
 
 
 def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None, *, out=None,
@@ -239,10 +238,12 @@ def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None, *, out
     total_k = k.shape[0]
     bn = cfg["BLOCK_N"]
     if num_splits is None:
-        num_splits = prefill_num_splits(tiles * hkv, -(-total_k // num_seqs), bn, _num_sms(q.device))
+        num_splits = prefill_num_splits(tiles * hkv, cdiv(total_k, num_seqs), bn, _num_sms(q.device))
     num_splits = max(1, min(int(num_splits), MAX_SPLITS))
-    split_len, num_splits = split_plan(total_k, num_seqs, num_splits, bn) if num_splits > 1 else (total_k, 1)
-    split_len = -(-max(1, split_len) // bn) * bn
+    if num_splits > 1:
+        split_len, num_splits = split_plan(total_k, num_seqs, num_splits, bn)
+    else:                                        # one split holds every key
+        split_len = round_up(max(1, total_k), bn)
     if num_splits > 1:
         part_o = torch.empty((total_q, hq, num_splits, cfg["BLOCK_D"]), dtype=torch.float32, device=q.device)
         part_lse = torch.empty((total_q, hq, num_splits), dtype=torch.float32, device=q.device)

@@ -500,6 +500,18 @@ def test_devices_must_match():
 # --------------------------------------------------------------------------------------
 
 @needs_triton
+def test_cut_and_fill_count():
+    from qpfast.kernels.common import cut, fill_count
+    assert cut(600, 5, 64) == (128, 5)
+    assert cut(600, 3, 64) == (256, 3)
+    assert cut(151936, 8, 1024) == (19456, 8)
+    assert cut(100, 7, 64) == (64, 2)                      # rounding the length up leaves fewer runs
+    for n, parts, block in [(1, 4, 16), (999, 7, 64), (5, 1, 8)]:
+        length, runs = cut(n, parts, block)
+        assert length % block == 0 and runs * length >= n > (runs - 1) * length and runs <= parts
+    assert fill_count(6, 132, 32) == 32 and fill_count(6, 132, 5) == 5 and fill_count(300, 132, 9) == 1
+
+
 def test_prefill_num_splits():
     from qpfast.kernels.prefill import MAX_SPLITS, MIN_SPLIT_KEYS, prefill_num_splits, split_plan
     assert prefill_num_splits(8, 552, 64, 132) == 9              # one query, 512+40, 16:2: a key block each
