@@ -319,12 +319,9 @@ def bench_decode(quick: bool) -> list[dict]:
         cold_copy = bench_graph_cold(lambda i: copy_call(nbytes), nbytes)
         cold_sweep = ({ns: bench_graph_cold(lambda i, ns=ns: decode_call(i, ns), nbytes) for ns in (1, 2, 4, 8)}
                       if bsz * hkv < num_sms(q.device) else {})
-        hbm = datasheet_hbm(torch.cuda.get_device_name())
         rows.append(dict(heads=f"{hq}:{hkv}", batch=bsz, seq_len=seq, splits=splits, ms=ms, ms_repeat=ms2,
                          cold_ms=cold, cold_sdpa_ms=cold_sdpa, cold_copy_ms=cold_copy,
                          cold_ms_by_splits=cold_sweep,
-                         cold_hbm_fraction=nbytes / (cold * 1e-3) / hbm if (cold and hbm) else None,
-                         cold_copy_hbm_fraction=nbytes / (cold_copy * 1e-3) / hbm if (cold_copy and hbm) else None,
                          cold_vs_copy=cold_copy / cold if (cold and cold_copy) else None,
                          sdpa_ms=sdpa_ms, sdpa=how, speedup_vs_sdpa=(sdpa_ms / ms) if sdpa_ms else None,
                          graph_ms=g_ms, sdpa_graph_ms=g_sdpa,
@@ -622,6 +619,10 @@ def main(argv=None) -> int:
             r["copy_fraction"] = r["bytes_per_s"] / ceil["copy_bytes_per_s"]
             if r.get("graph_bytes_per_s") and hbm:
                 r["graph_hbm_fraction"] = r["graph_bytes_per_s"] / hbm
+            for key in ("cold_ms", "cold_copy_ms"):          # decode: from HBM, see bench_graph_cold
+                if key in r:
+                    t = r[key]
+                    r[key.replace("_ms", "_hbm_fraction")] = r["bytes"] / (t * 1e-3) / hbm if (t and hbm) else None
         return rows
 
     def save():
