@@ -122,6 +122,10 @@ def test_configs_load_and_reject_typos(tmp_path):
     with pytest.raises(ValueError, match="stage3.synth_share"):
         RecipeConfig.from_dict({"stage3": {"synth_share": 0.5}})
     assert default.data.n_synth > 0 and 0 < default.stage2.synth_share < 1
+    for section, key in [("data", "splice"), ("data", "keyword_share"), ("data", "perturb"),
+                         ("data", "synth_values"), ("stage1", "gold_share")]:
+        with pytest.raises(ValueError, match=rf"{section}\.{key}: must be in \[0, 1\]"):
+            RecipeConfig.from_dict({section: {key: 1.5}})
     with pytest.raises(FileNotFoundError):
         config_path(tmp_path / "nope.toml")
     p = tmp_path / "c.json"

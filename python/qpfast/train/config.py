@@ -175,12 +175,13 @@ class RecipeConfig:
             raise ValueError(f"rewards: unknown task(s) {sorted(bad)}; tasks are {list(TASKS)}")
         if not any(float(w) > 0 for w in self.rewards.values()):
             raise ValueError("rewards: at least one task weight must be > 0")
-        if not 0.0 <= self.stage1.gold_share <= 1.0:
-            raise ValueError(f"stage1.gold_share: must be in [0, 1], got {self.stage1.gold_share}")
-        for name in ("stage1", "stage2", "stage3"):
-            share = getattr(self, name).synth_share
+        shares = {"stage1.gold_share": self.stage1.gold_share, "data.synth_values": self.data.synth_values,
+                  "data.perturb": self.data.perturb, "data.splice": self.data.splice,
+                  "data.keyword_share": self.data.keyword_share}
+        shares.update({f"{name}.synth_share": getattr(self, name).synth_share for name in ("stage1", "stage2", "stage3")})
+        for name, share in shares.items():
             if not 0.0 <= share <= 1.0:
-                raise ValueError(f"{name}.synth_share: must be in [0, 1], got {share}")
+                raise ValueError(f"{name}: must be in [0, 1], got {share}")
         for name in ("stage1", "stage2"):
             bad = [f for f in getattr(self, name).mask_fields if f not in MASKABLE_FIELDS]
             if bad:
@@ -188,8 +189,6 @@ class RecipeConfig:
         for name in ("stage2", "stage3"):
             if getattr(self, name).synth_share and not self.data.n_synth:
                 raise ValueError(f"{name}.synth_share: needs data.n_synth > 0 (the synthetic-value examples)")
-        if not 0.0 <= self.data.synth_values <= 1.0:
-            raise ValueError(f"data.synth_values: must be in [0, 1], got {self.data.synth_values}")
         if not 0.0 <= self.stage3.average_stage1 < 1.0:
             raise ValueError(f"stage3.average_stage1: must be in [0, 1), got {self.stage3.average_stage1}")
         if self.stage3.num_generations < 2:
