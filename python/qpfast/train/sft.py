@@ -56,15 +56,17 @@ def sft_dataset(tokenizer: Any, pairs: Sequence[tuple[str, str]], schema: Schema
         if mask_fields:
             lab = list(lab)
             start = len(ex.prompt_ids)
-            for i in field_value_tokens(tokenizer, t, mask_fields):
+            for i in field_value_tokens(tokenizer, t, mask_fields, ids=ex.target_ids):
                 lab[start + i] = -100
         labels.append(lab)
     return Dataset.from_dict({"input_ids": ids, "labels": labels})
 
 
-def field_value_tokens(tokenizer: Any, target: str, fields: Sequence[str]) -> list[int]:
+def field_value_tokens(tokenizer: Any, target: str, fields: Sequence[str],
+                       ids: Optional[Sequence[int]] = None) -> list[int]:
     """Indices of the target tokens that overlap the value of any of `fields` (string
-    fields of a qp-json/1 target, e.g. ``"cat":"美妆>护肤"`` -> the tokens of 美妆>护肤)."""
+    fields of a qp-json/1 target, e.g. ``"cat":"美妆>护肤"`` -> the tokens of 美妆>护肤).
+    `ids`: the target's canonical ids (`qpfast.prompt.target_ids`) when the caller has them."""
     bad = [f for f in fields if f not in MASKABLE_FIELDS]
     if bad:
         raise ValueError(f"fields: {bad} cannot be masked; maskable: {list(MASKABLE_FIELDS)}")
@@ -75,7 +77,9 @@ def field_value_tokens(tokenizer: Any, target: str, fields: Sequence[str]) -> li
             raise ValueError(f"target: no string field {f!r} in {target[:80]!r}")
         spans.append(m.span(1))
     enc = tokenizer(target, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
-    if list(enc["input_ids"]) + [end_token_id(tokenizer)] != target_ids(tokenizer, target):
+    if ids is None:
+        ids = target_ids(tokenizer, target)
+    if list(enc["input_ids"]) + [end_token_id(tokenizer)] != list(ids):
         raise RuntimeError("tokenizer: offsets do not describe the canonical target ids")
     return [i for i, (a, b) in enumerate(enc["offset_mapping"])
             if any(a < e and s < b for s, e in spans)]
