@@ -91,7 +91,7 @@ class DecodeGraphs:
         last = r.cache.capacity - 1
         host = self._host.numpy()
         pos = np.asarray(starts, dtype=np.int64) + plen
-        if b and int(pos.max()) >= last:
+        if int(pos.max()) >= last:
             raise ValueError(f"decode step: position {int(pos.max())} is past the cache ({r.cache.capacity})")
         host[0, :b] = tokens
         host[1, :b] = pos
