@@ -349,3 +349,34 @@ def test_synthetic_values_off_draws_exactly_as_before():
     assert [e.target for e in plain] == [e.target for e in off]
     with pytest.raises(ValueError, match="synth_values"):
         QueryGenerator("train", synth_values=1.5)
+
+
+def test_augmented_examples_keep_gold_labels():
+    from qpfast.data import augmented_examples
+    from qpfast.parse import parse
+    gen = QueryGenerator("train")
+    cats = {t.category for t in gen.pool.templates}
+    a = list(augmented_examples(300, seed=5))
+    assert [(e.query, e.target, m) for e, m in a] == [(e.query, e.target, m) for e, m in augmented_examples(300, seed=5)]
+    plain = {e.query for e in gen.examples(300, seed=5)}
+    assert sum(e.query in plain for e, _ in a) < 10
+    masks = Counter(m for _, m in a)
+    assert set(masks) == {(), ("intent",)} and min(masks.values()) > 50
+    train_values = split_plan(0).pool("train").values()
+    for e, mask in a:
+        r = parse(e.target, query=e.query)            # strict: segments partition the query, entities are spans
+        assert r.ok and r.category == e.category in cats
+        assert all(ent.text in train_values for ent in r.entities)
+    with pytest.raises(ValueError, match="swap"):
+        next(augmented_examples(1, swap=1.5))
+    with pytest.raises(ValueError, match="at least one"):
+        next(augmented_examples(1, drop=0, swap=0, splice_prob=0))
+
+
+def test_same_category_splices_join_two_templates_of_one_category():
+    from qpfast.data import augmented_examples
+    n = 0
+    for e, mask in augmented_examples(200, seed=1, drop=0.0, swap=0.0, splice_prob=1.0):
+        assert mask == ("intent",)
+        n += 1
+    assert n == 200

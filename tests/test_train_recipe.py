@@ -97,7 +97,11 @@ def test_stage2_mixes_in_gold_with_synthetic_entity_values(tiny_run):
     for r in synth:
         qpfast.parse(r["target"], r["query"], strict=True)
     log = (tiny_run / "train.log").read_text(encoding="utf-8")
-    assert "stage 2: 24 gold examples (6 with synthetic entity values)" in log
+    assert "stage 2: 24 gold examples (6 with synthetic entity values, 6 rewritten)" in log
+    aug = list(read_jsonl(tiny_run / "data" / "train_aug.jsonl"))
+    assert len(aug) == 12 and {tuple(r["mask"]) for r in aug} <= {(), ("intent",)}
+    for r in aug:
+        qpfast.parse(r["target"], r["query"], strict=True)
     assert "stage 3: 8 queries (2 with synthetic entity values)" in log
 
 
@@ -122,8 +126,14 @@ def test_configs_load_and_reject_typos(tmp_path):
     with pytest.raises(ValueError, match="stage3.synth_share"):
         RecipeConfig.from_dict({"stage3": {"synth_share": 0.5}})
     assert default.data.n_synth > 0 and 0 < default.stage2.synth_share < 1
+    with pytest.raises(ValueError, match="stage2.aug_share: needs data.n_aug"):
+        RecipeConfig.from_dict({"stage2": {"aug_share": 0.5}})
+    with pytest.raises(ValueError, match="stage1.aug_share"):
+        RecipeConfig.from_dict({"data": {"n_aug": 10}, "stage1": {"aug_share": 0.5}})
+    with pytest.raises(ValueError, match="synth_share \\+ aug_share"):
+        RecipeConfig.from_dict({"data": {"n_aug": 10, "n_synth": 10}, "stage2": {"aug_share": 0.6, "synth_share": 0.6}})
     for section, key in [("data", "splice"), ("data", "keyword_share"), ("data", "perturb"),
-                         ("data", "synth_values"), ("stage1", "gold_share")]:
+                         ("data", "synth_values"), ("stage1", "gold_share"), ("stage2", "aug_share")]:
         with pytest.raises(ValueError, match=rf"{section}\.{key}: must be in \[0, 1\]"):
             RecipeConfig.from_dict({section: {key: 1.5}})
     with pytest.raises(FileNotFoundError):

@@ -144,3 +144,40 @@ def test_stage1_mix():
     allp = mix_stage1(pseudo, gold, 0, 0.2, seed=0)             # every pseudo pair + a 20% gold share
     assert sum(q.startswith("p") for q, _ in allp) == 100 and sum(q.startswith("g") for q, _ in allp) == 25
     assert len(mix_stage1(pseudo, gold, 10, 0.0, seed=0)) == 10
+
+
+def test_per_example_masks_add_to_the_stage_mask():
+    tok = tiny_tokenizer()
+    pairs = list(tiny_pairs()[:6])
+    triples = [(q, t, ("intent",) if i % 2 else ()) for i, (q, t) in enumerate(pairs)]
+    got = sft_dataset(tok, triples, mask_fields=["cat"])
+    for i, (row, (q, t)) in enumerate(zip(got, pairs)):
+        want = sft_dataset(tok, [(q, t)], mask_fields=["cat", "intent"] if i % 2 else ["cat"])[0]
+        assert row == want
+    with pytest.raises(ValueError, match="maskable"):
+        sft_dataset(tok, [(pairs[0][0], pairs[0][1], ("weight",))])
+
+
+def test_frozen_layers_do_not_move_and_the_rest_does(tmp_path):
+    from qpfast.train.sft import freeze_lower_layers
+    model = tiny_model(seed=5)
+    n = len(model.model.layers)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    run_sft(model, tiny_tokenizer(), list(tiny_pairs()[:8]), _cfg(max_steps=3, freeze_layers=1), str(tmp_path),
+            seed=0, log=lambda s: None)
+    after = model.state_dict()
+    for k in before:
+        moved = not torch.equal(before[k], after[k])
+        if k.startswith("model.layers.0."):
+            assert not moved, k
+        elif k.startswith("model.layers.") and "weight" in k and "norm" not in k:
+            assert moved, k
+    assert after["model.embed_tokens.weight"].ne(before["model.embed_tokens.weight"]).any()
+    assert all(p.requires_grad for p in model.parameters())          # unfrozen after the stage
+    assert freeze_lower_layers(model, n) == sum(p.numel() for p in model.model.layers.parameters())
+    assert freeze_lower_layers(model, 0) == 0
+    with pytest.raises(ValueError, match="n: must be in"):
+        freeze_lower_layers(model, n + 1)
+    from qpfast.train.config import RecipeConfig
+    with pytest.raises(ValueError, match="stage2.freeze_layers"):
+        RecipeConfig.from_dict({"model": {"layers": 2}, "stage2": {"freeze_layers": 3}})

@@ -191,6 +191,10 @@ class QueryGenerator:
             from .synthetic import SyntheticValues
             self._synth = SyntheticValues(self.pool)
 
+    def templates_of(self, category: str) -> tuple[Template, ...]:
+        """The split's templates of `category` (empty for a category it has none of)."""
+        return self._by_category.get(category, ())
+
     # -- drawing ---------------------------------------------------------------------
     def _choices(self, slot: Slot) -> tuple:
         kind = draw_kind(slot.types, slot.group)

@@ -71,6 +71,17 @@ def model_card(cfg: Any, metrics: Mapping[str, Any], *, params: int, size_mb: fl
                        f"another and {d.keyword_share:.0%} are bare keyword queries (an entity with one or two topic "
                        f"words of the legacy pipeline's keyword table, `qpfast.data.stream`), so the legacy "
                        f"pipeline's word and category knowledge reaches the model outside the training templates.")
+    aug_note = ""
+    if d.n_aug and cfg.stage2.aug_share:
+        aug_note = (f" {cfg.stage2.aug_share:.0%} of stage 2 are gold examples rewritten so that no template's "
+                    f"frame is seen alone (function words dropped, two content chunks swapped, or the head of one "
+                    f"template's draft joined to the tail of another template of the same category, whose intent "
+                    f"is then left out of the loss: `qpfast.data.augment`).")
+    freeze_note = ""
+    if cfg.stage2.freeze_layers:
+        freeze_note = (f"\n- stage 2 trains only the decoder layers above the lowest {cfg.stage2.freeze_layers} "
+                       f"(and the tied embedding): the lower layers keep what stage 1 learned of words the gold "
+                       f"templates never show")
     w = cfg.stage3.average_stage1
     avg_note = (f"\n- export: the shipped weights are {1 - w:g} x stage 3 + {w:g} x stage 1 (weight averaging "
                 f"toward the earlier checkpoint, as in WiSE-FT: it keeps part of stage 1's category knowledge that "
@@ -107,11 +118,11 @@ templates and gazetteers with gold labels. The test split uses entity values and
 occur in training. Stage 1 reads {d.n_unlabelled} unlabelled stream queries (perturbed with probability
 {d.perturb}) pseudo-labelled by the legacy pipeline, mixed with gold; stream queries draw only on
 the train split's templates and values.{stream_note} Stages 2 and 3 read the
-{d.n_train} gold training examples{synth_note}.
+{d.n_train} gold training examples{synth_note}.{aug_note}
 
 ## Recipe (`python -m qpfast.train`, config `{cfg.name}`)
 {_stage_line("stage 1, knowledge injection (SFT, TRL SFTTrainer, loss on target tokens)", train.get("stage1"))}
-{_stage_line("stage 2, target alignment (SFT on gold)", train.get("stage2"))}
+{_stage_line("stage 2, target alignment (SFT on gold)", train.get("stage2"))}{freeze_note}
 {_stage_line("stage 3, multi-reward GRPO (TRL GRPOTrainer, constrained rollouts, task-isolated groups)",
              train.get("stage3"))}{avg_note}
 

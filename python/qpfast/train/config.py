@@ -58,6 +58,7 @@ class DataConfig:
     keyword_share: float = 0.0    # share of bare keyword queries (legacy keyword table) in the stream
     n_synth: int = 0              # gold train examples with synthetic entity values (train_synth.jsonl)
     synth_values: float = 0.7     # in those, the probability that a slot's value is synthetic
+    n_aug: int = 0                # rewritten gold train examples (train_aug.jsonl, `qpfast.data.augment`)
 
 
 @dataclass
@@ -77,6 +78,7 @@ class SFTStageConfig:
     n_examples: int = 0           # examples drawn for the stage (0: all available)
     gold_share: float = 1.0       # stage 1: share of gold examples in the mix; stage 2: 1.0
     synth_share: float = 0.0      # share of the stage's examples from train_synth.jsonl (stage 2)
+    aug_share: float = 0.0        # share of the stage's examples from train_aug.jsonl (stage 2)
     epochs: float = 1.0
     max_steps: int = -1           # > 0 overrides epochs
     batch_size: int = 32
@@ -89,6 +91,7 @@ class SFTStageConfig:
     share_prefix: bool = True     # compute the shared prompt prefix once per batch (exact, ~3x faster)
     logging_steps: int = 50
     mask_fields: list = field(default_factory=list)  # target fields whose value tokens carry no loss
+    freeze_layers: int = 0        # the lowest N decoder layers stay as the previous stage left them
 
 
 @dataclass
@@ -179,6 +182,7 @@ class RecipeConfig:
                   "data.perturb": self.data.perturb, "data.splice": self.data.splice,
                   "data.keyword_share": self.data.keyword_share}
         shares.update({f"{name}.synth_share": getattr(self, name).synth_share for name in ("stage1", "stage2", "stage3")})
+        shares.update({f"{name}.aug_share": getattr(self, name).aug_share for name in ("stage1", "stage2")})
         for name, share in shares.items():
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"{name}: must be in [0, 1], got {share}")
@@ -186,9 +190,19 @@ class RecipeConfig:
             bad = [f for f in getattr(self, name).mask_fields if f not in MASKABLE_FIELDS]
             if bad:
                 raise ValueError(f"{name}.mask_fields: unknown field(s) {bad}; maskable: {list(MASKABLE_FIELDS)}")
+        for name in ("stage1", "stage2"):
+            n = getattr(self, name).freeze_layers
+            if not 0 <= n <= self.model.layers:
+                raise ValueError(f"{name}.freeze_layers: must be in [0, model.layers={self.model.layers}], got {n}")
         for name in ("stage2", "stage3"):
             if getattr(self, name).synth_share and not self.data.n_synth:
                 raise ValueError(f"{name}.synth_share: needs data.n_synth > 0 (the synthetic-value examples)")
+        if self.stage2.aug_share and not self.data.n_aug:
+            raise ValueError("stage2.aug_share: needs data.n_aug > 0 (the rewritten gold examples)")
+        if self.stage1.aug_share:
+            raise ValueError("stage1.aug_share: stage 1 mixes pseudo-labels with plain gold; rewritten gold is for stage 2")
+        if self.stage2.synth_share + self.stage2.aug_share > 1.0:
+            raise ValueError("stage2: synth_share + aug_share must be <= 1")
         if not 0.0 <= self.stage3.average_stage1 < 1.0:
             raise ValueError(f"stage3.average_stage1: must be in [0, 1), got {self.stage3.average_stage1}")
         if self.stage3.num_generations < 2:

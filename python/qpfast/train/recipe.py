@@ -168,6 +168,11 @@ class Recipe:
             gen = QueryGenerator("train", split_seed=d.split_seed, synth_values=d.synth_values)
             write_jsonl(data / "train_synth.jsonl", gen.iter_examples(d.n_synth, seed=d.seed + 1))
             self.log(f"gold with synthetic entity values: {d.n_synth} (slot probability {d.synth_values})")
+        if d.n_aug:
+            from ..data import augmented_examples
+            write_jsonl(data / "train_aug.jsonl", ({**ex.to_record(), "mask": list(mask)} for ex, mask in
+                                                   augmented_examples(d.n_aug, d.seed + 2, split_seed=d.split_seed)))
+            self.log(f"rewritten gold (function words dropped, chunks swapped, same-category splices): {d.n_aug}")
         from ..legacy.category_rules import KEYWORDS
         keywords = {cat: [w for w, _ in words] for cat, words in KEYWORDS.items()}
         queries = list(unlabelled_queries(d.n_unlabelled, d.seed, split_seed=d.split_seed, perturb=d.perturb,
@@ -230,8 +235,9 @@ class Recipe:
 
         c = self.cfg.stage2
         model, tok = self._load("stage1")
-        pairs, n_synth = self._gold_mix(c.n_examples, c.synth_share, "stage2")
-        self.log(f"stage 2: {len(pairs)} gold examples ({n_synth} with synthetic entity values)")
+        pairs, n_synth = self._gold_mix(c.n_examples, c.synth_share, "stage2", aug_share=c.aug_share)
+        n_aug = round(c.n_examples * c.aug_share)
+        self.log(f"stage 2: {len(pairs)} gold examples ({n_synth} with synthetic entity values, {n_aug} rewritten)")
         res = run_sft(model, tok, pairs, c, str(self.path("scratch", "stage2")), seed=self.cfg.seed,
                       schema=self.schema, device=self.cfg.device, log=self.log)
         self._save_model(model, tok, "stage2")
@@ -270,15 +276,24 @@ class Recipe:
         rng.shuffle(gold)
         return gold[:n] if n > 0 else gold
 
-    def _gold_mix(self, n: int, synth_share: float, salt: str) -> tuple[list[tuple[str, str]], int]:
-        """`n` gold pairs of which a `synth_share` comes from train_synth.jsonl; and that count."""
-        n_synth = round(n * synth_share)
-        pairs = self._gold_sample(n - n_synth, salt)
+    def _gold_mix(self, n: int, synth_share: float, salt: str, aug_share: float = 0.0) -> tuple[list[tuple], int]:
+        """`n` gold pairs of which a `synth_share` comes from train_synth.jsonl and an
+        `aug_share` from train_aug.jsonl (as (query, target, masked fields) triples); and
+        the synthetic count."""
+        n_synth, n_aug = round(n * synth_share), round(n * aug_share)
+        pairs: list[tuple] = list(self._gold_sample(n - n_synth - n_aug, salt))
         if n_synth:
             rng = random.Random(f"qpfast.train.{salt}.synth:{self.cfg.seed}")
             synth = self._pairs("train_synth.jsonl")
             rng.shuffle(synth)
             pairs = pairs + synth[:n_synth]
+            rng.shuffle(pairs)
+        if n_aug:
+            from ..data import read_jsonl
+            rng = random.Random(f"qpfast.train.{salt}.aug:{self.cfg.seed}")
+            aug = [(r["query"], r["target"], tuple(r.get("mask", ()))) for r in read_jsonl(self._require("data", "train_aug.jsonl"))]
+            rng.shuffle(aug)
+            pairs = pairs + aug[:n_aug]
             rng.shuffle(pairs)
         return pairs, n_synth
 

@@ -36,12 +36,13 @@ from .prefix import backbone, cache_kwarg, prefix_cache, shared_prefix_len
 # transformers 5 renamed TrainingArguments.gradient_checkpointing, which TRL still sets (off here).
 warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing` is deprecated", category=FutureWarning)
 
-__all__ = ["PrefixSFTTrainer", "SFTResult", "mix_stage1", "run_sft", "sft_dataset"]
+__all__ = ["PrefixSFTTrainer", "SFTResult", "freeze_lower_layers", "mix_stage1", "run_sft", "sft_dataset"]
 
 
-def sft_dataset(tokenizer: Any, pairs: Sequence[tuple[str, str]], schema: Schema | None = None,
+def sft_dataset(tokenizer: Any, pairs: Sequence[tuple], schema: Schema | None = None,
                 mask_fields: Sequence[str] = ()):
-    """A pre-tokenized `datasets.Dataset` (``input_ids``, ``labels``) from (query, target) pairs.
+    """A pre-tokenized `datasets.Dataset` (``input_ids``, ``labels``) from (query, target)
+    pairs, or (query, target, fields) triples whose `fields` are masked in that example only.
 
     `mask_fields` (names from `MASKABLE_FIELDS`): the tokens of those fields' values get label
     -100, so the stage teaches everything but them (the field's key and quotes still count)."""
@@ -49,14 +50,16 @@ def sft_dataset(tokenizer: Any, pairs: Sequence[tuple[str, str]], schema: Schema
 
     schema = schema or DEFAULT_SCHEMA
     ids, labels = [], []
-    for q, t in pairs:
+    for item in pairs:
+        q, t = item[0], item[1]
+        fields = list(dict.fromkeys([*mask_fields, *(item[2] if len(item) > 2 else ())]))
         ex = encode_example(tokenizer, q, t, schema)
         ids.append(ex.input_ids)
         lab = ex.labels
-        if mask_fields:
+        if fields:
             lab = list(lab)
             start = len(ex.prompt_ids)
-            for i in field_value_tokens(tokenizer, t, mask_fields, ids=ex.target_ids):
+            for i in field_value_tokens(tokenizer, t, fields, ids=ex.target_ids):
                 lab[start + i] = -100
         labels.append(lab)
     return Dataset.from_dict({"input_ids": ids, "labels": labels})
@@ -189,10 +192,11 @@ def _sft_args(cfg: SFTStageConfig, out_dir: str, seed: int, device: str):
     return SFTConfig(**kw)
 
 
-def run_sft(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], cfg: SFTStageConfig, out_dir: str, *,
+def run_sft(model: Any, tokenizer: Any, pairs: Sequence[tuple], cfg: SFTStageConfig, out_dir: str, *,
             seed: int = 0, schema: Schema | None = None, device: str = "cpu",
             log: Callable[[str], Any] = print) -> SFTResult:
-    """Trains `model` in place on (query, target) `pairs`; returns what happened.
+    """Trains `model` in place on (query, target[, masked fields]) `pairs` (`sft_dataset`);
+    returns what happened.
 
     The caller saves the model. `out_dir` holds the trainer's scratch files only.
     """
@@ -214,6 +218,9 @@ def run_sft(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], cfg: S
                 log(f"  step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  "
                     f"lr {logs.get('learning_rate', 0):.2e}  ({time.perf_counter() - t0:.0f} s)")
 
+    frozen = freeze_lower_layers(model, cfg.freeze_layers)
+    if frozen:
+        log(f"  frozen: the lowest {cfg.freeze_layers} decoder layers ({frozen / 1e6:.2f} M parameters)")
     trainer = PrefixSFTTrainer(model=model, args=_sft_args(cfg, out_dir, seed, device), train_dataset=ds,
                                processing_class=tokenizer, callbacks=[_Log()], prefix_len=prefix_len)
     trainer.remove_callback(PrinterCallback)      # our _Log prints one line per logging step
@@ -223,7 +230,26 @@ def run_sft(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], cfg: S
     if result.losses:
         result.first_loss, result.last_loss = result.losses[0], result.losses[-1]
     _unpatch(model)
+    freeze_lower_layers(model, 0)
     return result
+
+
+def freeze_lower_layers(model: Any, n: int) -> int:
+    """Freezes the lowest `n` decoder layers of `model` (and unfreezes the others); returns
+    the number of frozen parameters. The embedding stays trainable: it is tied to the LM head.
+
+    Fine-tuning only the upper layers keeps what the lower ones learned in an earlier stage
+    (stage 1's knowledge of words the gold templates never show) while the stage still moves
+    the output toward its own targets."""
+    layers = backbone(model).layers
+    if not 0 <= n <= len(layers):
+        raise ValueError(f"n: must be in [0, {len(layers)}] (the model's decoder layers), got {n}")
+    frozen = 0
+    for i, layer in enumerate(layers):
+        for p in layer.parameters():
+            p.requires_grad_(i >= n)
+            frozen += p.numel() if i < n else 0
+    return frozen
 
 
 def _unpatch(model: Any) -> None:
