@@ -186,6 +186,28 @@ def test_export_stage_averages_stage3_toward_stage1(tiny_run, tmp_path):
     assert "before averaging" in card and "shipped" in card
     with pytest.raises(ValueError, match="average_stage1"):
         RecipeConfig.from_dict({"stage3": {"average_stage1": 1.0}})
+    with pytest.raises(ValueError, match="average_stage1_layers"):
+        RecipeConfig.from_dict({"model": {"layers": 2}, "stage3": {"average_stage1_layers": [0.1]}})
+    with pytest.raises(ValueError, match="average_stage1_layers"):
+        RecipeConfig.from_dict({"model": {"layers": 2}, "stage3": {"average_stage1_layers": [0.1, 1.0]}})
+
+
+def test_average_weights_per_layer():
+    import torch
+    from test_train_support import tiny_model
+    from qpfast.train.recipe import average_weights_
+    a, b = tiny_model(seed=1), tiny_model(seed=2)
+    n = len(a.model.layers)
+    sa, sb = {k: v.clone() for k, v in a.state_dict().items()}, b.state_dict()
+    lw = [0.1 * (i + 1) for i in range(n)]
+    average_weights_(a, b, 0.5, lw)
+    for k, v in a.state_dict().items():
+        x = lw[int(k.split(".")[2])] if k.startswith("model.layers.") else 0.5
+        torch.testing.assert_close(v, (1 - x) * sa[k] + x * sb[k], msg=k)
+    with pytest.raises(ValueError, match="one weight per decoder layer"):
+        average_weights_(a, b, 0.5, lw + [0.1])
+    with pytest.raises(ValueError, match=r"layer_weights\[0\]"):
+        average_weights_(a, b, 0.5, [1.5] * n)
 
 
 def test_average_weights_counts_tied_weights_once():

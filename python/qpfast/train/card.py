@@ -82,10 +82,13 @@ def model_card(cfg: Any, metrics: Mapping[str, Any], *, params: int, size_mb: fl
         freeze_note = (f"\n- stage 2 trains only the decoder layers above the lowest {cfg.stage2.freeze_layers} "
                        f"(and the tied embedding): the lower layers keep what stage 1 learned of words the gold "
                        f"templates never show")
-    w = cfg.stage3.average_stage1
-    avg_note = (f"\n- export: the shipped weights are {1 - w:g} x stage 3 + {w:g} x stage 1 (weight averaging "
-                f"toward the earlier checkpoint, as in WiSE-FT: it keeps part of stage 1's category knowledge that "
-                f"stages 2-3 overwrite); the table shows the stage-3 policy before and after") if w else ""
+    w, lw = cfg.stage3.average_stage1, list(cfg.stage3.average_stage1_layers)
+    per_layer = (f"; per decoder layer, bottom to top, the stage-1 weight is {', '.join(f'{x:g}' for x in lw)} "
+                 f"(the embedding and final norm: {w:g})") if lw else ""
+    avg_note = (f"\n- export: the shipped weights are {1 - w:g} x stage 3 + {w:g} x stage 1{per_layer} (weight "
+                f"averaging toward the earlier checkpoint, as in WiSE-FT: it keeps part of stage 1's category and "
+                f"word knowledge that stages 2-3 overwrite); the table shows the stage-3 policy before and after"
+                ) if (w or any(lw)) else ""
     return f"""---
 language: zh
 library_name: transformers

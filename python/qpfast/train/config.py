@@ -101,6 +101,7 @@ class GRPOStageConfig:
     n_queries: int = 512          # training prompts (gold train queries)
     synth_share: float = 0.0      # share of the prompts from train_synth.jsonl (unseen-looking values)
     average_stage1: float = 0.0   # export (1 - w) * stage 3 + w * stage 1 weights (WiSE-FT); 0: stage 3 as is
+    average_stage1_layers: list = field(default_factory=list)  # per decoder layer, in place of w there
     num_generations: int = 8      # G, rollouts per group
     oversample: float = 2.0       # candidates sampled per group = ceil(G * oversample) (task isolation)
     isolate: bool = True          # task-isolated sampling
@@ -205,6 +206,10 @@ class RecipeConfig:
             raise ValueError("stage2: synth_share + aug_share must be <= 1")
         if not 0.0 <= self.stage3.average_stage1 < 1.0:
             raise ValueError(f"stage3.average_stage1: must be in [0, 1), got {self.stage3.average_stage1}")
+        lw = self.stage3.average_stage1_layers
+        if lw and (len(lw) != self.model.layers or not all(isinstance(x, (int, float)) and 0.0 <= x < 1.0 for x in lw)):
+            raise ValueError(f"stage3.average_stage1_layers: expected {self.model.layers} weights (one per layer) "
+                             f"in [0, 1), got {lw}")
         if self.stage3.num_generations < 2:
             raise ValueError("stage3.num_generations: GRPO needs at least 2 rollouts per group")
         if self.stage3.oversample < 1.0:

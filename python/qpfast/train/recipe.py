@@ -336,14 +336,15 @@ class Recipe:
         if dst.exists():
             shutil.rmtree(dst)
         from .tokenizer import save_tokenizer
-        w = self.cfg.stage3.average_stage1
+        w, lw = self.cfg.stage3.average_stage1, list(self.cfg.stage3.average_stage1_layers)
         model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32, local_files_only=True)
-        if w > 0:
+        if w > 0 or any(lw):
             self._evaluate("stage3_policy", src)
             anchor = AutoModelForCausalLM.from_pretrained(str(self._require("stage1")), dtype=torch.float32,
                                                           local_files_only=True)
-            average_weights_(model, anchor, w)
-            self.log(f"exported weights = {1 - w:g} * stage 3 + {w:g} * stage 1")
+            average_weights_(model, anchor, w, lw)
+            per_layer = f" (decoder layers: stage-1 weights {', '.join(f'{x:g}' for x in lw)})" if lw else ""
+            self.log(f"exported weights = {1 - w:g} * stage 3 + {w:g} * stage 1{per_layer}")
         model = model.to(dtype)
         model.config.use_cache = True
         model.save_pretrained(str(dst), safe_serialization=True)
@@ -396,23 +397,33 @@ class Recipe:
                                           "invalid_rate")))
 
 
-def average_weights_(model: Any, anchor: Any, w: float) -> None:
+def average_weights_(model: Any, anchor: Any, w: float, layer_weights: Sequence[float] = ()) -> None:
     """``model``'s parameters and buffers become ``(1 - w) * model + w * anchor`` (same
     architecture), in place. Interpolating a fine-tuned model back toward an earlier
     checkpoint of the same run (WiSE-FT, Wortsman et al. 2022) keeps some of what the earlier
-    stage generalized; here stage 1's knowledge of the legacy pipeline's categories."""
+    stage generalized; here stage 1's knowledge of the legacy pipeline's categories.
+
+    `layer_weights`: one weight per decoder layer (``model.layers.{i}.*``) in place of `w`,
+    which then weighs the rest (embedding = LM head, final norm). Lower layers closer to the
+    anchor keep more of its word knowledge while the upper ones keep the fine-tuned output."""
     import torch
-    if not 0.0 <= w <= 1.0:
-        raise ValueError(f"w: must be in [0, 1], got {w}")
+    for name, x in [("w", w)] + [(f"layer_weights[{i}]", x) for i, x in enumerate(layer_weights)]:
+        if not 0.0 <= x <= 1.0:
+            raise ValueError(f"{name}: must be in [0, 1], got {x}")
     ours, theirs = model.state_dict(), anchor.state_dict()
     if ours.keys() != theirs.keys() or any(ours[k].shape != theirs[k].shape for k in ours):
         raise ValueError("anchor: not the same architecture as model")
+    layer_of = {k: int(k.split(".")[2]) for k in ours if k.startswith("model.layers.")}
+    if layer_weights and len(layer_weights) != 1 + max(layer_of.values(), default=-1):
+        raise ValueError(f"layer_weights: expected one weight per decoder layer "
+                         f"({1 + max(layer_of.values(), default=-1)}), got {len(layer_weights)}")
     seen: set[int] = set()                          # tied weights (embedding = lm_head) once
     with torch.no_grad():
         for k, v in ours.items():
             if v.is_floating_point() and v.data_ptr() not in seen:
                 seen.add(v.data_ptr())
-                v.mul_(1.0 - w).add_(theirs[k].to(v.dtype), alpha=w)
+                a = layer_weights[layer_of[k]] if layer_weights and k in layer_of else w
+                v.mul_(1.0 - a).add_(theirs[k].to(v.dtype), alpha=a)
 
 
 def _quiet_transformers() -> None:
