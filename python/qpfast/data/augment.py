@@ -27,10 +27,7 @@ from .generator import Draft, Example, QueryGenerator, RejectedDraw
 from .perturb import drop_function_words, swap_order
 from .stream import splice
 
-__all__ = ["AUGMENTATIONS", "augmented_examples"]
-
-#: The rewrites, by name.
-AUGMENTATIONS = ("drop", "swap", "splice")
+__all__ = ["augmented_examples"]
 
 _MAX_ATTEMPTS = 200
 
@@ -38,7 +35,7 @@ _MAX_ATTEMPTS = 200
 def _rewrite(gen: QueryGenerator, rng: random.Random, probs: dict[str, float]) -> tuple[Draft, tuple[str, ...]] | None:
     draft = gen.draft(rng)
     pieces, mask, changed = list(draft.pieces), (), False
-    if rng.random() < probs["splice"]:
+    if rng.random() < probs["splice_prob"]:
         others = [t for t in gen.templates_of(draft.category) if t is not draft.template]
         if others:
             tail = gen.draft(rng, rng.choice(others)).pieces
@@ -61,10 +58,10 @@ def augmented_examples(n: int, seed: int = 0, *, split: str = "train", split_see
     `splice_prob`: each rewrite's probability; `synth_values` as in `QueryGenerator`."""
     if n < 0:
         raise ValueError(f"n: must be >= 0, got {n}")
-    probs = {"drop": drop, "swap": swap, "splice": splice_prob}
+    probs = {"drop": drop, "swap": swap, "splice_prob": splice_prob}
     for name, p in probs.items():
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"{'splice_prob' if name == 'splice' else name}: must be in [0, 1], got {p}")
+            raise ValueError(f"{name}: must be in [0, 1], got {p}")
     if n and not any(probs.values()):
         raise ValueError("drop, swap, splice_prob: at least one must be > 0")
     gen = QueryGenerator(split, split_seed=split_seed, synth_values=synth_values)

@@ -235,8 +235,7 @@ class Recipe:
 
         c = self.cfg.stage2
         model, tok = self._load("stage1")
-        pairs, n_synth = self._gold_mix(c.n_examples, c.synth_share, "stage2", aug_share=c.aug_share)
-        n_aug = round(c.n_examples * c.aug_share)
+        pairs, n_synth, n_aug = self._gold_mix(c.n_examples, c.synth_share, "stage2", aug_share=c.aug_share)
         self.log(f"stage 2: {len(pairs)} gold examples ({n_synth} with synthetic entity values, {n_aug} rewritten)")
         res = run_sft(model, tok, pairs, c, str(self.path("scratch", "stage2")), seed=self.cfg.seed,
                       schema=self.schema, device=self.cfg.device, log=self.log)
@@ -249,7 +248,7 @@ class Recipe:
 
         c = self.cfg.stage3
         model, tok = self._load("stage2")
-        pairs, n_synth = self._gold_mix(c.n_queries, c.synth_share, "stage3")
+        pairs, n_synth, _ = self._gold_mix(c.n_queries, c.synth_share, "stage3")
         self.log(f"stage 3: {len(pairs)} queries ({n_synth} with synthetic entity values), G={c.num_generations}, oversample {c.oversample}, "
                  f"isolate {c.isolate}, rewards {self.cfg.rewards}")
         res = run_grpo(model, tok, pairs, c, self.cfg.rewards, str(self.path("scratch", "stage3")),
@@ -276,26 +275,29 @@ class Recipe:
         rng.shuffle(gold)
         return gold[:n] if n > 0 else gold
 
-    def _gold_mix(self, n: int, synth_share: float, salt: str, aug_share: float = 0.0) -> tuple[list[tuple], int]:
+    def _gold_mix(self, n: int, synth_share: float, salt: str,
+                  aug_share: float = 0.0) -> tuple[list[tuple], int, int]:
         """`n` gold pairs of which a `synth_share` comes from train_synth.jsonl and an
         `aug_share` from train_aug.jsonl (as (query, target, masked fields) triples); and
-        the synthetic count."""
+        the synthetic and rewritten counts."""
+        from ..data import read_jsonl
         n_synth, n_aug = round(n * synth_share), round(n * aug_share)
         pairs: list[tuple] = list(self._gold_sample(n - n_synth - n_aug, salt))
         if n_synth:
-            rng = random.Random(f"qpfast.train.{salt}.synth:{self.cfg.seed}")
-            synth = self._pairs("train_synth.jsonl")
-            rng.shuffle(synth)
-            pairs = pairs + synth[:n_synth]
-            rng.shuffle(pairs)
+            pairs = self._mix_in(pairs, self._pairs("train_synth.jsonl"), n_synth, f"{salt}.synth")
         if n_aug:
-            from ..data import read_jsonl
-            rng = random.Random(f"qpfast.train.{salt}.aug:{self.cfg.seed}")
-            aug = [(r["query"], r["target"], tuple(r.get("mask", ()))) for r in read_jsonl(self._require("data", "train_aug.jsonl"))]
-            rng.shuffle(aug)
-            pairs = pairs + aug[:n_aug]
-            rng.shuffle(pairs)
-        return pairs, n_synth
+            aug = [(r["query"], r["target"], tuple(r.get("mask", ())))
+                   for r in read_jsonl(self._require("data", "train_aug.jsonl"))]
+            pairs = self._mix_in(pairs, aug, n_aug, f"{salt}.aug")
+        return pairs, n_synth, n_aug
+
+    def _mix_in(self, pairs: list[tuple], rows: list[tuple], n: int, salt: str) -> list[tuple]:
+        """`pairs` plus `n` of `rows` drawn at random, shuffled together (seeded by `salt`)."""
+        rng = random.Random(f"qpfast.train.{salt}:{self.cfg.seed}")
+        rng.shuffle(rows)
+        out = pairs + rows[:n]
+        rng.shuffle(out)
+        return out
 
     @staticmethod
     def _tokenizer(path: Path):
@@ -414,9 +416,10 @@ def average_weights_(model: Any, anchor: Any, w: float, layer_weights: Sequence[
     if ours.keys() != theirs.keys() or any(ours[k].shape != theirs[k].shape for k in ours):
         raise ValueError("anchor: not the same architecture as model")
     layer_of = {k: int(k.split(".")[2]) for k in ours if k.startswith("model.layers.")}
-    if layer_weights and len(layer_weights) != 1 + max(layer_of.values(), default=-1):
-        raise ValueError(f"layer_weights: expected one weight per decoder layer "
-                         f"({1 + max(layer_of.values(), default=-1)}), got {len(layer_weights)}")
+    n_layers = 1 + max(layer_of.values(), default=-1)
+    if layer_weights and len(layer_weights) != n_layers:
+        raise ValueError(f"layer_weights: expected one weight per decoder layer ({n_layers}), "
+                         f"got {len(layer_weights)}")
     seen: set[int] = set()                          # tied weights (embedding = lm_head) once
     with torch.no_grad():
         for k, v in ours.items():
