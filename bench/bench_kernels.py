@@ -53,7 +53,7 @@ except ImportError:  # pragma: no cover - the script needs triton on a GPU machi
 
 import qpfast.kernels as K
 from qpfast.kernels import reference as R
-from qpfast.kernels.common import num_sms
+from qpfast.kernels.common import cut, num_sms
 
 VOCAB = 151_936          # Qwen2/Qwen3 lm_head rows
 HEAD_DIM = 128
@@ -331,6 +331,121 @@ def bench_decode(quick: bool) -> list[dict]:
     return rows
 
 
+# configurations tried by the decode tuning sweep: (block_n, num_stages, num_warps)
+DECODE_TUNE_CONFIGS = [(64, 2, 4), (64, 3, 4), (64, 4, 4), (32, 4, 4), (128, 2, 4), (128, 3, 8), (128, 1, 8)]
+
+
+def graph_cold_ms(calls, min_calls: int = 64, replays: int = 10) -> float:
+    """Median milliseconds per call of ``calls`` (each on its own buffers, together over
+    twice the L2, see :func:`bench_graph_cold`) replayed from one CUDA graph that runs the
+    list round-robin at least ``min_calls`` times (so the graph launch is amortized)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for c in calls:                     # compile, warm up
+            c()
+    torch.cuda.synchronize()
+    rounds = -(-min_calls // len(calls))
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(rounds):
+            for c in calls:
+                c()
+    g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) / (rounds * len(calls)))
+    del g
+    return sorted(times)[len(times) // 2]
+
+
+def bench_decode_tune(quick: bool, on_row=None, configs=None, min_bytes: float = 0) -> list[dict]:
+    """Cold decode times (from HBM, graph replay) at the decode section's shapes for each
+    launch configuration in DECODE_TUNE_CONFIGS and for the heuristics' own choice
+    (`decode_launch`, `decode_num_splits`), at the heuristic's split count and, where
+    the sequences x KV heads leave multiprocessors idle, at 1, 2, 4 and 8 splits; with a
+    same-size copy as the yardstick.  Each variant's output is checked against the
+    reference first.  This is what `decode_launch` / `decode_num_splits` are fitted to.
+    ``on_row(rows)`` is called after each shape (the caller saves partial results);
+    ``configs`` replaces DECODE_TUNE_CONFIGS; shapes under ``min_bytes`` are skipped."""
+    heads = [(16, 2), (8, 1)] if quick else [(16, 2), (8, 1), (16, 8)]
+    batches = [1, 64, 256] if quick else [1, 8, 32, 64, 128, 256]
+    lens = [600] if quick else [160, 600]
+    l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20) or (50 << 20)
+    rows = []
+    for (hq, hkv), bsz, seq in ((h, b, n) for h in heads for b in batches for n in lens):
+        if 2 * (2 * bsz * hkv * seq * HEAD_DIM + 2 * bsz * hq * HEAD_DIM) < min_bytes:
+            continue
+        try:
+            rows.append(_tune_decode_shape(hq, hkv, bsz, seq, num_sms(torch.device("cuda")), l2,
+                                           configs or DECODE_TUNE_CONFIGS))
+        except Exception as exc:                 # one shape failing keeps the others
+            traceback.print_exc()
+            torch.cuda.synchronize()
+            rows.append(dict(heads=f"{hq}:{hkv}", batch=bsz, seq_len=seq, error=f"{type(exc).__name__}: {exc}"[:300]))
+        torch.cuda.empty_cache()
+        if on_row is not None:
+            on_row(rows)
+    return rows
+
+
+def _tune_decode_shape(hq: int, hkv: int, bsz: int, seq: int, sms: int, l2: int, configs) -> dict:
+    from qpfast.kernels import decode as D
+    dt = torch.bfloat16
+    nbytes = 2 * (2 * bsz * hkv * seq * HEAD_DIM + 2 * bsz * hq * HEAD_DIM)
+    n = max(1, min(256, -(-2 * l2 // nbytes)))
+    sets = [(torch.randn(bsz, hq, HEAD_DIM, device="cuda", dtype=dt),
+             torch.randn(bsz, hkv, seq, HEAD_DIM, device="cuda", dtype=dt),
+             torch.randn(bsz, hkv, seq, HEAD_DIM, device="cuda", dtype=dt)) for _ in range(n)]
+    outs = [torch.empty_like(q) for q, _, _ in sets]
+    seq_lens = torch.full((bsz,), seq, device="cuda", dtype=torch.int32)
+    q0, k0, v0 = sets[0]
+    ref = R.decode_attention(q0, k0, v0, seq_lens)
+    auto = D.decode_num_splits(bsz, hkv, seq, sms)
+    few = bsz * hkv < sms
+    split_choices = sorted({auto, 1, 2, 4, 8}) if (few and nbytes >= 16e6) else sorted({auto, 1})
+    copies = [copy_call(nbytes) for _ in range(n)]           # each on its own buffers, like the sets
+    copy_ms = graph_cold_ms(copies)
+    row = dict(heads=f"{hq}:{hkv}", batch=bsz, seq_len=seq, bytes=nbytes, auto_splits=auto,
+               cold_copy_ms=copy_ms, variants=[])
+    seen = set()
+    auto_cfg = D.decode_launch(bsz * hkv * auto, sms, HEAD_DIM)          # what decode_attention picks
+    for (bn, st, nw), ns in [(auto_cfg, auto)] + [(c, ns) for c in configs for ns in split_choices]:
+        key = (bn, st, nw, cut(seq, ns, bn))      # forced counts that cut the same way run the same
+        if key in seen:
+            continue
+        seen.add(key)
+        kw = dict(num_splits=ns, block_n=bn, num_stages=st, num_warps=nw)
+        v = dict(block_n=bn, num_stages=st, num_warps=nw, splits=ns, splits_run=cut(seq, ns, bn)[1])
+        try:
+            err = rel_err(D.decode_attention(q0, k0, v0, seq_lens, **kw), ref)
+            ms = graph_cold_ms([lambda q=q, k=k, vv=vv, o=o: D.decode_attention(q, k, vv, seq_lens, out=o, **kw)
+                                for (q, k, vv), o in zip(sets, outs)])
+            v.update(cold_ms=ms, rel_err=err, hbm_bytes_per_s=nbytes / (ms * 1e-3),
+                     vs_copy=copy_ms / ms)
+        except Exception as exc:             # e.g. out of shared memory: record, go on
+            torch.cuda.synchronize()
+            v.update(error=f"{type(exc).__name__}: {exc}"[:200])
+        row["variants"].append(v)
+    ok = [v for v in row["variants"] if v.get("cold_ms") and v["rel_err"] < 2e-2]
+    if ok:
+        best = min(ok, key=lambda v: v["cold_ms"])
+        row["best"] = best
+        row["auto"] = dict(block_n=auto_cfg[0], num_stages=auto_cfg[1], num_warps=auto_cfg[2], splits=auto)
+        row["auto_cold_ms"] = row["variants"][0].get("cold_ms")
+    print(f"  tune {row['heads']} b={bsz} len={seq} {nbytes / 1e6:.1f} MB: copy {copy_ms * 1e3:.1f} us, "
+          f"auto {_fmt((row.get('auto_cold_ms') or 0) * 1e3, '.1f')} us {'/'.join(map(str, auto_cfg))} x{auto}, best "
+          + (f"{best['cold_ms'] * 1e3:.1f} us {best['block_n']}/{best['num_stages']}/{best['num_warps']}"
+             f" x{best['splits_run']}" if ok else "-"), flush=True)
+    return row
+
+
 # --------------------------------------------------------------------------------------
 # bitmask
 # --------------------------------------------------------------------------------------
@@ -587,10 +702,16 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer shapes (a smoke run)")
     ap.add_argument("--no-engine", action="store_true", help="skip the end-to-end engine benchmark")
     ap.add_argument("--sections", default="engine,prefill,decode,bitmask",
-                    help="comma-separated sections to run: engine, prefill, decode, bitmask or "
-                         "bitmask_lite (bf16, 1%% allowed only); default: the first four")
+                    help="comma-separated sections to run: engine, prefill, decode, decode_tune (launch "
+                         "configurations), bitmask or bitmask_lite (bf16, 1%% allowed only); default: "
+                         "engine, prefill, decode, bitmask")
     ap.add_argument("--profile", metavar="PATH", help="also profile one engine run (CUDA graphs) into PATH")
+    ap.add_argument("--tune-configs", help="decode_tune: launch configurations to try, as block_n/stages/warps "
+                                            "separated by commas (default: DECODE_TUNE_CONFIGS)")
+    ap.add_argument("--tune-min-mb", type=float, default=0.0, help="decode_tune: skip shapes of fewer MB")
     args = ap.parse_args(argv)
+    tune_configs = ([tuple(int(x) for x in c.split("/")) for c in args.tune_configs.split(",")]
+                    if args.tune_configs else None)
 
     meta = dict(date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 python=platform.python_version(), torch=torch.__version__,
@@ -629,6 +750,12 @@ def main(argv=None) -> int:
         if args.out:
             with open(args.out, "w") as f:
                 json.dump(results, f, indent=2, default=str)
+
+    def partial(key):
+        def keep(rows):                             # a run cut short still leaves its rows
+            results[key] = rows
+            save()
+        return keep
 
     def tables(key):
         if key == "prefill" and isinstance(results.get("prefill"), list):
@@ -673,6 +800,8 @@ def main(argv=None) -> int:
     # every section's table is printed and the JSON saved as soon as it is done
     sections = [] if args.no_engine else [("engine", lambda quick: engine_benchmark(profile_path=args.profile))]
     sections += [("prefill", lambda q: hbm_frac(bench_prefill(q))), ("decode", lambda q: hbm_frac(bench_decode(q))),
+                 ("decode_tune", lambda q: bench_decode_tune(q, on_row=partial("decode_tune"), configs=tune_configs,
+                                                             min_bytes=args.tune_min_mb * 1e6)),
                  ("bitmask", lambda q: hbm_frac(bench_bitmask(q))),
                  ("bitmask_lite", lambda q: hbm_frac(bench_bitmask(q, lite=True)))]
     wanted = {x.strip() for x in args.sections.split(",") if x.strip()}

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import cdiv, cut, fill_count, online_softmax_step
+from .common import cdiv, cut, online_softmax_step
 from .common import num_sms as _num_sms
 from .common import pow2 as _pow2
 from .reference import check_decode_args
@@ -145,26 +145,46 @@ def merge_splits(out, part_o, part_lse, seq_lens, split_len: int) -> None:
 def decode_num_splits(batch: int, num_kv_heads: int, max_len: int, num_sms: int) -> int:
     """How many chunks to cut each sequence's cache into.
 
-    With ``batch * num_kv_heads`` programs already filling every multiprocessor, or a cache
-    of at most ``MIN_SPLIT_LEN`` keys, one split (no merge pass: on an H200 the merge costs
-    more than it saves for 160-key caches at every batch, bench/RESULTS.md).  Otherwise enough splits for about two programs per multiprocessor,
-    each split at least ``MIN_KEYS_PER_SPLIT`` keys of cache capacity, at most
-    ``MAX_SPLITS``.  Decided on the cache capacity, not the actual lengths, which only the
-    device knows.
+    One split (no merge pass) once the ``batch * num_kv_heads`` programs reach half the
+    multiprocessors, or for a cache of at most ``MIN_SPLIT_LEN`` keys.  Otherwise about one
+    program per multiprocessor, each split at least ``MIN_KEYS_PER_SPLIT`` keys of cache
+    capacity, at most ``MAX_SPLITS``.  Fitted on an H200 (bench/RESULTS.md, run 6: cold
+    times of every split count at caches of 160 and 600 keys): with the kernel's loads
+    running two key blocks ahead one program streams a 600-key cache nearly as fast as
+    several do, and the partial outputs and the merge launch cost more than the extra
+    parallelism brings once a quarter of the GPU is busy (128 programs: 14.5 us unsplit,
+    16.6 us in two).  Decided on the cache capacity, not the actual lengths, which only
+    the device knows.
     """
     programs = max(1, batch * num_kv_heads)
-    if programs >= num_sms or max_len <= MIN_SPLIT_LEN:
+    if 2 * programs > num_sms or max_len <= MIN_SPLIT_LEN:
         return 1
-    return fill_count(programs, num_sms, min(cdiv(max_len, MIN_KEYS_PER_SPLIT), MAX_SPLITS))
+    return max(1, min(num_sms // programs, cdiv(max_len, MIN_KEYS_PER_SPLIT), MAX_SPLITS))
+
+
+def decode_launch(programs: int, num_sms: int, block_d: int) -> tuple[int, int, int]:
+    """``(block_n, num_stages, num_warps)`` of the decode kernel: the key block, how many
+    key blocks the loads run ahead plus one (software pipelining) and the warps per
+    program, for ``programs`` programs (sequences x KV heads x splits) and a padded head
+    dim ``block_d``.
+
+    Up to two programs per multiprocessor each one keeps two 64-key blocks in flight (3
+    stages): its walk down the cache is a chain of memory round trips, and a deeper
+    pipeline hides them (H200, 128 programs on 600-key caches: 14.5 us against 20.4 with
+    one block ahead).  Beyond that the extra shared memory costs resident programs and 2
+    stages is faster (512 programs on 160-key caches: 15.3 us against 17.8).
+    """
+    block_n = 64 if block_d <= 128 else 32
+    return block_n, (3 if programs <= 2 * num_sms else 2), 4
 
 
 def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, out=None, num_splits=None,
-                     block_n=None):
+                     block_n=None, num_stages=None, num_warps=None):
     """Triton version of :func:`qpfast.kernels.reference.decode_attention`.
 
     ``out`` (optional, like q) receives the result; ``num_splits`` overrides
-    :func:`decode_num_splits`; ``block_n`` overrides the key block (tests).  Head dims up
-    to 256 are supported.
+    :func:`decode_num_splits`; ``block_n``, ``num_stages`` and ``num_warps`` override
+    :func:`decode_launch` (tests, tuning).  Head dims up to 256 are supported.
     """
     scale = check_decode_args(q, k_cache, v_cache, seq_lens, sm_scale)
     b, hq, d = q.shape
@@ -182,10 +202,12 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, out=None, 
 
     group = hq // hkv
     block_d = max(16, _pow2(d))
-    block_n = block_n or (64 if block_d <= 128 else 32)
+    sms = _num_sms(q.device)
     if num_splits is None:
-        num_splits = decode_num_splits(b, hkv, max_len, _num_sms(q.device))
+        num_splits = decode_num_splits(b, hkv, max_len, sms)
     num_splits = max(1, min(int(num_splits), MAX_SPLITS))
+    auto_n, auto_stages, auto_warps = decode_launch(b * hkv * num_splits, sms, block_d)
+    block_n = block_n or auto_n
     split_len, num_splits = cut(max_len, num_splits, block_n)
 
     if num_splits > 1:
@@ -201,7 +223,7 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, out=None, 
         split_len,
         GROUP=group, BLOCK_H=max(16, _pow2(group)), HEAD_DIM=d, BLOCK_D=block_d,
         BLOCK_N=block_n, NUM_SPLITS=num_splits, DOT_PRECISION=dot_precision,
-        num_warps=4, num_stages=2,
+        num_warps=num_warps or auto_warps, num_stages=num_stages or auto_stages,
     )
     if num_splits > 1:
         merge_splits(dst, part_o, part_lse, seq_lens, split_len)

@@ -74,6 +74,7 @@ DECODE_CASES = {
     "gqa2": ([67, 1, 33, 64], 4, 2, 67, 16),
     "gqa4": ([130, 65], 8, 2, 130, 32),
     "gqa8": ([2, 49, 50], 8, 1, 50, 64),
+    "gqa2_d24": ([3, 70, 1], 6, 3, 70, 24),       # a head dim under its block: masked columns
 }
 
 
@@ -533,10 +534,22 @@ def test_decode_num_splits():
     assert decode_num_splits(64, 8, 512, 132) == 1           # 512 programs fill an H100
     assert decode_num_splits(1, 8, 512, 132) == 512 // MIN_KEYS_PER_SPLIT
     assert decode_num_splits(1, 2, 32768, 132) == MAX_SPLITS
-    assert decode_num_splits(4, 8, 4096, 132) == 9           # ~2 programs per SM
+    assert decode_num_splits(4, 8, 4096, 132) == 4           # ~1 program per SM
+    assert decode_num_splits(32, 2, 600, 132) == 2           # 64 programs: two splits each
+    assert decode_num_splits(66, 1, 600, 132) == 2
+    assert decode_num_splits(67, 1, 600, 132) == 1           # over half the SMs busy: no merge pass
+    assert decode_num_splits(64, 2, 600, 132) == 1
     assert decode_num_splits(2, 8, 100, 132) == 1            # too short to split
     assert decode_num_splits(1, 2, 160, 132) == 1            # a QP cache of 160 keys: the merge costs more
     assert decode_num_splits(3, 2, 4096, 1) == 1
+
+
+def test_decode_launch():
+    from qpfast.kernels.decode import decode_launch
+    assert decode_launch(128, 132, 128) == (64, 3, 4)         # few programs: loads run two blocks ahead
+    assert decode_launch(264, 132, 128) == (64, 3, 4)
+    assert decode_launch(265, 132, 128) == (64, 2, 4)         # many: shared memory for more programs
+    assert decode_launch(4, 132, 256)[0] == 32                # wide heads: smaller key blocks
 
 
 @needs_triton
@@ -667,6 +680,18 @@ def test_interp_decode(case, splits, dtype):
     out = torch.full_like(q, float("nan"))
     decode.decode_attention(q, kc, vc, lens, out=out, num_splits=splits, block_n=16)
     assert rel_err(out, R.decode_attention(q, kc, vc, lens)) < TOL[dtype]
+
+
+@interp_only
+def test_interp_decode_launch_overrides():
+    # the tuning knobs change how the kernel is launched, never what it computes
+    from qpfast.kernels import decode
+    q, kc, vc, lens = make_decode("gqa2", torch.float16, seed=14)
+    ref = R.decode_attention(q, kc, vc, lens)
+    for kw in (dict(block_n=32, num_stages=4), dict(block_n=64, num_warps=8, num_splits=2), dict(num_stages=3)):
+        out = torch.full_like(q, float("nan"))
+        decode.decode_attention(q, kc, vc, lens, out=out, **kw)
+        assert rel_err(out, ref) < TOL[torch.float16], kw
 
 
 @interp_only

@@ -65,6 +65,30 @@ def test_cuda_decode(case, splits, dtype):
     assert rel_err(out, _ref64(R.decode_attention, q, kc, vc, lens)) < TOL[dtype]
 
 
+@pytest.mark.parametrize("block_n,num_stages,num_warps", [(32, 4, 4), (64, 3, 4), (64, 4, 4), (128, 2, 4), (128, 3, 8), (128, 1, 8)])
+def test_cuda_decode_launch_configs(block_n, num_stages, num_warps):
+    """Every launch configuration the decode heuristic may pick (bench/bench_kernels.py's
+    tuning sweep) on ragged caches, unsplit and split, head dims 32-128."""
+    from qpfast.kernels import decode
+    g = torch.Generator().manual_seed(block_n * 100 + num_stages * 10 + num_warps)
+    for case in DECODE_CASES:
+        q, kc, vc, lens = _cuda(*make_decode(case, torch.bfloat16, seed=seed_of("launch", case, block_n)))
+        for splits in (1, 3):
+            out = torch.full_like(q, float("nan"))
+            decode.decode_attention(q, kc, vc, lens, out=out, num_splits=splits, block_n=block_n,
+                                    num_stages=num_stages, num_warps=num_warps)
+            assert rel_err(out, _ref64(R.decode_attention, q, kc, vc, lens)) < TOL[torch.bfloat16], (case, splits)
+    q = torch.randn(5, 16, 128, generator=g).to(torch.bfloat16).cuda()
+    kc = torch.randn(5, 2, 600, 128, generator=g).to(torch.bfloat16).cuda()
+    vc = torch.randn(5, 2, 600, 128, generator=g).to(torch.bfloat16).cuda()
+    lens = torch.tensor([600, 1, 257, 128, 599], dtype=torch.int32).cuda()
+    for splits in (1, 2, 5):
+        out = torch.full_like(q, float("nan"))
+        decode.decode_attention(q, kc, vc, lens, out=out, num_splits=splits, block_n=block_n,
+                                num_stages=num_stages, num_warps=num_warps)
+        assert rel_err(out, _ref64(R.decode_attention, q, kc, vc, lens)) < TOL[torch.bfloat16], splits
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("hq,hkv", [(16, 2), (8, 1), (16, 8)])
 def test_cuda_qp_shapes(hq, hkv, dtype):
