@@ -181,3 +181,30 @@ def test_frozen_layers_do_not_move_and_the_rest_does(tmp_path):
     from qpfast.train.config import RecipeConfig
     with pytest.raises(ValueError, match="stage2.freeze_layers"):
         RecipeConfig.from_dict({"model": {"layers": 2}, "stage2": {"freeze_layers": 3}})
+
+
+def _distance(model, start) -> float:
+    return sum(float((p.detach() - start[n]).pow(2).sum()) for n, p in model.named_parameters()) ** 0.5
+
+
+def test_anchor_decay_pulls_toward_the_stage_start(tmp_path):
+    pairs = list(tiny_pairs()[:8])
+    moved = {}
+    for rate in (0.0, 30.0, 1e12):
+        model = tiny_model(seed=6)
+        start = {n: p.detach().clone() for n, p in model.named_parameters()}
+        run_sft(model, tiny_tokenizer(), pairs, _cfg(max_steps=4, anchor_decay=rate), str(tmp_path / str(rate)),
+                seed=0, log=lambda s: None)
+        moved[rate] = _distance(model, start)
+    assert moved[0.0] > 0.1
+    assert 0 < moved[30.0] < 0.95 * moved[0.0], moved      # lr 3e-3 x 30: 9% of the way back each step
+    assert moved[1e12] < 1e-5, moved                         # all the way back: the stage changes nothing
+
+
+def test_anchor_decay_validation():
+    from qpfast.train.config import RecipeConfig
+    from qpfast.train.sft import AnchorDecay
+    with pytest.raises(ValueError, match="stage2.anchor_decay"):
+        RecipeConfig.from_dict({"stage2": {"anchor_decay": -1.0}})
+    with pytest.raises(ValueError, match="rate"):
+        AnchorDecay(tiny_model(seed=0), float("nan"))

@@ -92,6 +92,7 @@ class SFTStageConfig:
     logging_steps: int = 50
     mask_fields: list = field(default_factory=list)  # target fields whose value tokens carry no loss
     freeze_layers: int = 0        # the lowest N decoder layers stay as the previous stage left them
+    anchor_decay: float = 0.0     # after each step p -= lr * anchor_decay * (p - p at the stage's start)
 
 
 @dataclass
@@ -195,6 +196,9 @@ class RecipeConfig:
             n = getattr(self, name).freeze_layers
             if not 0 <= n <= self.model.layers:
                 raise ValueError(f"{name}.freeze_layers: must be in [0, model.layers={self.model.layers}], got {n}")
+        for name in ("stage1", "stage2"):
+            if not getattr(self, name).anchor_decay >= 0:
+                raise ValueError(f"{name}.anchor_decay: must be >= 0, got {getattr(self, name).anchor_decay}")
         for name in ("stage2", "stage3"):
             if getattr(self, name).synth_share and not self.data.n_synth:
                 raise ValueError(f"{name}.synth_share: needs data.n_synth > 0 (the synthetic-value examples)")

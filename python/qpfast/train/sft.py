@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import torch
+from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from ..prompt import encode_example, end_token_id, prompt_template, target_ids
@@ -36,7 +37,7 @@ from .prefix import backbone, cache_kwarg, prefix_cache, shared_prefix_len
 # transformers 5 renamed TrainingArguments.gradient_checkpointing, which TRL still sets (off here).
 warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing` is deprecated", category=FutureWarning)
 
-__all__ = ["PrefixSFTTrainer", "SFTResult", "freeze_lower_layers", "mix_stage1", "run_sft", "sft_dataset"]
+__all__ = ["AnchorDecay", "PrefixSFTTrainer", "SFTResult", "freeze_lower_layers", "mix_stage1", "run_sft", "sft_dataset"]
 
 
 def sft_dataset(tokenizer: Any, pairs: Sequence[tuple], schema: Schema | None = None,
@@ -200,7 +201,7 @@ def run_sft(model: Any, tokenizer: Any, pairs: Sequence[tuple], cfg: SFTStageCon
 
     The caller saves the model. `out_dir` holds the trainer's scratch files only.
     """
-    from transformers import PrinterCallback, TrainerCallback, set_seed
+    from transformers import PrinterCallback, set_seed
 
     if not pairs:
         raise ValueError("pairs: no training examples")
@@ -221,8 +222,11 @@ def run_sft(model: Any, tokenizer: Any, pairs: Sequence[tuple], cfg: SFTStageCon
     frozen = freeze_lower_layers(model, cfg.freeze_layers)
     if frozen:
         log(f"  frozen: the lowest {cfg.freeze_layers} decoder layers ({frozen / 1e6:.2f} M parameters)")
+    callbacks = [_Log()]
+    if cfg.anchor_decay:
+        callbacks.append(AnchorDecay(model, cfg.anchor_decay))
     trainer = PrefixSFTTrainer(model=model, args=_sft_args(cfg, out_dir, seed, device), train_dataset=ds,
-                               processing_class=tokenizer, callbacks=[_Log()], prefix_len=prefix_len)
+                               processing_class=tokenizer, callbacks=callbacks, prefix_len=prefix_len)
     trainer.remove_callback(PrinterCallback)      # our _Log prints one line per logging step
     out = trainer.train()
     result.steps = int(out.global_step)
@@ -232,6 +236,32 @@ def run_sft(model: Any, tokenizer: Any, pairs: Sequence[tuple], cfg: SFTStageCon
     _unpatch(model)
     freeze_lower_layers(model, 0)
     return result
+
+
+class AnchorDecay(TrainerCallback):
+    """Weight decay toward the weights a stage started from (L2-SP), not toward zero: after
+    each optimizer step every trainable parameter moves ``lr * rate`` of the way back to its
+    value at the start, ``lr`` the step's learning rate.
+
+    Stage 2 learns the gold targets while staying near stage 1, which alone has seen the
+    words and cue words of the pseudo-labelled stream; unlike averaging the weights after
+    training, the pull acts during training, so the rest of the network adapts to it."""
+
+    def __init__(self, model: Any, rate: float):
+        if not rate >= 0:
+            raise ValueError(f"rate: must be >= 0, got {rate}")
+        self.rate = float(rate)
+        self.anchor = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def on_step_end(self, args, state, control, model=None, lr_scheduler=None, **kw):
+        if model is None or lr_scheduler is None:
+            return
+        shrink = min(1.0, lr_scheduler.get_last_lr()[0] * self.rate)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                a = self.anchor.get(n)
+                if a is not None:
+                    p.sub_(p - a, alpha=shrink)
 
 
 def freeze_lower_layers(model: Any, n: int) -> int:
