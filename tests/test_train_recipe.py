@@ -192,6 +192,44 @@ def test_export_stage_averages_stage3_toward_stage1(tiny_run, tmp_path):
         RecipeConfig.from_dict({"model": {"layers": 2}, "stage3": {"average_stage1_layers": [0.1, 1.0]}})
 
 
+def test_branch_stage_exports_a_soup(tiny_run, tmp_path):
+    """``--stages branch`` with ``soup.weight``: a second stage 2 (anchored, category masked)
+    and stage 3 from the same stage 1, both evaluated; the export = (1 - w) * stage 3 (after
+    its own averaging toward stage 1) + w * the branch's stage 3."""
+    import torch
+    from safetensors.torch import load_file
+    from qpfast.train.__main__ import main
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    cfg = RecipeConfig.load(config_path("tiny")).to_dict()
+    cfg["stage3"]["average_stage1"] = 0.25
+    cfg["soup"] = {"weight": 0.4, "anchor_decay": 5.0, "mask_fields": ["cat"]}
+    cfg_path = tmp_path / "tiny-soup.json"
+    cfg_path.write_text(json.dumps(cfg), encoding="utf-8")
+    with torch_threads(1):
+        assert main(["--config", str(cfg_path), "--out", str(run), "--stages", "branch"]) == 0
+    m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    for name in ("branch_stage2", "branch_stage3", "stage3_policy", "stage3"):
+        assert set(m[name]) == set(REPORT_KEYS) and m[name]["n"] == 8, name
+    assert m["train"]["branch_stage2"]["steps"] == m["train"]["stage2"]["steps"]
+    s1, s3 = load_file(str(run / "stage1" / "model.safetensors")), load_file(str(run / "stage3" / "model.safetensors"))
+    b2, b3 = load_file(str(run / "branch2" / "model.safetensors")), load_file(str(run / "branch3" / "model.safetensors"))
+    s2 = load_file(str(run / "stage2" / "model.safetensors"))
+    assert any(not torch.equal(b2[k], s2[k]) for k in s2)   # the branch trained on its own
+    out = load_file(str(run / "model" / "model.safetensors"))
+    dtype = next(iter(out.values())).dtype
+    for k, v in out.items():
+        want = (0.6 * (0.75 * s3[k].float() + 0.25 * s1[k].float()) + 0.4 * b3[k].float()).to(dtype)
+        torch.testing.assert_close(v, want, msg=k)
+    card = (run / "model" / "README.md").read_text(encoding="utf-8")
+    assert "soup branch: after stage 3" in card and "anchor_decay 5" in card
+    assert parse_stages("3,branch,export") == ["stage3", "branch"]
+    with pytest.raises(ValueError, match="soup.weight"):
+        RecipeConfig.from_dict({"soup": {"weight": 1.0}})
+    with pytest.raises(ValueError, match="soup.mask_fields"):
+        RecipeConfig.from_dict({"soup": {"mask_fields": ["nope"]}})
+
+
 def test_average_weights_per_layer():
     import torch
     from test_train_support import tiny_model

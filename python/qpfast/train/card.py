@@ -11,6 +11,8 @@ _COLS = (("seg_f1", "seg F1"), ("ner_f1", "NER F1"), ("weight_f1", "weight F1"),
 _ROWS = (("legacy", "legacy pipeline (jieba + gazetteers + rules)"), ("stage1", "after stage 1 (knowledge injection)"),
          ("stage2", "after stage 2 (target alignment)"),
          ("stage3_policy", "after stage 3 (multi-reward GRPO), the policy before averaging"),
+         ("branch_stage2", "soup branch: after stage 2 anchored to stage 1"),
+         ("branch_stage3", "soup branch: after stage 3"),
          ("stage3", "after stage 3 (multi-reward GRPO), shipped"))
 
 
@@ -89,6 +91,11 @@ def model_card(cfg: Any, metrics: Mapping[str, Any], *, params: int, size_mb: fl
                 f"averaging toward the earlier checkpoint, as in WiSE-FT: it keeps part of stage 1's category and "
                 f"word knowledge that stages 2-3 overwrite); the table shows the stage-3 policy before and after"
                 ) if (w or any(lw)) else ""
+    sp = cfg.soup
+    soup_note = (f"\n- soup: a second stage 2 from stage 1, with weight decay toward stage 1's weights "
+                 f"(anchor_decay {sp.anchor_decay:g}){' and no loss on ' + ', '.join(sp.mask_fields) if sp.mask_fields else ''}, "
+                 f"then stage 3 as above; the shipped weights are {1 - sp.weight:g} x the averaged model + "
+                 f"{sp.weight:g} x that branch's stage 3") if sp.weight else ""
     return f"""---
 language: zh
 library_name: transformers
@@ -127,7 +134,7 @@ the train split's templates and values.{stream_note} Stages 2 and 3 read the
 {_stage_line("stage 1, knowledge injection (SFT, TRL SFTTrainer, loss on target tokens)", train.get("stage1"))}
 {_stage_line("stage 2, target alignment (SFT on gold)", train.get("stage2"))}{freeze_note}
 {_stage_line("stage 3, multi-reward GRPO (TRL GRPOTrainer, constrained rollouts, task-isolated groups)",
-             train.get("stage3"))}{avg_note}
+             train.get("stage3"))}{avg_note}{soup_note}
 
 Reward weights: {weights}. Stage 3 samples its rollouts with qpfast's engine under the constraints
 the model is served with, and its loss uses the log-probs of that constrained policy (the softmax

@@ -124,6 +124,17 @@ class GRPOStageConfig:
 
 
 @dataclass
+class SoupConfig:
+    """A second stage-2/3 branch from the same stage 1 whose stage-3 policy is averaged into the
+    export (a model soup): stage 2 with its own `anchor_decay` and `mask_fields`, stage 3 as the
+    main branch's."""
+
+    weight: float = 0.0           # export = (1 - w) * the main branch (after its averaging) + w * the branch; 0: none
+    anchor_decay: float = 0.0     # the branch's stage-2 anchor_decay
+    mask_fields: list = field(default_factory=list)  # the branch's stage-2 mask_fields
+
+
+@dataclass
 class EvalConfig:
     split: str = "test"
     n: int = 0                    # 0: the whole split
@@ -142,6 +153,7 @@ class RecipeConfig:
     stage1: SFTStageConfig = field(default_factory=lambda: SFTStageConfig(gold_share=0.1))
     stage2: SFTStageConfig = field(default_factory=SFTStageConfig)
     stage3: GRPOStageConfig = field(default_factory=GRPOStageConfig)
+    soup: SoupConfig = field(default_factory=SoupConfig)
     rewards: dict[str, float] = field(default_factory=lambda: {"seg": 1.0, "ner": 1.0, "weight": 1.0, "cat": 1.0,
                                                                "intent": 0.2})
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -196,6 +208,13 @@ class RecipeConfig:
             n = getattr(self, name).freeze_layers
             if not 0 <= n <= self.model.layers:
                 raise ValueError(f"{name}.freeze_layers: must be in [0, model.layers={self.model.layers}], got {n}")
+        if not 0.0 <= self.soup.weight < 1.0:
+            raise ValueError(f"soup.weight: must be in [0, 1), got {self.soup.weight}")
+        if not self.soup.anchor_decay >= 0:
+            raise ValueError(f"soup.anchor_decay: must be >= 0, got {self.soup.anchor_decay}")
+        bad = [f for f in self.soup.mask_fields if f not in MASKABLE_FIELDS]
+        if bad:
+            raise ValueError(f"soup.mask_fields: unknown field(s) {bad}; maskable: {list(MASKABLE_FIELDS)}")
         for name in ("stage1", "stage2"):
             if not getattr(self, name).anchor_decay >= 0:
                 raise ValueError(f"{name}.anchor_decay: must be >= 0, got {getattr(self, name).anchor_decay}")

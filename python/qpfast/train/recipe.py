@@ -36,7 +36,7 @@ from .config import RecipeConfig
 
 __all__ = ["STAGES", "Recipe", "run_recipe", "parse_stages"]
 
-STAGES = ("data", "tokenizer", "stage1", "stage2", "stage3", "export")
+STAGES = ("data", "tokenizer", "stage1", "stage2", "stage3", "branch", "export")
 #: The most the embedded default model's weights may weigh (MB).
 MAX_SHIPPED_MB = 25.0
 _ALIASES = {"1": "stage1", "2": "stage2", "3": "stage3", "all": None, "tok": "tokenizer"}
@@ -45,9 +45,9 @@ _TASK_KEYS = {"seg": "seg_f1", "ner": "ner_f1", "weight": "weight_f1", "cat": "c
 
 def parse_stages(spec: Optional[str | Sequence[str]]) -> list[str]:
     """``"stage2,stage3"`` / ``["2", "3"]`` / ``"all"`` / None -> stage names in recipe order.
-    ``export`` (re-export stage 3's checkpoint) runs only when asked for, and not with stage 3,
-    which exports anyway."""
-    everything = [s for s in STAGES if s != "export"]          # stage 3 exports
+    ``export`` (re-export stage 3's checkpoint) runs only when asked for, and not with stage 3
+    or the branch, which export anyway."""
+    everything = [s for s in STAGES if s != "export"]          # stage 3 / the branch export
     if spec is None:
         return everything
     items = spec.split(",") if isinstance(spec, str) else list(spec)
@@ -64,8 +64,8 @@ def parse_stages(spec: Optional[str | Sequence[str]]) -> list[str]:
         out.add(s)
     if not out:
         raise ValueError("stages: none given")
-    if "stage3" in out:
-        out.discard("export")                           # stage 3 exports anyway
+    if "stage3" in out or "branch" in out:
+        out.discard("export")                           # stage 3 / the branch export anyway
     return [s for s in STAGES if s in out]
 
 
@@ -255,6 +255,41 @@ class Recipe:
                        seed=self.cfg.seed, schema=self.schema, device=self.cfg.device, log=self.log)
         self._save_model(model, tok, "stage3")
         self._update(train={"stage3": res.to_dict()})
+        if not self.cfg.soup.weight:
+            self._export()
+        else:
+            self.log("export: after the branch (soup.weight > 0)")
+
+    def stage_branch(self) -> None:
+        """The soup's second branch: stage 2 from stage 1 with ``soup.anchor_decay`` and
+        ``soup.mask_fields`` (``branch2/``), stage 3 on it (``branch3/``), both evaluated; then
+        the export. Nothing when ``soup.weight`` is 0."""
+        from dataclasses import replace
+
+        from .grpo import run_grpo
+        from .sft import run_sft
+
+        s = self.cfg.soup
+        if not s.weight:
+            self.log("no branch (soup.weight = 0)")
+            return
+        c2 = replace(self.cfg.stage2, anchor_decay=s.anchor_decay, mask_fields=list(s.mask_fields))
+        model, tok = self._load("stage1")
+        pairs, _, _ = self._gold_mix(c2.n_examples, c2.synth_share, "stage2", aug_share=c2.aug_share)
+        self.log(f"branch stage 2: {len(pairs)} gold examples, anchor_decay {s.anchor_decay:g}, "
+                 f"masked fields {list(s.mask_fields)}")
+        res = run_sft(model, tok, pairs, c2, str(self.path("scratch", "branch2")), seed=self.cfg.seed,
+                      schema=self.schema, device=self.cfg.device, log=self.log)
+        self._save_model(model, tok, "branch2")
+        self._update(train={"branch_stage2": res.to_dict()})
+        self._evaluate("branch_stage2", self.path("branch2"))
+        c3 = self.cfg.stage3
+        pairs, _, _ = self._gold_mix(c3.n_queries, c3.synth_share, "stage3")
+        res = run_grpo(model, tok, pairs, c3, self.cfg.rewards, str(self.path("scratch", "branch3")),
+                       seed=self.cfg.seed, schema=self.schema, device=self.cfg.device, log=self.log)
+        self._save_model(model, tok, "branch3")
+        self._update(train={"branch_stage3": res.to_dict()})
+        self._evaluate("branch_stage3", self.path("branch3"))
         self._export()
 
     def stage_export(self) -> None:
@@ -347,6 +382,12 @@ class Recipe:
             average_weights_(model, anchor, w, lw)
             per_layer = f" (decoder layers: stage-1 weights {', '.join(f'{x:g}' for x in lw)})" if lw else ""
             self.log(f"exported weights = {1 - w:g} * stage 3 + {w:g} * stage 1{per_layer}")
+        if self.cfg.soup.weight:
+            ws = self.cfg.soup.weight
+            branch = AutoModelForCausalLM.from_pretrained(str(self._require("branch3")), dtype=torch.float32,
+                                                          local_files_only=True)
+            average_weights_(model, branch, ws)
+            self.log(f"exported weights = {1 - ws:g} * the above + {ws:g} * the branch's stage 3 (a soup)")
         model = model.to(dtype)
         model.config.use_cache = True
         model.save_pretrained(str(dst), safe_serialization=True)
@@ -363,7 +404,8 @@ class Recipe:
         (dst / "README.md").write_text(model_card(self.cfg, m, params=parameter_count(model), size_mb=size,
                                                   vocab_size=len(tok)), encoding="utf-8")
         (dst / "metrics.json").write_text(json.dumps({k: m.get(k) for k in ("legacy", "stage1", "stage2", "stage3",
-                                                                             "stage3_policy",
+                                                                             "stage3_policy", "branch_stage2",
+                                                                             "branch_stage3",
                                                                              "train", "beats_legacy")},
                                                      ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         if self.export_to is not None:
