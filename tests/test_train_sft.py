@@ -208,3 +208,17 @@ def test_anchor_decay_validation():
         RecipeConfig.from_dict({"stage2": {"anchor_decay": -1.0}})
     with pytest.raises(ValueError, match="rate"):
         AnchorDecay(tiny_model(seed=0), float("nan"))
+
+
+def test_a_failed_stage_leaves_the_model_unfrozen_and_unpatched(tmp_path, monkeypatch):
+    from qpfast.train import sft
+    model = tiny_model(seed=7)
+
+    def boom(self, *a, **kw):
+        raise RuntimeError("out of memory, say")
+    monkeypatch.setattr(sft.PrefixSFTTrainer, "train", boom)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_sft(model, tiny_tokenizer(), list(tiny_pairs()[:4]), _cfg(freeze_layers=1), str(tmp_path),
+                seed=0, log=lambda s: None)
+    assert all(p.requires_grad for p in model.parameters())
+    assert "forward" not in vars(model)

@@ -222,19 +222,21 @@ def run_sft(model: Any, tokenizer: Any, pairs: Sequence[tuple], cfg: SFTStageCon
     frozen = freeze_lower_layers(model, cfg.freeze_layers)
     if frozen:
         log(f"  frozen: the lowest {cfg.freeze_layers} decoder layers ({frozen / 1e6:.2f} M parameters)")
-    callbacks = [_Log()]
-    if cfg.anchor_decay:
-        callbacks.append(AnchorDecay(model, cfg.anchor_decay))
-    trainer = PrefixSFTTrainer(model=model, args=_sft_args(cfg, out_dir, seed, device), train_dataset=ds,
-                               processing_class=tokenizer, callbacks=callbacks, prefix_len=prefix_len)
-    trainer.remove_callback(PrinterCallback)      # our _Log prints one line per logging step
-    out = trainer.train()
+    try:
+        callbacks = [_Log()]
+        if cfg.anchor_decay:
+            callbacks.append(AnchorDecay(model, cfg.anchor_decay))
+        trainer = PrefixSFTTrainer(model=model, args=_sft_args(cfg, out_dir, seed, device), train_dataset=ds,
+                                   processing_class=tokenizer, callbacks=callbacks, prefix_len=prefix_len)
+        trainer.remove_callback(PrinterCallback)      # our _Log prints one line per logging step
+        out = trainer.train()
+    finally:                                          # the model leaves as it came, also on an error
+        _unpatch(model)
+        freeze_lower_layers(model, 0)
     result.steps = int(out.global_step)
     result.seconds = time.perf_counter() - t0
     if result.losses:
         result.first_loss, result.last_loss = result.losses[0], result.losses[-1]
-    _unpatch(model)
-    freeze_lower_layers(model, 0)
     return result
 
 
