@@ -365,6 +365,11 @@ def graph_cold_ms(calls, min_calls: int = 64, replays: int = 10) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def _decode_bytes(hq: int, hkv: int, bsz: int, seq: int) -> int:
+    """Bytes one bf16 decode call moves: the K/V caches read once, q read and o written."""
+    return 2 * (2 * bsz * hkv * seq * HEAD_DIM + 2 * bsz * hq * HEAD_DIM)
+
+
 def bench_decode_tune(quick: bool, on_row=None, configs=None, min_bytes: float = 0) -> list[dict]:
     """Cold decode times (from HBM, graph replay) at the decode section's shapes for each
     launch configuration in DECODE_TUNE_CONFIGS and for the heuristics' own choice
@@ -380,7 +385,7 @@ def bench_decode_tune(quick: bool, on_row=None, configs=None, min_bytes: float =
     l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20) or (50 << 20)
     rows = []
     for (hq, hkv), bsz, seq in ((h, b, n) for h in heads for b in batches for n in lens):
-        if 2 * (2 * bsz * hkv * seq * HEAD_DIM + 2 * bsz * hq * HEAD_DIM) < min_bytes:
+        if _decode_bytes(hq, hkv, bsz, seq) < min_bytes:
             continue
         try:
             rows.append(_tune_decode_shape(hq, hkv, bsz, seq, num_sms(torch.device("cuda")), l2,
@@ -398,7 +403,7 @@ def bench_decode_tune(quick: bool, on_row=None, configs=None, min_bytes: float =
 def _tune_decode_shape(hq: int, hkv: int, bsz: int, seq: int, sms: int, l2: int, configs) -> dict:
     from qpfast.kernels import decode as D
     dt = torch.bfloat16
-    nbytes = 2 * (2 * bsz * hkv * seq * HEAD_DIM + 2 * bsz * hq * HEAD_DIM)
+    nbytes = _decode_bytes(hq, hkv, bsz, seq)
     n = max(1, min(256, -(-2 * l2 // nbytes)))
     sets = [(torch.randn(bsz, hq, HEAD_DIM, device="cuda", dtype=dt),
              torch.randn(bsz, hkv, seq, HEAD_DIM, device="cuda", dtype=dt),

@@ -200,24 +200,19 @@ class RecipeConfig:
         for name, share in shares.items():
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"{name}: must be in [0, 1], got {share}")
-        for name in ("stage1", "stage2"):
-            bad = [f for f in getattr(self, name).mask_fields if f not in MASKABLE_FIELDS]
+        for name in ("stage1", "stage2", "soup"):       # the soup's branch overrides stage 2's two
+            sec = getattr(self, name)
+            bad = [f for f in sec.mask_fields if f not in MASKABLE_FIELDS]
             if bad:
                 raise ValueError(f"{name}.mask_fields: unknown field(s) {bad}; maskable: {list(MASKABLE_FIELDS)}")
+            if not sec.anchor_decay >= 0:
+                raise ValueError(f"{name}.anchor_decay: must be >= 0, got {sec.anchor_decay}")
         for name in ("stage1", "stage2"):
             n = getattr(self, name).freeze_layers
             if not 0 <= n <= self.model.layers:
                 raise ValueError(f"{name}.freeze_layers: must be in [0, model.layers={self.model.layers}], got {n}")
         if not 0.0 <= self.soup.weight < 1.0:
             raise ValueError(f"soup.weight: must be in [0, 1), got {self.soup.weight}")
-        if not self.soup.anchor_decay >= 0:
-            raise ValueError(f"soup.anchor_decay: must be >= 0, got {self.soup.anchor_decay}")
-        bad = [f for f in self.soup.mask_fields if f not in MASKABLE_FIELDS]
-        if bad:
-            raise ValueError(f"soup.mask_fields: unknown field(s) {bad}; maskable: {list(MASKABLE_FIELDS)}")
-        for name in ("stage1", "stage2"):
-            if not getattr(self, name).anchor_decay >= 0:
-                raise ValueError(f"{name}.anchor_decay: must be >= 0, got {getattr(self, name).anchor_decay}")
         for name in ("stage2", "stage3"):
             if getattr(self, name).synth_share and not self.data.n_synth:
                 raise ValueError(f"{name}.synth_share: needs data.n_synth > 0 (the synthetic-value examples)")

@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..evaluate import REPORT_KEYS
 from ..schema import DEFAULT_SCHEMA
-from .config import RecipeConfig
+from .config import RecipeConfig, SFTStageConfig
 
 __all__ = ["STAGES", "Recipe", "run_recipe", "parse_stages"]
 
@@ -231,30 +231,11 @@ class Recipe:
         self._evaluate("stage1", self.path("stage1"))
 
     def stage_stage2(self) -> None:
-        from .sft import run_sft
-
-        c = self.cfg.stage2
-        model, tok = self._load("stage1")
-        pairs, n_synth, n_aug = self._gold_mix(c.n_examples, c.synth_share, "stage2", aug_share=c.aug_share)
-        self.log(f"stage 2: {len(pairs)} gold examples ({n_synth} with synthetic entity values, {n_aug} rewritten)")
-        res = run_sft(model, tok, pairs, c, str(self.path("scratch", "stage2")), seed=self.cfg.seed,
-                      schema=self.schema, device=self.cfg.device, log=self.log)
-        self._save_model(model, tok, "stage2")
-        self._update(train={"stage2": res.to_dict()})
-        self._evaluate("stage2", self.path("stage2"))
+        self._sft_stage2(self.cfg.stage2, "stage2", "stage2", "stage 2")
 
     def stage_stage3(self) -> None:
-        from .grpo import run_grpo
-
-        c = self.cfg.stage3
         model, tok = self._load("stage2")
-        pairs, n_synth, _ = self._gold_mix(c.n_queries, c.synth_share, "stage3")
-        self.log(f"stage 3: {len(pairs)} queries ({n_synth} with synthetic entity values), G={c.num_generations}, oversample {c.oversample}, "
-                 f"isolate {c.isolate}, rewards {self.cfg.rewards}")
-        res = run_grpo(model, tok, pairs, c, self.cfg.rewards, str(self.path("scratch", "stage3")),
-                       seed=self.cfg.seed, schema=self.schema, device=self.cfg.device, log=self.log)
-        self._save_model(model, tok, "stage3")
-        self._update(train={"stage3": res.to_dict()})
+        self._grpo_stage3(model, tok, "stage3", "stage3", "stage 3")
         if not self.cfg.soup.weight:
             self._export()
         else:
@@ -266,31 +247,46 @@ class Recipe:
         the export. Nothing when ``soup.weight`` is 0."""
         from dataclasses import replace
 
-        from .grpo import run_grpo
-        from .sft import run_sft
-
         s = self.cfg.soup
         if not s.weight:
             self.log("no branch (soup.weight = 0)")
             return
         c2 = replace(self.cfg.stage2, anchor_decay=s.anchor_decay, mask_fields=list(s.mask_fields))
-        model, tok = self._load("stage1")
-        pairs, _, _ = self._gold_mix(c2.n_examples, c2.synth_share, "stage2", aug_share=c2.aug_share)
-        self.log(f"branch stage 2: {len(pairs)} gold examples, anchor_decay {s.anchor_decay:g}, "
-                 f"masked fields {list(s.mask_fields)}")
-        res = run_sft(model, tok, pairs, c2, str(self.path("scratch", "branch2")), seed=self.cfg.seed,
-                      schema=self.schema, device=self.cfg.device, log=self.log)
-        self._save_model(model, tok, "branch2")
-        self._update(train={"branch_stage2": res.to_dict()})
-        self._evaluate("branch_stage2", self.path("branch2"))
-        c3 = self.cfg.stage3
-        pairs, _, _ = self._gold_mix(c3.n_queries, c3.synth_share, "stage3")
-        res = run_grpo(model, tok, pairs, c3, self.cfg.rewards, str(self.path("scratch", "branch3")),
-                       seed=self.cfg.seed, schema=self.schema, device=self.cfg.device, log=self.log)
-        self._save_model(model, tok, "branch3")
-        self._update(train={"branch_stage3": res.to_dict()})
+        model, tok = self._sft_stage2(c2, "branch2", "branch_stage2", "branch stage 2")
+        self._grpo_stage3(model, tok, "branch3", "branch_stage3", "branch stage 3")
         self._evaluate("branch_stage3", self.path("branch3"))
         self._export()
+
+    def _sft_stage2(self, c: SFTStageConfig, out: str, key: str, label: str):
+        """Stage 2 (config `c`) from stage 1 into `out/`, recorded and evaluated as `key`;
+        returns the trained model and tokenizer."""
+        from .sft import run_sft
+
+        model, tok = self._load("stage1")
+        pairs, n_synth, n_aug = self._gold_mix(c.n_examples, c.synth_share, "stage2", aug_share=c.aug_share)
+        extra = f", anchor_decay {c.anchor_decay:g}" if c.anchor_decay else ""
+        extra += f", masked fields {list(c.mask_fields)}" if c.mask_fields else ""
+        self.log(f"{label}: {len(pairs)} gold examples ({n_synth} with synthetic entity values, {n_aug} rewritten)"
+                 f"{extra}")
+        res = run_sft(model, tok, pairs, c, str(self.path("scratch", out)), seed=self.cfg.seed,
+                      schema=self.schema, device=self.cfg.device, log=self.log)
+        self._save_model(model, tok, out)
+        self._update(train={key: res.to_dict()})
+        self._evaluate(key, self.path(out))
+        return model, tok
+
+    def _grpo_stage3(self, model: Any, tok: Any, out: str, key: str, label: str) -> None:
+        """Stage 3 on `model` into `out/`, recorded as `key` (the export evaluates it)."""
+        from .grpo import run_grpo
+
+        c = self.cfg.stage3
+        pairs, n_synth, _ = self._gold_mix(c.n_queries, c.synth_share, "stage3")
+        self.log(f"{label}: {len(pairs)} queries ({n_synth} with synthetic entity values), G={c.num_generations}, "
+                 f"oversample {c.oversample}, isolate {c.isolate}, rewards {self.cfg.rewards}")
+        res = run_grpo(model, tok, pairs, c, self.cfg.rewards, str(self.path("scratch", out)),
+                       seed=self.cfg.seed, schema=self.schema, device=self.cfg.device, log=self.log)
+        self._save_model(model, tok, out)
+        self._update(train={key: res.to_dict()})
 
     def stage_export(self) -> None:
         """Re-export ``stage3/`` (e.g. with another ``stage3.average_stage1``) without training."""
