@@ -282,6 +282,55 @@ def test_unlabelled_stream_splice_and_keyword_queries():
         list(unlabelled_queries(1, splice_prob=-0.1))
 
 
+def test_common_words_from_jieba_dictionary():
+    from qpfast.data.dictionary import common_words
+    words, weights = common_words(500)
+    assert len(words) == len(weights) == 500 and len(set(words)) == 500
+    assert all(1 <= len(w) <= 4 and all("\u4e00" <= ch <= "\u9fff" for ch in w) for w in words)
+    assert list(weights) == sorted(weights, reverse=True) and weights[-1] > 0
+    assert "的" in words[:10] and common_words(50)[0] == words[:50]
+    for bad in (0, -3, 1.5, True):
+        with pytest.raises(ValueError, match="n:"):
+            common_words(bad)
+
+
+def test_unlabelled_stream_word_swaps():
+    from qpfast.data.stream import swap_words
+    rng = random.Random(0)
+    pieces = [Piece("兰蔻", 3, "品牌", chunk=1), Piece("小黑瓶", 3, "产品", chunk=1), Piece("适合", 1, chunk=2),
+              Piece("什么", 0, chunk=3), Piece("肤质", 2, chunk=4)]
+    words = ["苹果", "香蕉", "梨"]
+    swapped = 0
+    for _ in range(200):
+        out = swap_words(pieces, words, [1.0, 1.0, 3.0], rng)      # cumulative: 香蕉 never drawn
+        assert [p.text for p in out[:2]] == ["兰蔻", "小黑瓶"]       # entities kept
+        assert [p.chunk for p in out] == [p.chunk for p in pieces]
+        for old, new in zip(pieces[2:], out[2:]):
+            assert new.text == old.text or new.text in ("苹果", "梨")
+            assert new.type is None and new.surface == new.text
+            swapped += new.text != old.text
+    assert 200 < swapped < 400                                     # p = 1/2 of 3 literals x 200
+    assert all(p.text in words for p in swap_words(pieces[2:], words, None, rng, p=1.0))
+    # the stream: deterministic, a share of queries carry dictionary words, entities survive
+    dict_words = ["鹦鹉螺", "蒲公英"]
+    a = list(unlabelled_queries(400, seed=5, perturb=0.0, words=dict_words, word_share=0.5))
+    assert a == list(unlabelled_queries(400, seed=5, perturb=0.0, words=dict_words, word_share=0.5))
+    with_words = sum(any(w in q for w in dict_words) for q in a)
+    assert 100 < with_words < 250
+    b = list(unlabelled_queries(400, seed=5, perturb=0.0, words=dict_words, word_weights=[0.0, 1.0], word_share=1.0))
+    assert not any("鹦鹉螺" in q for q in b) and sum("蒲公英" in q for q in b) > 250
+    assert list(unlabelled_queries(50, seed=5, perturb=0.0, word_share=0.0)) == \
+        list(unlabelled_queries(50, seed=5, perturb=0.0))            # off: the stream is unchanged
+    with pytest.raises(ValueError, match="words"):
+        list(unlabelled_queries(1, word_share=0.5))
+    with pytest.raises(ValueError, match="word_share"):
+        list(unlabelled_queries(1, words=dict_words, word_share=1.5))
+    with pytest.raises(ValueError, match="word_weights"):
+        list(unlabelled_queries(1, words=dict_words, word_weights=[1.0], word_share=0.5))
+    with pytest.raises(ValueError, match="word_weights"):
+        list(unlabelled_queries(1, words=dict_words, word_weights=[0.0, -1.0], word_share=0.5))
+
+
 def test_write_splits_files(tmp_path):
     paths = write_splits(tmp_path, 40, 10, 12, seed=5, n_unlabelled=15)
     counts = {k: sum(1 for _ in read_jsonl(p)) for k, p in paths.items()}

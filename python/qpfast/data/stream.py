@@ -14,10 +14,15 @@ the stream without touching another split:
 - `keyword_share` with `keywords` (category -> words, e.g. the legacy pipeline's keyword
   table): short "bare keyword" queries, one drafted entity chunk plus one or two topic
   words and an optional ask. Whatever the legacy pipeline knows about such words reaches
-  the model through its pseudo-labels, which is what knowledge injection is for.
+  the model through its pseudo-labels, which is what knowledge injection is for;
+- `word_share` with `words` (e.g. `qpfast.data.dictionary.common_words`): queries whose
+  literal words are each swapped, with probability 1/2, for a dictionary word, so the words
+  of the language (not just the templates') reach the model with the legacy pipeline's
+  segmentation of them.
 """
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Iterator, Mapping, Sequence
 
@@ -53,20 +58,44 @@ def keyword_query(pieces: list[Piece], keywords: Mapping[str, Sequence[str]], rn
     return [p for c in parts for p in c]
 
 
+def swap_words(pieces: list[Piece], words: Sequence[str], cum_weights: Sequence[float] | None,
+               rng: random.Random, p: float = 0.5) -> list[Piece]:
+    """`pieces` with each literal (non-entity) piece replaced, with probability `p`, by a word
+    drawn from `words` (by cumulative weights `cum_weights`, uniform if None); entity pieces
+    are kept."""
+    out = []
+    for piece in pieces:
+        if piece.type is None and rng.random() < p:
+            w = rng.choices(words, cum_weights=cum_weights)[0]
+            piece = Piece(w, piece.weight, None, w, piece.chunk)
+        out.append(piece)
+    return out
+
+
 def unlabelled_queries(n: int, seed: int = 0, *, split: str = "train", split_seed: int = 0,
                        perturb: float = 0.3, splice_prob: float = 0.0,
                        keywords: Mapping[str, Sequence[str]] | None = None,
-                       keyword_share: float = 0.0) -> Iterator[str]:
+                       keyword_share: float = 0.0, words: Sequence[str] | None = None,
+                       word_weights: Sequence[float] | None = None, word_share: float = 0.0) -> Iterator[str]:
     """`n` raw queries, deterministic per seed; each perturbation applies with prob `perturb`,
     a splice of two drafts with prob `splice_prob`; a `keyword_share` of the queries are bare
-    keyword queries over `keywords`."""
+    keyword queries over `keywords`; a `word_share` of the others have their literal words
+    swapped for `words` (drawn by `word_weights`, uniform if None)."""
     if n < 0:
         raise ValueError(f"n: must be >= 0, got {n}")
-    for name, p in (("perturb", perturb), ("splice_prob", splice_prob), ("keyword_share", keyword_share)):
+    for name, p in (("perturb", perturb), ("splice_prob", splice_prob), ("keyword_share", keyword_share),
+                    ("word_share", word_share)):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{name}: must be in [0, 1], got {p}")
     if keyword_share and not keywords:
         raise ValueError("keywords: required (a non-empty mapping) when keyword_share > 0")
+    if word_share and not words:
+        raise ValueError("words: required (a non-empty sequence) when word_share > 0")
+    if word_weights is not None and (len(word_weights) != len(words or ()) or not all(w >= 0 for w in word_weights)
+                                     or not any(word_weights)):
+        raise ValueError("word_weights: one non-negative weight per word, not all zero")
+    words = list(words or ())
+    cum = list(itertools.accumulate(word_weights)) if word_weights is not None else None
     gen = QueryGenerator(split, split_seed=split_seed)
     rng = random.Random(f"qpfast.stream:{seed}:{split}")
     produced = 0
@@ -77,6 +106,8 @@ def unlabelled_queries(n: int, seed: int = 0, *, split: str = "train", split_see
         else:
             if splice_prob and rng.random() < splice_prob:
                 pieces = splice(pieces, gen.draft(rng).pieces, rng)
+            if word_share and rng.random() < word_share:
+                pieces = swap_words(pieces, words, cum, rng)
             for f in PERTURBATIONS:
                 if rng.random() < perturb:
                     pieces = f(pieces, rng)

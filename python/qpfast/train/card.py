@@ -73,6 +73,11 @@ def model_card(cfg: Any, metrics: Mapping[str, Any], *, params: int, size_mb: fl
                        f"another and {d.keyword_share:.0%} are bare keyword queries (an entity with one or two topic "
                        f"words of the legacy pipeline's keyword table, `qpfast.data.stream`), so the legacy "
                        f"pipeline's word and category knowledge reaches the model outside the training templates.")
+    if d.word_share:
+        stream_note += (f" In {d.word_share:.0%} of the other stream queries each literal word is swapped, with "
+                        f"probability 1/2, for one of jieba's {d.dict_words} most frequent words "
+                        f"(`qpfast.data.dictionary`), so the language's words, not only the templates', reach the "
+                        f"model with the legacy pipeline's segmentation of them.")
     aug_note = ""
     if d.n_aug and cfg.stage2.aug_share:
         aug_note = (f" {cfg.stage2.aug_share:.0%} of stage 2 are gold examples rewritten so that no template's "

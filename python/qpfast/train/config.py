@@ -56,6 +56,8 @@ class DataConfig:
     perturb: float = 0.3          # perturbation probability of the stream
     splice: float = 0.0           # probability that a stream query joins the head and tail of two drafts
     keyword_share: float = 0.0    # share of bare keyword queries (legacy keyword table) in the stream
+    word_share: float = 0.0       # share of the other stream queries with words swapped for dictionary words
+    dict_words: int = 10000       # ... drawn from jieba's this many most frequent Han words (√freq)
     n_synth: int = 0              # gold train examples with synthetic entity values (train_synth.jsonl)
     synth_values: float = 0.7     # in those, the probability that a slot's value is synthetic
     n_aug: int = 0                # rewritten gold train examples (train_aug.jsonl, `qpfast.data.augment`)
@@ -194,12 +196,14 @@ class RecipeConfig:
             raise ValueError("rewards: at least one task weight must be > 0")
         shares = {"stage1.gold_share": self.stage1.gold_share, "data.synth_values": self.data.synth_values,
                   "data.perturb": self.data.perturb, "data.splice": self.data.splice,
-                  "data.keyword_share": self.data.keyword_share}
+                  "data.keyword_share": self.data.keyword_share, "data.word_share": self.data.word_share}
         shares.update({f"{name}.synth_share": getattr(self, name).synth_share for name in ("stage1", "stage2", "stage3")})
         shares.update({f"{name}.aug_share": getattr(self, name).aug_share for name in ("stage1", "stage2")})
         for name, share in shares.items():
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"{name}: must be in [0, 1], got {share}")
+        if self.data.dict_words < 1:
+            raise ValueError(f"data.dict_words: must be a positive int, got {self.data.dict_words!r}")
         for name in ("stage1", "stage2", "soup"):       # the soup's branch overrides stage 2's two
             sec = getattr(self, name)
             bad = [f for f in sec.mask_fields if f not in MASKABLE_FIELDS]

@@ -156,6 +156,7 @@ class Recipe:
     # -- stages -------------------------------------------------------------------------
     def stage_data(self) -> None:
         from ..data import unlabelled_queries, write_jsonl, write_splits
+        from ..data.dictionary import common_words
         from ..evaluate import legacy_predictor, run_eval
         from ..legacy import legacy_pipeline
 
@@ -175,8 +176,10 @@ class Recipe:
             self.log(f"rewritten gold (function words dropped, chunks swapped, same-category splices): {d.n_aug}")
         from ..legacy.category_rules import KEYWORDS
         keywords = {cat: [w for w, _ in words] for cat, words in KEYWORDS.items()}
+        words, weights = common_words(d.dict_words) if d.word_share else (None, None)
         queries = list(unlabelled_queries(d.n_unlabelled, d.seed, split_seed=d.split_seed, perturb=d.perturb,
-                                          splice_prob=d.splice, keywords=keywords, keyword_share=d.keyword_share))
+                                          splice_prob=d.splice, keywords=keywords, keyword_share=d.keyword_share,
+                                          words=words, word_weights=weights, word_share=d.word_share))
         legacy = legacy_pipeline("train", d.split_seed)
         t = time.perf_counter()
         pseudo = []
