@@ -234,6 +234,39 @@ def test_branch_stage_exports_a_soup(tiny_run, tmp_path):
         RecipeConfig.from_dict({"soup": {"mask_fields": ["nope"]}})
 
 
+def test_parallel_soup_branch_matches_the_serial_one(tiny_run, tmp_path):
+    """``soup.parallel``: stages 2-3 here while a second process (``--stages branch
+    --no-export``) trains the branch from the same stage 1; then one export. The branch's
+    weights equal a serial run's (same seed and threads), and metrics.json holds both."""
+    import torch
+    from safetensors.torch import load_file
+    from qpfast.train.__main__ import main
+    cfg = RecipeConfig.load(config_path("tiny")).to_dict()
+    cfg["threads"] = 1
+    cfg["soup"] = {"weight": 0.5, "anchor_decay": 5.0, "mask_fields": ["cat"]}
+    runs = {}
+    for mode in ("serial", "parallel"):
+        run = tmp_path / mode
+        shutil.copytree(tiny_run, run)
+        cfg["soup"]["parallel"] = mode == "parallel"
+        cfg_path = tmp_path / f"{mode}.json"
+        cfg_path.write_text(json.dumps(cfg), encoding="utf-8")
+        with torch_threads(1):
+            assert main(["--config", str(cfg_path), "--out", str(run), "--stages", "stage2,stage3,branch"]) == 0
+        runs[mode] = run
+    m = json.loads((runs["parallel"] / "metrics.json").read_text(encoding="utf-8"))
+    for name in ("stage2", "branch_stage2", "branch_stage3", "stage3"):
+        assert set(m[name]) == set(REPORT_KEYS), name
+    assert {"stage2", "stage3", "branch", "export"} <= set(m["timings"])
+    assert "second process" in (runs["parallel"] / "train.log").read_text(encoding="utf-8")
+    for part in ("branch3", "stage3", "model"):
+        a = load_file(str(runs["serial"] / part / "model.safetensors"))
+        b = load_file(str(runs["parallel"] / part / "model.safetensors"))
+        for k in a:
+            assert torch.equal(a[k], b[k]), (part, k)
+    assert RecipeConfig.from_dict({"soup": {"parallel": True}}).soup.parallel is True
+
+
 def test_average_weights_per_layer():
     import torch
     from test_train_support import tiny_model

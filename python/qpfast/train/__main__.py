@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="overrides the config's seed")
     p.add_argument("--export-to", metavar="DIR",
                    help="after stage 3, also copy the exported model there (e.g. python/qpfast/models/default)")
+    p.add_argument("--no-export", action="store_true",
+                   help="the branch stage trains and evaluates only (how soup.parallel runs the branch)")
     return p
 
 
@@ -49,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.seed is not None:
         cfg.seed = args.seed
     out = args.out or f"runs/{path.stem}"
-    m = run_recipe(cfg, out, stages, export_to=args.export_to)
+    m = run_recipe(cfg, out, stages, export_to=args.export_to, export=not args.no_export)
     from .card import metrics_table
     print(metrics_table(m))
     return 0

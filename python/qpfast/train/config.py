@@ -134,6 +134,7 @@ class SoupConfig:
     weight: float = 0.0           # export = (1 - w) * the main branch (after its averaging) + w * the branch; 0: none
     anchor_decay: float = 0.0     # the branch's stage-2 anchor_decay
     mask_fields: list = field(default_factory=list)  # the branch's stage-2 mask_fields
+    parallel: bool = False        # train the branch in a second process beside stages 2-3 (same cores)
 
 
 @dataclass

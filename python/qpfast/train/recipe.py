@@ -22,6 +22,7 @@ deterministic for a fixed seed and thread count.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -73,8 +74,9 @@ class Recipe:
     """One run of the recipe in `out_dir` (`run(stages)`)."""
 
     def __init__(self, cfg: RecipeConfig, out_dir: str | os.PathLike, *, log: Optional[Callable[[str], Any]] = None,
-                 export_to: Optional[str | os.PathLike] = None):
+                 export_to: Optional[str | os.PathLike] = None, export: bool = True):
         self.cfg = cfg.validate()
+        self.export = export              # False: the branch stage trains and evaluates only
         self.out = Path(out_dir)
         self.schema = DEFAULT_SCHEMA
         self.export_to = Path(export_to) if export_to is not None else None
@@ -103,14 +105,28 @@ class Recipe:
         tmp.write_text(json.dumps(m, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, p)
 
+    @contextlib.contextmanager
+    def _metrics_lock(self):
+        """metrics.json is read, changed and written under this lock: the soup's branch may run
+        in a second process (`soup.parallel`)."""
+        import fcntl
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.path("metrics.lock"), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
     def _update(self, **kv: Any) -> dict:
-        m = self._metrics()
-        for k, v in kv.items():
-            if isinstance(v, dict) and isinstance(m.get(k), dict):
-                m[k].update(v)
-            else:
-                m[k] = v
-        self._save_metrics(m)
+        with self._metrics_lock():
+            m = self._metrics()
+            for k, v in kv.items():
+                if isinstance(v, dict) and isinstance(m.get(k), dict):
+                    m[k].update(v)
+                else:
+                    m[k] = v
+            self._save_metrics(m)
         return m
 
     def _require(self, *parts: str) -> Path:
@@ -137,16 +153,26 @@ class Recipe:
             try:
                 self.log(f"recipe {self.cfg.name}: stages {', '.join(stages)} -> {self.out} "
                          f"(torch threads {torch.get_num_threads()})")
+                child = None
+                parallel = bool(self.cfg.soup.weight and self.cfg.soup.parallel and self.export
+                                and "branch" in stages and "stage2" in stages)
+                if parallel:
+                    stages = [s for s in stages if s != "branch"]   # trained by a second process instead
                 for s in stages:
+                    if parallel and s == "stage2":
+                        child = self._start_branch_process()        # stage 1 is done: the branch starts from it
                     t = time.perf_counter()
                     self.log(f"== {s}")
                     getattr(self, f"stage_{s}")()
                     dt = time.perf_counter() - t
                     self._update(timings={s: round(dt, 1)})
                     self.log(f"== {s} done in {dt:.1f} s")
-                m = self._metrics()
-                m["timings"]["total"] = round(sum(v for k, v in m["timings"].items() if k in STAGES), 1)
-                self._save_metrics(m)
+                if child is not None:
+                    self._finish_branch_process(child)
+                with self._metrics_lock():
+                    m = self._metrics()
+                    m["timings"]["total"] = round(sum(v for k, v in m["timings"].items() if k in STAGES), 1)
+                    self._save_metrics(m)
                 self.log(f"done: {m['timings']}")
                 return m
             finally:
@@ -244,6 +270,26 @@ class Recipe:
         else:
             self.log("export: after the branch (soup.weight > 0)")
 
+    def _start_branch_process(self):
+        """`python -m qpfast.train --stages branch --no-export` on this run directory, now."""
+        import subprocess
+        import sys
+        cmd = [sys.executable, "-m", "qpfast.train", "--config", str(self.path("config.json")), "--out",
+               str(self.out), "--stages", "branch", "--no-export", "--threads", str(self.cfg.threads)]
+        self.log(f"soup branch: started in a second process beside stages 2-3 ({' '.join(cmd[1:])})")
+        return subprocess.Popen(cmd)
+
+    def _finish_branch_process(self, child) -> None:
+        """Waits for the branch process, then exports the soup (what the branch stage does last)."""
+        self.log("soup branch: waiting for the second process")
+        rc = child.wait()
+        if rc != 0:
+            raise RuntimeError(f"the soup branch's process (--stages branch) exited with status {rc}; "
+                               f"see {self.path('train.log')}")
+        t = time.perf_counter()
+        self._export()
+        self._update(timings={"export": round(time.perf_counter() - t, 1)})
+
     def stage_branch(self) -> None:
         """The soup's second branch: stage 2 from stage 1 with ``soup.anchor_decay`` and
         ``soup.mask_fields`` (``branch2/``), stage 3 on it (``branch3/``), both evaluated; then
@@ -258,7 +304,8 @@ class Recipe:
         model, tok = self._sft_stage2(c2, "branch2", "branch_stage2", "branch stage 2")
         self._grpo_stage3(model, tok, "branch3", "branch_stage3", "branch stage 3")
         self._evaluate("branch_stage3", self.path("branch3"))
-        self._export()
+        if self.export:
+            self._export()
 
     def _sft_stage2(self, c: SFTStageConfig, out: str, key: str, label: str):
         """Stage 2 (config `c`) from stage 1 into `out/`, recorded and evaluated as `key`;
@@ -481,8 +528,9 @@ def _quiet_transformers() -> None:
 
 def run_recipe(cfg: RecipeConfig | str | os.PathLike, out_dir: str | os.PathLike,
                stages: Optional[str | Sequence[str]] = None, *, log: Optional[Callable[[str], Any]] = None,
-               export_to: Optional[str | os.PathLike] = None) -> dict:
-    """Runs the recipe; `cfg` is a `RecipeConfig`, a config file or a checked-in config name."""
+               export_to: Optional[str | os.PathLike] = None, export: bool = True) -> dict:
+    """Runs the recipe; `cfg` is a `RecipeConfig`, a config file or a checked-in config name.
+    `export=False`: the branch stage does not export (the parallel soup's second process)."""
     if not isinstance(cfg, RecipeConfig):
         cfg = RecipeConfig.load(cfg)
-    return Recipe(cfg, out_dir, log=log, export_to=export_to).run(stages)
+    return Recipe(cfg, out_dir, log=log, export_to=export_to, export=export).run(stages)
