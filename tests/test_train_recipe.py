@@ -267,6 +267,31 @@ def test_parallel_soup_branch_matches_the_serial_one(tiny_run, tmp_path):
     assert RecipeConfig.from_dict({"soup": {"parallel": True}}).soup.parallel is True
 
 
+def test_parallel_soup_branch_process_stops_when_a_stage_fails(tiny_run, tmp_path, monkeypatch):
+    """A failing stage 2 must not leave the branch's process running on the cores."""
+    import subprocess
+    import sys
+    from qpfast.train.recipe import Recipe
+    procs = []
+
+    def start(self):
+        procs.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]))
+        return procs[-1]
+
+    def fail(self):
+        raise RuntimeError("stage 2 broke")
+
+    monkeypatch.setattr(Recipe, "_start_branch_process", start)
+    monkeypatch.setattr(Recipe, "stage_stage2", fail)
+    cfg = RecipeConfig.load(config_path("tiny"))
+    cfg.soup.weight, cfg.soup.parallel = 0.5, True
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    with pytest.raises(RuntimeError, match="stage 2 broke"):
+        Recipe(cfg, run, log=lambda s: None).run(["stage2", "stage3", "branch"])
+    assert len(procs) == 1 and procs[0].poll() is not None      # killed and reaped
+
+
 def test_average_weights_per_layer():
     import torch
     from test_train_support import tiny_model

@@ -148,12 +148,12 @@ class Recipe:
             torch.set_num_threads(self.cfg.threads)
         self.path("config.json").write_text(json.dumps(self.cfg.to_dict(), ensure_ascii=False, indent=2) + "\n",
                                             encoding="utf-8")
+        child = None                      # the soup branch's process (soup.parallel)
         with open(self.path("train.log"), "a", encoding="utf-8") as f:
             self._logfile = f
             try:
                 self.log(f"recipe {self.cfg.name}: stages {', '.join(stages)} -> {self.out} "
                          f"(torch threads {torch.get_num_threads()})")
-                child = None
                 parallel = bool(self.cfg.soup.weight and self.cfg.soup.parallel and self.export
                                 and "branch" in stages and "stage2" in stages)
                 if parallel:
@@ -176,6 +176,9 @@ class Recipe:
                 self.log(f"done: {m['timings']}")
                 return m
             finally:
+                if child is not None and child.poll() is None:   # a stage failed: stop the branch too
+                    child.kill()
+                    child.wait()
                 self._logfile = None
                 torch.set_num_threads(threads)
 
