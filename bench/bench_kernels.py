@@ -333,6 +333,8 @@ def bench_decode(quick: bool) -> list[dict]:
 
 # configurations tried by the decode tuning sweep: (block_n, num_stages, num_warps)
 DECODE_TUNE_CONFIGS = [(64, 2, 4), (64, 3, 4), (64, 4, 4), (32, 4, 4), (128, 2, 4), (128, 3, 8), (128, 1, 8)]
+# how split partials are merged: by a second kernel (False) or by the last split (True)
+DECODE_TUNE_MERGES = [False, True]
 
 
 def graph_cold_ms(calls, min_calls: int = 64, replays: int = 10) -> float:
@@ -370,7 +372,8 @@ def _decode_bytes(hq: int, hkv: int, bsz: int, seq: int) -> int:
     return 2 * (2 * bsz * hkv * seq * HEAD_DIM + 2 * bsz * hq * HEAD_DIM)
 
 
-def bench_decode_tune(quick: bool, on_row=None, configs=None, min_bytes: float = 0) -> list[dict]:
+def bench_decode_tune(quick: bool, on_row=None, configs=None, min_bytes: float = 0,
+                      merges=None, max_bytes: float = float("inf")) -> list[dict]:
     """Cold decode times (from HBM, graph replay) at the decode section's shapes for each
     launch configuration in DECODE_TUNE_CONFIGS and for the heuristics' own choice
     (`decode_launch`, `decode_num_splits`), at the heuristic's split count and, where
@@ -378,18 +381,21 @@ def bench_decode_tune(quick: bool, on_row=None, configs=None, min_bytes: float =
     same-size copy as the yardstick.  Each variant's output is checked against the
     reference first.  This is what `decode_launch` / `decode_num_splits` are fitted to.
     ``on_row(rows)`` is called after each shape (the caller saves partial results);
-    ``configs`` replaces DECODE_TUNE_CONFIGS; shapes under ``min_bytes`` are skipped."""
+    ``configs`` replaces DECODE_TUNE_CONFIGS; shapes under ``min_bytes`` or over ``max_bytes``
+    are skipped;
+    ``merges`` = the fused_merge settings to try (default DECODE_TUNE_MERGES)."""
     heads = [(16, 2), (8, 1)] if quick else [(16, 2), (8, 1), (16, 8)]
     batches = [1, 64, 256] if quick else [1, 8, 32, 64, 128, 256]
     lens = [600] if quick else [160, 600]
     l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20) or (50 << 20)
     rows = []
     for (hq, hkv), bsz, seq in ((h, b, n) for h in heads for b in batches for n in lens):
-        if _decode_bytes(hq, hkv, bsz, seq) < min_bytes:
+        if not min_bytes <= _decode_bytes(hq, hkv, bsz, seq) <= max_bytes:
             continue
         try:
             rows.append(_tune_decode_shape(hq, hkv, bsz, seq, num_sms(torch.device("cuda")), l2,
-                                           configs or DECODE_TUNE_CONFIGS))
+                                           configs or DECODE_TUNE_CONFIGS,
+                                           DECODE_TUNE_MERGES if merges is None else merges))
         except Exception as exc:                 # one shape failing keeps the others
             traceback.print_exc()
             torch.cuda.synchronize()
@@ -400,7 +406,7 @@ def bench_decode_tune(quick: bool, on_row=None, configs=None, min_bytes: float =
     return rows
 
 
-def _tune_decode_shape(hq: int, hkv: int, bsz: int, seq: int, sms: int, l2: int, configs) -> dict:
+def _tune_decode_shape(hq: int, hkv: int, bsz: int, seq: int, sms: int, l2: int, configs, merges) -> dict:
     from qpfast.kernels import decode as D
     dt = torch.bfloat16
     nbytes = _decode_bytes(hq, hkv, bsz, seq)
@@ -414,20 +420,24 @@ def _tune_decode_shape(hq: int, hkv: int, bsz: int, seq: int, sms: int, l2: int,
     ref = R.decode_attention(q0, k0, v0, seq_lens)
     auto = D.decode_num_splits(bsz, hkv, seq, sms)
     few = bsz * hkv < sms
-    split_choices = sorted({auto, 1, 2, 4, 8}) if (few and nbytes >= 16e6) else sorted({auto, 1})
+    split_choices = (sorted({auto, 1, 2, 4, 8}) if (few and nbytes >= 16e6) else
+                     sorted({auto, 1, 2, 4}) if nbytes >= 16e6 else sorted({auto, 1}))
     copies = [copy_call(nbytes) for _ in range(n)]           # each on its own buffers, like the sets
     copy_ms = graph_cold_ms(copies)
     row = dict(heads=f"{hq}:{hkv}", batch=bsz, seq_len=seq, bytes=nbytes, auto_splits=auto,
                cold_copy_ms=copy_ms, variants=[])
     seen = set()
     auto_cfg = D.decode_launch(bsz * hkv * auto, sms, HEAD_DIM)          # what decode_attention picks
-    for (bn, st, nw), ns in [(auto_cfg, auto)] + [(c, ns) for c in configs for ns in split_choices]:
-        key = (bn, st, nw, cut(seq, ns, bn))      # forced counts that cut the same way run the same
+    for (bn, st, nw), ns, fused in [(auto_cfg, auto, True)] + [
+            (c, ns, m) for c in configs for ns in split_choices for m in merges]:
+        runs = cut(seq, ns, bn)[1]
+        fused = fused and runs > 1                # one split has nothing to merge
+        key = (bn, st, nw, cut(seq, ns, bn), fused)   # forced counts that cut the same way run the same
         if key in seen:
             continue
         seen.add(key)
-        kw = dict(num_splits=ns, block_n=bn, num_stages=st, num_warps=nw)
-        v = dict(block_n=bn, num_stages=st, num_warps=nw, splits=ns, splits_run=cut(seq, ns, bn)[1])
+        kw = dict(num_splits=ns, block_n=bn, num_stages=st, num_warps=nw, fused_merge=fused)
+        v = dict(block_n=bn, num_stages=st, num_warps=nw, splits=ns, splits_run=runs, fused=fused)
         try:
             err = rel_err(D.decode_attention(q0, k0, v0, seq_lens, **kw), ref)
             ms = graph_cold_ms([lambda q=q, k=k, vv=vv, o=o: D.decode_attention(q, k, vv, seq_lens, out=o, **kw)
@@ -447,7 +457,12 @@ def _tune_decode_shape(hq: int, hkv: int, bsz: int, seq: int, sms: int, l2: int,
     print(f"  tune {row['heads']} b={bsz} len={seq} {nbytes / 1e6:.1f} MB: copy {copy_ms * 1e3:.1f} us, "
           f"auto {_fmt((row.get('auto_cold_ms') or 0) * 1e3, '.1f')} us {'/'.join(map(str, auto_cfg))} x{auto}, best "
           + (f"{best['cold_ms'] * 1e3:.1f} us {best['block_n']}/{best['num_stages']}/{best['num_warps']}"
-             f" x{best['splits_run']}" if ok else "-"), flush=True)
+             f" x{best['splits_run']}{' fused' if best['fused'] else ''}"
+             if ok else "-"), flush=True)
+    for v in row["variants"]:                     # the whole sweep, one line per variant
+        print(f"    {v['block_n']}/{v['num_stages']}/{v['num_warps']} x{v['splits_run']}"
+              f"{' fused' if v['fused'] else ''}: "
+              + (f"{v['cold_ms'] * 1e3:.1f} us" if v.get("cold_ms") else v.get("error", "-")), flush=True)
     return row
 
 
@@ -714,9 +729,13 @@ def main(argv=None) -> int:
     ap.add_argument("--tune-configs", help="decode_tune: launch configurations to try, as block_n/stages/warps "
                                             "separated by commas (default: DECODE_TUNE_CONFIGS)")
     ap.add_argument("--tune-min-mb", type=float, default=0.0, help="decode_tune: skip shapes of fewer MB")
+    ap.add_argument("--tune-max-mb", type=float, default=float("inf"), help="decode_tune: skip shapes of more MB")
+    ap.add_argument("--tune-merges", help="decode_tune: split merges to try, 'kernel' (a second kernel) and/or "
+                                           "'fused' (the last split), separated by commas (default: both)")
     args = ap.parse_args(argv)
     tune_configs = ([tuple(int(x) for x in c.split("/")) for c in args.tune_configs.split(",")]
                     if args.tune_configs else None)
+    tune_merges = ([m.strip() == "fused" for m in args.tune_merges.split(",")] if args.tune_merges else None)
 
     meta = dict(date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 python=platform.python_version(), torch=torch.__version__,
@@ -749,6 +768,9 @@ def main(argv=None) -> int:
                 if key in r:
                     t = r[key]
                     r[key.replace("_ms", "_hbm_fraction")] = r["bytes"] / (t * 1e-3) / hbm if (t and hbm) else None
+                    # the same against the bandwidth a large copy measured on this card (METHOD.md)
+                    r[key.replace("_ms", "_ceiling_fraction")] = (r["bytes"] / (t * 1e-3) / ceil["copy_bytes_per_s"]
+                                                                  if t else None)
         return rows
 
     def save():
@@ -786,6 +808,7 @@ def main(argv=None) -> int:
                 ("g_HBM", "graph_hbm_fraction", ".2f"), ("cold_ms", "cold_ms", ".4f"),
                 ("cold_sdpa", "cold_sdpa_ms", ".4f"), ("cold_copy", "cold_copy_ms", ".4f"),
                 ("cold_HBM", "cold_hbm_fraction", ".2f"), ("copy_HBM", "cold_copy_hbm_fraction", ".2f"),
+                ("cold_ceil", "cold_ceiling_fraction", ".2f"),
                 ("vs_copy", "cold_vs_copy", ".2f"), ("rel_err", "rel_err", ".1e")])
             for r in results["decode"]:
                 print(f"  {r['heads']} b={r['batch']} len={r['seq_len']}: cold ms by splits "
@@ -806,7 +829,8 @@ def main(argv=None) -> int:
     sections = [] if args.no_engine else [("engine", lambda quick: engine_benchmark(profile_path=args.profile))]
     sections += [("prefill", lambda q: hbm_frac(bench_prefill(q))), ("decode", lambda q: hbm_frac(bench_decode(q))),
                  ("decode_tune", lambda q: bench_decode_tune(q, on_row=partial("decode_tune"), configs=tune_configs,
-                                                             min_bytes=args.tune_min_mb * 1e6)),
+                                                             min_bytes=args.tune_min_mb * 1e6,
+                                                             merges=tune_merges, max_bytes=args.tune_max_mb * 1e6)),
                  ("bitmask", lambda q: hbm_frac(bench_bitmask(q))),
                  ("bitmask_lite", lambda q: hbm_frac(bench_bitmask(q, lite=True)))]
     wanted = {x.strip() for x in args.sections.split(",") if x.strip()}

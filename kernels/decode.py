@@ -15,9 +15,13 @@ group; the ``G`` rows are padded to 16 so the products run on tensor cores).
 
 * ``num_splits == 1``: the program normalizes and writes ``o`` directly.
 * ``num_splits > 1`` (small batches, long caches): each split writes its normalized partial
-  output and its log-sum-exp (base 2) to float32 scratch, and a second kernel merges the
-  splits of each (sequence, head).  Splits that start past ``seq_lens[b]`` do nothing and
-  the merge ignores them, so the host never reads ``seq_lens`` (no synchronization).
+  output and its log-sum-exp (base 2) to float32 scratch, and the splits of each (sequence,
+  head) are merged, either by a second kernel or ("fused merge") by whichever split of the
+  (sequence, KV head) finishes last: each split counts itself in on an int32 counter
+  (acquire-release atomic) and the one that sees the count reach the number of splits in
+  use merges them and resets the counter to zero for the next call.  Splits that start
+  past ``seq_lens[b]`` do nothing and the merge ignores them, so the host never reads
+  ``seq_lens`` (no synchronization).
 
 :func:`decode_num_splits` picks the split count from the batch, the head count, the cache
 capacity and the number of multiprocessors.
@@ -41,7 +45,7 @@ MIN_SPLIT_LEN = 256
 
 @triton.jit
 def _decode_kernel(
-    Q, K, V, OUT, PART_O, PART_LSE, SEQ_LENS,
+    Q, K, V, OUT, PART_O, PART_LSE, SEQ_LENS, COUNTERS,
     qk_scale,                                   # sm_scale * log2(e)
     stride_qb, stride_qh, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
     stride_ob, stride_oh,
@@ -53,23 +57,24 @@ def _decode_kernel(
     BLOCK_N: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    FUSED_MERGE: tl.constexpr,                  # the last split merges (COUNTERS [B * Hkv])
 ):
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
+    offs_h = tl.arange(0, BLOCK_H)
+    head = kv_head * GROUP + offs_h
+    h_ok = offs_h < GROUP
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    # q does not depend on seq_len: both loads are in flight together
+    q = tl.load(Q + b.to(tl.int64) * stride_qb + head[:, None] * stride_qh + offs_d[None, :],
+                mask=h_ok[:, None] & d_ok[None, :], other=0.0)
     seq_len = tl.load(SEQ_LENS + b)
     start = split * split_len
     if start < seq_len:
         end = tl.minimum(seq_len, start + split_len)
-        offs_h = tl.arange(0, BLOCK_H)
-        head = kv_head * GROUP + offs_h
-        h_ok = offs_h < GROUP
-        offs_d = tl.arange(0, BLOCK_D)
-        d_ok = offs_d < HEAD_DIM
         offs_n = tl.arange(0, BLOCK_N)
-
-        q = tl.load(Q + b.to(tl.int64) * stride_qb + head[:, None] * stride_qh + offs_d[None, :],
-                    mask=h_ok[:, None] & d_ok[None, :], other=0.0)
         # 64-bit offsets for the (sequence, head) base only; within one head's
         # [max_len, D] slab 32-bit offsets suffice and keep the pointer tiles small
         k_base = K + b.to(tl.int64) * stride_kb + kv_head.to(tl.int64) * stride_kh
@@ -100,6 +105,30 @@ def _decode_kernel(
             tl.store(PART_O + row[:, None] * BLOCK_D + offs_d[None, :], out,
                      mask=h_ok[:, None] & d_ok[None, :])
             tl.store(PART_LSE + row, m_i + tl.log2(l_i), mask=h_ok)
+            if FUSED_MERGE:
+                used = tl.cdiv(seq_len, split_len)          # splits that saw at least one key
+                tl.debug_barrier()                          # every thread's partials are out
+                counter = COUNTERS + b * tl.num_programs(1) + kv_head
+                arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+                if arrived == used - 1:                     # the last split of this row merges
+                    tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")   # ready for the next call
+                    rows = (b.to(tl.int64) * (GROUP * tl.num_programs(1)) + head) * NUM_SPLITS
+                    m_all = tl.full([BLOCK_H], float("-inf"), tl.float32)
+                    w_sum = tl.zeros([BLOCK_H], tl.float32)
+                    merged = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+                    for j in range(0, used):
+                        lse = tl.load(PART_LSE + rows + j, mask=h_ok, other=0.0, cache_modifier=".cg")
+                        part = tl.load(PART_O + (rows + j)[:, None] * BLOCK_D + offs_d[None, :],
+                                       mask=h_ok[:, None] & d_ok[None, :], other=0.0, cache_modifier=".cg")
+                        m_new = tl.maximum(m_all, lse)
+                        alpha = tl.exp2(m_all - m_new)
+                        w = tl.exp2(lse - m_new)
+                        w_sum = w_sum * alpha + w
+                        merged = merged * alpha[:, None] + part * w[:, None]
+                        m_all = m_new
+                    o_ptrs = OUT + b.to(tl.int64) * stride_ob + head[:, None] * stride_oh + offs_d[None, :]
+                    tl.store(o_ptrs, (merged / w_sum[:, None]).to(OUT.dtype.element_ty),
+                             mask=h_ok[:, None] & d_ok[None, :])
 
 
 @triton.jit
@@ -178,13 +207,38 @@ def decode_launch(programs: int, num_sms: int, block_d: int) -> tuple[int, int, 
     return block_n, (3 if programs <= 2 * num_sms else 2), 4
 
 
+# Fused-merge counters: one int32 per (sequence, KV head), zero between calls (the last
+# split of each row resets its own). Kept per device, made outside any CUDA-graph capture so
+# captured graphs can use them; calls that overlap on two streams of one device must not
+# both use the fused merge (``fused_merge=False``), qpfast's engine runs one stream.
+COUNTER_SLOTS = 1 << 14
+_counters: dict[tuple[str, int], torch.Tensor] = {}
+
+
+def merge_counters(device: torch.device, rows: int) -> torch.Tensor | None:
+    """The fused merge's zeroed counters for ``rows`` (sequence, KV head) rows on ``device``,
+    or None where there are none to use (too many rows, or first use inside a graph capture)."""
+    if rows > COUNTER_SLOTS:
+        return None
+    key = (device.type, device.index if device.index is not None else
+           (torch.cuda.current_device() if device.type == "cuda" else 0))
+    buf = _counters.get(key)
+    if buf is None:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None
+        buf = _counters[key] = torch.zeros(COUNTER_SLOTS, dtype=torch.int32, device=device)
+    return buf
+
+
 def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, out=None, num_splits=None,
-                     block_n=None, num_stages=None, num_warps=None):
+                     block_n=None, num_stages=None, num_warps=None, fused_merge=None):
     """Triton version of :func:`qpfast.kernels.reference.decode_attention`.
 
     ``out`` (optional, like q) receives the result; ``num_splits`` overrides
     :func:`decode_num_splits`; ``block_n``, ``num_stages`` and ``num_warps`` override
-    :func:`decode_launch` (tests, tuning).  Head dims up to 256 are supported.
+    :func:`decode_launch` (tests, tuning); ``fused_merge=False`` merges the splits in a
+    second kernel (by default the last split of each row merges them where
+    :func:`merge_counters` has counters).  Head dims up to 256 are supported.
     """
     scale = check_decode_args(q, k_cache, v_cache, seq_lens, sm_scale)
     b, hq, d = q.shape
@@ -210,22 +264,30 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, out=None, 
     block_n = block_n or auto_n
     split_len, num_splits = cut(max_len, num_splits, block_n)
 
+    counters = None
     if num_splits > 1:
         part_o = torch.empty((b, hq, num_splits, block_d), dtype=torch.float32, device=q.device)
         part_lse = torch.empty((b, hq, num_splits), dtype=torch.float32, device=q.device)
+        if fused_merge is None or fused_merge:
+            counters = merge_counters(q.device, b * hkv)
+            if counters is None and fused_merge:          # asked for: say why not; else merge apart
+                raise ValueError("fused_merge=True needs merge counters: at most "
+                                 f"{COUNTER_SLOTS} sequences x KV heads, first used outside a graph capture")
     else:
         part_o = part_lse = dst                  # unused
     dot_precision = "ieee" if q.dtype == torch.float32 else "tf32"
     _decode_kernel[(b, hkv, num_splits)](
-        q, k_cache, v_cache, dst, part_o, part_lse, seq_lens, scale * LOG2E,
+        q, k_cache, v_cache, dst, part_o, part_lse, seq_lens, counters if counters is not None else seq_lens,
+        scale * LOG2E,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), dst.stride(0), dst.stride(1),
         split_len,
         GROUP=group, BLOCK_H=max(16, _pow2(group)), HEAD_DIM=d, BLOCK_D=block_d,
         BLOCK_N=block_n, NUM_SPLITS=num_splits, DOT_PRECISION=dot_precision,
+        FUSED_MERGE=counters is not None,
         num_warps=num_warps or auto_warps, num_stages=num_stages or auto_stages,
     )
-    if num_splits > 1:
+    if num_splits > 1 and counters is None:
         merge_splits(dst, part_o, part_lse, seq_lens, split_len)
     if dst is not out:
         out.copy_(dst)

@@ -694,6 +694,47 @@ def test_interp_decode_launch_overrides():
         assert rel_err(out, ref) < TOL[torch.float16], kw
 
 
+def poison_past_lens(kc, vc, lens):
+    """Copies of the caches with NaN at every position past a sequence's length: a kernel
+    that lets them into its sums (rather than masking them) returns NaN."""
+    kc, vc = kc.clone(), vc.clone()
+    for i, n in enumerate(lens.tolist()):
+        kc[i, :, n:] = float("nan")
+        vc[i, :, n:] = float("nan")
+    return kc, vc
+
+
+@interp_only
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("case", list(DECODE_CASES))
+def test_interp_decode_fused_merge(case, dtype):
+    # the split merge done by the last split of each row (atomic counters) or by a second
+    # kernel, on caches holding NaN past every length; the counters are back at zero after
+    from qpfast.kernels import decode
+    q, kc, vc, lens = make_decode(case, dtype, seed=seed_of("fused", case, str(dtype)))
+    ref = R.decode_attention(q, kc, vc, lens)
+    kc, vc = poison_past_lens(kc, vc, lens)
+    for kw in (dict(num_splits=3), dict(num_splits=3, fused_merge=True), dict(num_splits=2, fused_merge=False),
+               dict(num_splits=1), dict(num_splits=5, fused_merge=True)):
+        out = torch.full_like(q, float("nan"))
+        decode.decode_attention(q, kc, vc, lens, out=out, block_n=16, **kw)
+        assert rel_err(out, ref) < TOL[dtype], kw
+    assert int(decode.merge_counters(q.device, 1).abs().sum()) == 0
+
+
+@interp_only
+def test_interp_decode_fused_merge_counter_limit(monkeypatch):
+    # more rows than counters: the default falls back to the merge kernel, an explicit
+    # fused_merge=True says why it cannot
+    from qpfast.kernels import decode
+    q, kc, vc, lens = make_decode("gqa2", seed=15)
+    monkeypatch.setattr(decode, "COUNTER_SLOTS", 1)
+    out = decode.decode_attention(q, kc, vc, lens, num_splits=2)
+    assert rel_err(out, R.decode_attention(q, kc, vc, lens)) < TOL[torch.float32]
+    with pytest.raises(ValueError, match="fused_merge"):
+        decode.decode_attention(q, kc, vc, lens, num_splits=2, fused_merge=True)
+
+
 @interp_only
 def test_interp_decode_cache_views_and_dispatch():
     # caches as views of a bigger preallocated cache (batch and length sliced), the public

@@ -65,6 +65,50 @@ def test_cuda_decode(case, splits, dtype):
     assert rel_err(out, _ref64(R.decode_attention, q, kc, vc, lens)) < TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("case", list(DECODE_CASES))
+def test_cuda_decode_fused_merge(case, dtype):
+    """The fused split merge (the last split of a row merges, atomics across programs) and
+    the merge kernel, on caches that hold NaN past every sequence's length, three rounds
+    (the counters must be reset by each call)."""
+    from qpfast.kernels import decode
+    from test_kernels import poison_past_lens
+    q, kc, vc, lens = _cuda(*make_decode(case, dtype, seed=seed_of("cuda-fused", case, str(dtype))))
+    ref = _ref64(R.decode_attention, q, kc, vc, lens)
+    kc, vc = poison_past_lens(kc, vc, lens)
+    for _ in range(3):
+        for kw in (dict(num_splits=3, fused_merge=True), dict(num_splits=8, fused_merge=True, block_n=16),
+                   dict(num_splits=5, fused_merge=False), dict(num_splits=1), {}):
+            out = torch.full_like(q, float("nan"))
+            decode.decode_attention(q, kc, vc, lens, out=out, **kw)
+            torch.cuda.synchronize()
+            assert rel_err(out, ref) < TOL[dtype], kw
+    assert int(decode.merge_counters(q.device, 1).abs().sum()) == 0
+
+
+def test_cuda_decode_fused_merge_qp_shape_in_graph():
+    """The QP decode shape (16:2, head dim 128, 600-key caches) with the fused merge,
+    captured in a CUDA graph and replayed several times: same as the reference each time."""
+    from qpfast.kernels import decode
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(32, 16, 128, generator=g).to(torch.bfloat16).cuda()
+    kc = torch.randn(32, 2, 600, 128, generator=g).to(torch.bfloat16).cuda()
+    vc = torch.randn(32, 2, 600, 128, generator=g).to(torch.bfloat16).cuda()
+    lens = torch.randint(1, 601, (32,), generator=g, dtype=torch.int32).cuda()
+    out = torch.full_like(q, float("nan"))
+    kw = dict(out=out, num_splits=4, fused_merge=True)
+    decode.decode_attention(q, kc, vc, lens, **kw)         # warm-up: compiles, makes the counters
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        decode.decode_attention(q, kc, vc, lens, **kw)
+    for _ in range(3):
+        q.normal_()
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert rel_err(out, _ref64(R.decode_attention, q, kc, vc, lens)) < TOL[torch.bfloat16]
+
+
 @pytest.mark.parametrize("block_n,num_stages,num_warps", [(32, 4, 4), (64, 3, 4), (64, 4, 4), (128, 2, 4), (128, 3, 8), (128, 1, 8)])
 def test_cuda_decode_launch_configs(block_n, num_stages, num_warps):
     """Every launch configuration the decode heuristic may pick (bench/bench_kernels.py's
