@@ -331,6 +331,38 @@ def test_unlabelled_stream_word_swaps():
         list(unlabelled_queries(1, words=dict_words, word_weights=[0.0, -1.0], word_share=0.5))
 
 
+def test_unlabelled_stream_keyword_plants():
+    from qpfast.data.stream import plant_keyword
+    rng = random.Random(1)
+    pieces = [Piece("兰蔻", 3, "品牌", chunk=1), Piece("适合", 1, chunk=2), Piece("什么", 0, chunk=3)]
+    keywords = {"美妆>护肤": ["保湿"], "宠物>猫": ["猫粮", "猫砂"]}
+    seen = set()
+    for _ in range(200):
+        out = plant_keyword(pieces, keywords, rng)
+        assert out[0] == pieces[0] and len(out) == 3                # the entity kept, one literal replaced
+        changed = [(old, new) for old, new in zip(pieces, out) if old.text != new.text]
+        assert len(changed) == 1
+        old, new = changed[0]
+        assert new.text in ("保湿", "猫粮", "猫砂") and new.type is None and new.surface == new.text
+        assert new.chunk == old.chunk and new.weight == old.weight
+        seen.add(new.text)
+    assert seen == {"保湿", "猫粮", "猫砂"}
+    only_entity = [Piece("兰蔻", 3, "品牌", chunk=1)]
+    out = plant_keyword(only_entity, keywords, rng)                # nothing to replace: appended
+    assert out[0] == only_entity[0] and out[1].text in ("保湿", "猫粮", "猫砂") and len(out) == 2
+    # the stream: deterministic, about the planted share carries a keyword, off = unchanged
+    kw = {"宠物>猫": ["鹦鹉螺猫粮"]}                                 # a word no template holds
+    a = list(unlabelled_queries(400, seed=6, perturb=0.0, keywords=kw, keyword_plant=0.5))
+    assert a == list(unlabelled_queries(400, seed=6, perturb=0.0, keywords=kw, keyword_plant=0.5))
+    assert 140 < sum("鹦鹉螺猫粮" in q for q in a) < 260
+    assert list(unlabelled_queries(50, seed=6, perturb=0.0, keywords=kw, keyword_plant=0.0)) == \
+        list(unlabelled_queries(50, seed=6, perturb=0.0))
+    with pytest.raises(ValueError, match="keywords"):
+        list(unlabelled_queries(1, keyword_plant=0.5))
+    with pytest.raises(ValueError, match="keyword_plant"):
+        list(unlabelled_queries(1, keywords=kw, keyword_plant=-0.1))
+
+
 def test_write_splits_files(tmp_path):
     paths = write_splits(tmp_path, 40, 10, 12, seed=5, n_unlabelled=15)
     counts = {k: sum(1 for _ in read_jsonl(p)) for k, p in paths.items()}

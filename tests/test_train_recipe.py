@@ -73,6 +73,7 @@ def test_exported_model_loads_in_the_decoder_and_the_engine(tiny_run):
     card = (model_dir / "README.md").read_text(encoding="utf-8")
     assert "| legacy pipeline" in card and "after stage 3" in card and "## Limits" in card
     assert "jieba's 2000 most frequent words" in card          # the tiny stream swaps in dictionary words
+    assert "topic word of the legacy pipeline's keyword table" in card   # ... and plants keywords
 
 
 def test_a_stage_can_be_rerun_alone(tiny_run, tmp_path):
@@ -136,7 +137,8 @@ def test_configs_load_and_reject_typos(tmp_path):
     for bad in (0, -1):
         with pytest.raises(ValueError, match="data.dict_words"):
             RecipeConfig.from_dict({"data": {"dict_words": bad}})
-    for section, key in [("data", "splice"), ("data", "keyword_share"), ("data", "word_share"), ("data", "perturb"),
+    for section, key in [("data", "splice"), ("data", "keyword_share"), ("data", "word_share"),
+                         ("data", "keyword_plant"), ("data", "perturb"),
                          ("data", "synth_values"), ("stage1", "gold_share"), ("stage2", "aug_share")]:
         with pytest.raises(ValueError, match=rf"{section}\.{key}: must be in \[0, 1\]"):
             RecipeConfig.from_dict({section: {key: 1.5}})

@@ -18,7 +18,10 @@ the stream without touching another split:
 - `word_share` with `words` (e.g. `qpfast.data.dictionary.common_words`): queries whose
   literal words are each swapped, with probability 1/2, for a dictionary word, so the words
   of the language (not just the templates') reach the model with the legacy pipeline's
-  segmentation of them.
+  segmentation of them;
+- `keyword_plant` with `keywords`: template queries with one literal word replaced by a
+  topic word of a random category, so the legacy pipeline's category rules meet their
+  keywords inside whole query frames, not only in bare keyword queries.
 """
 from __future__ import annotations
 
@@ -72,23 +75,39 @@ def swap_words(pieces: list[Piece], words: Sequence[str], cum_weights: Sequence[
     return out
 
 
+def plant_keyword(pieces: list[Piece], keywords: Mapping[str, Sequence[str]], rng: random.Random) -> list[Piece]:
+    """`pieces` with one literal (non-entity) piece, drawn at random, replaced by a topic word
+    of a random category of `keywords`; with no literal piece the word is appended."""
+    cat = rng.choice(sorted(keywords))
+    word = rng.choice(list(keywords[cat]))
+    literal = [i for i, p in enumerate(pieces) if p.type is None]
+    if not literal:
+        return list(pieces) + [Piece(word, 2, None, word, -30)]
+    i = rng.choice(literal)
+    out = list(pieces)
+    out[i] = Piece(word, pieces[i].weight, None, word, pieces[i].chunk)
+    return out
+
+
 def unlabelled_queries(n: int, seed: int = 0, *, split: str = "train", split_seed: int = 0,
                        perturb: float = 0.3, splice_prob: float = 0.0,
                        keywords: Mapping[str, Sequence[str]] | None = None,
                        keyword_share: float = 0.0, words: Sequence[str] | None = None,
-                       word_weights: Sequence[float] | None = None, word_share: float = 0.0) -> Iterator[str]:
+                       word_weights: Sequence[float] | None = None, word_share: float = 0.0,
+                       keyword_plant: float = 0.0) -> Iterator[str]:
     """`n` raw queries, deterministic per seed; each perturbation applies with prob `perturb`,
     a splice of two drafts with prob `splice_prob`; a `keyword_share` of the queries are bare
     keyword queries over `keywords`; a `word_share` of the others have their literal words
-    swapped for `words` (drawn by `word_weights`, uniform if None)."""
+    swapped for `words` (drawn by `word_weights`, uniform if None), and a `keyword_plant`
+    share of them one literal word replaced by a topic word of `keywords`."""
     if n < 0:
         raise ValueError(f"n: must be >= 0, got {n}")
     for name, p in (("perturb", perturb), ("splice_prob", splice_prob), ("keyword_share", keyword_share),
-                    ("word_share", word_share)):
+                    ("word_share", word_share), ("keyword_plant", keyword_plant)):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{name}: must be in [0, 1], got {p}")
-    if keyword_share and not keywords:
-        raise ValueError("keywords: required (a non-empty mapping) when keyword_share > 0")
+    if (keyword_share or keyword_plant) and not keywords:
+        raise ValueError("keywords: required (a non-empty mapping) when keyword_share or keyword_plant > 0")
     if word_share and not words:
         raise ValueError("words: required (a non-empty sequence) when word_share > 0")
     if word_weights is not None and (len(word_weights) != len(words or ()) or not all(w >= 0 for w in word_weights)
@@ -108,6 +127,8 @@ def unlabelled_queries(n: int, seed: int = 0, *, split: str = "train", split_see
                 pieces = splice(pieces, gen.draft(rng).pieces, rng)
             if word_share and rng.random() < word_share:
                 pieces = swap_words(pieces, words, cum, rng)
+            if keyword_plant and rng.random() < keyword_plant:
+                pieces = plant_keyword(pieces, keywords, rng)
             for f in PERTURBATIONS:
                 if rng.random() < perturb:
                     pieces = f(pieces, rng)

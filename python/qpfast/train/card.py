@@ -78,6 +78,10 @@ def model_card(cfg: Any, metrics: Mapping[str, Any], *, params: int, size_mb: fl
                         f"probability 1/2, for one of jieba's {d.dict_words} most frequent words "
                         f"(`qpfast.data.dictionary`), so the language's words, not only the templates', reach the "
                         f"model with the legacy pipeline's segmentation of them.")
+    if d.keyword_plant:
+        stream_note += (f" In {d.keyword_plant:.0%} of them one literal word is replaced by a topic word of the "
+                        f"legacy pipeline's keyword table (a random category), so its category rules meet their "
+                        f"keywords inside whole query frames.")
     aug_note = ""
     if d.n_aug and cfg.stage2.aug_share:
         aug_note = (f" {cfg.stage2.aug_share:.0%} of stage 2 are gold examples rewritten so that no template's "

@@ -208,7 +208,8 @@ class Recipe:
         words, weights = common_words(d.dict_words) if d.word_share else (None, None)
         queries = list(unlabelled_queries(d.n_unlabelled, d.seed, split_seed=d.split_seed, perturb=d.perturb,
                                           splice_prob=d.splice, keywords=keywords, keyword_share=d.keyword_share,
-                                          words=words, word_weights=weights, word_share=d.word_share))
+                                          words=words, word_weights=weights, word_share=d.word_share,
+                                          keyword_plant=d.keyword_plant))
         legacy = legacy_pipeline("train", d.split_seed)
         t = time.perf_counter()
         pseudo = []
