@@ -705,17 +705,17 @@ def poison_past_lens(kc, vc, lens):
 
 
 @interp_only
-@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
-@pytest.mark.parametrize("case", list(DECODE_CASES))
-def test_interp_decode_fused_merge(case, dtype):
-    # the split merge done by the last split of each row (atomic counters) or by a second
-    # kernel, on caches holding NaN past every length; the counters are back at zero after
+@pytest.mark.parametrize("case", ["gqa8", "gqa2_d24"])
+def test_interp_decode_fused_merge(case):
+    # the split merge done by the last split of each row (atomic counters; the default, also
+    # run by test_interp_decode) or by a second kernel, on caches holding NaN past every
+    # length; the counters are back at zero after
     from qpfast.kernels import decode
-    q, kc, vc, lens = make_decode(case, dtype, seed=seed_of("fused", case, str(dtype)))
+    dtype = torch.float16
+    q, kc, vc, lens = make_decode(case, dtype, seed=seed_of("fused", case))
     ref = R.decode_attention(q, kc, vc, lens)
     kc, vc = poison_past_lens(kc, vc, lens)
-    for kw in (dict(num_splits=3), dict(num_splits=3, fused_merge=True), dict(num_splits=2, fused_merge=False),
-               dict(num_splits=1), dict(num_splits=5, fused_merge=True)):
+    for kw in (dict(num_splits=3, fused_merge=True), dict(num_splits=2, fused_merge=False), dict(num_splits=1)):
         out = torch.full_like(q, float("nan"))
         decode.decode_attention(q, kc, vc, lens, out=out, block_n=16, **kw)
         assert rel_err(out, ref) < TOL[dtype], kw
