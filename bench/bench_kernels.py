@@ -430,9 +430,9 @@ def _tune_decode_shape(hq: int, hkv: int, bsz: int, seq: int, sms: int, l2: int,
     auto_cfg = D.decode_launch(bsz * hkv * auto, sms, HEAD_DIM)          # what decode_attention picks
     for (bn, st, nw), ns, fused in [(auto_cfg, auto, True)] + [
             (c, ns, m) for c in configs for ns in split_choices for m in merges]:
-        runs = cut(seq, ns, bn)[1]
+        split_len, runs = cut(seq, ns, bn)
         fused = fused and runs > 1                # one split has nothing to merge
-        key = (bn, st, nw, cut(seq, ns, bn), fused)   # forced counts that cut the same way run the same
+        key = (bn, st, nw, split_len, runs, fused)   # forced counts that cut the same way run the same
         if key in seen:
             continue
         seen.add(key)

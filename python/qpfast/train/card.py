@@ -79,9 +79,9 @@ def model_card(cfg: Any, metrics: Mapping[str, Any], *, params: int, size_mb: fl
                         f"(`qpfast.data.dictionary`), so the language's words, not only the templates', reach the "
                         f"model with the legacy pipeline's segmentation of them.")
     if d.keyword_plant:
-        stream_note += (f" In {d.keyword_plant:.0%} of them one literal word is replaced by a topic word of the "
-                        f"legacy pipeline's keyword table (a random category), so its category rules meet their "
-                        f"keywords inside whole query frames.")
+        stream_note += (f" In {d.keyword_plant:.0%} of the stream queries that are not bare keyword queries one "
+                        f"literal word is replaced by a topic word of the legacy pipeline's keyword table (a random "
+                        f"category), so its category rules meet their keywords inside whole query frames.")
     aug_note = ""
     if d.n_aug and cfg.stage2.aug_share:
         aug_note = (f" {cfg.stage2.aug_share:.0%} of stage 2 are gold examples rewritten so that no template's "
