@@ -134,6 +134,9 @@ def test_configs_load_and_reject_typos(tmp_path):
         RecipeConfig.from_dict({"data": {"n_aug": 10}, "stage1": {"aug_share": 0.5}})
     with pytest.raises(ValueError, match="synth_share \\+ aug_share"):
         RecipeConfig.from_dict({"data": {"n_aug": 10, "n_synth": 10}, "stage2": {"aug_share": 0.6, "synth_share": 0.6}})
+    with pytest.raises(ValueError, match="tokenizer.pretokenize"):
+        RecipeConfig.from_dict({"tokenizer": {"pretokenize": "letters"}})
+    assert RecipeConfig.from_dict({"tokenizer": {"pretokenize": "chars"}}).tokenizer.pretokenize == "chars"
     for bad in (0, -1):
         with pytest.raises(ValueError, match="data.dict_words"):
             RecipeConfig.from_dict({"data": {"dict_words": bad}})

@@ -28,13 +28,15 @@ def tiny_pairs() -> tuple[tuple[str, str], ...]:
     return tuple((e.query, e.to_record()["target"]) for e in ex)
 
 
-@functools.lru_cache(maxsize=1)
-def tiny_tokenizer():
+@functools.lru_cache(maxsize=2)
+def tiny_tokenizer(pretokenize: str = "han"):
     """The default kind of tokenizer (character-level Chinese, the instruction as one token)
-    trained on the tiny corpus."""
+    trained on the tiny corpus; ``pretokenize="chars"``: letters one token each too, the
+    default schema's keys whole."""
     pairs = tiny_pairs()
     texts = corpus_texts([q for q, _ in pairs], [t for _, t in pairs], build_instruction(), 20)
-    return train_tokenizer(texts, vocab_size=1200, instruction_tokens=[build_instruction()])
+    return train_tokenizer(texts, vocab_size=1200, instruction_tokens=[build_instruction()], pretokenize=pretokenize,
+                           whole_words=["ner", "seg", "weight", "cat", "intent"])
 
 
 def tiny_model(seed: int = 0, spec: ModelSpec = TINY_SPEC):

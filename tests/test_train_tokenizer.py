@@ -72,11 +72,12 @@ def test_training_is_deterministic_and_sized():
         train_tokenizer(["a", 3], vocab_size=300)
 
 
-def test_query_pieces_are_the_target_pieces():
+@pytest.mark.parametrize("pretokenize", ["han", "chars"])
+def test_query_pieces_are_the_target_pieces(pretokenize):
     """Character-level Chinese: every entity, and every segment that occurs verbatim in the
     query (not a multi-word Latin segment, whose spaces the segmentation drops), is token for
     token a run of the query's own tokens (what the model copies)."""
-    tok = tiny_tokenizer()
+    tok = tiny_tokenizer(pretokenize)
 
     def ids(text):
         return tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
@@ -96,10 +97,10 @@ def test_query_pieces_are_the_target_pieces():
     assert len(ids("推荐")) == 2 and ids(" pro") == ids(" ") + ids("pro")
 
 
-@pytest.mark.parametrize("pretokenize", ["han", "qwen"])
+@pytest.mark.parametrize("pretokenize", ["han", "chars", "qwen"])
 def test_decoder_accepts_every_training_target(tmp_path, pretokenize):
-    if pretokenize == "han":
-        tok = tiny_tokenizer()
+    if pretokenize != "qwen":
+        tok = tiny_tokenizer(pretokenize)
     else:
         pairs = tiny_pairs()
         texts = corpus_texts([q for q, _ in pairs], [t for _, t in pairs], build_instruction(), 20)
@@ -117,3 +118,39 @@ def test_decoder_accepts_every_training_target(tmp_path, pretokenize):
         for t in ids:
             assert m.accept(t), (q, target, loaded.convert_ids_to_tokens(ids))
         assert m.is_finished() and m.text() == target
+
+
+def test_chars_mode_splits_every_letter_but_the_keys():
+    """``pretokenize="chars"``: a Latin word is one token per letter wherever it stands (so an
+    unseen name looks like the synthetic values), the schema's key names are one token each
+    where no letter touches them, and no token anywhere holds two letters of a query word."""
+    tok = tiny_tokenizer("chars")
+
+    def pieces(text):
+        return tok.convert_ids_to_tokens(tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+    assert pieces("airpods") == list("airpods")
+    assert pieces("小米buds连接")[2:6] == list("buds")
+    for key in ("ner", "seg", "weight", "cat", "intent"):
+        assert pieces(f'"{key}":') == ['"', key, '":']
+    assert pieces("catwalk") == list("catwalk") and pieces("cat粮")[:3] == list("cat")
+    assert pieces("cat 粮")[0] == "cat"                 # a whole word in the query: the same piece as in a target
+    keys = {"ner", "seg", "weight", "cat", "intent"}
+    letters = set("abcdefghijklmnopqrstuvwxyz")
+    for q, target in tiny_pairs():
+        for text in (q.lower(), target):
+            for p in pieces(text):
+                assert p in keys or sum(ch in letters for ch in p) <= 1, (text, p)
+    # no BPE merge joins letters but the keys' own (and the steps to them)
+    assert not [t for t in tok.get_vocab() if t.isascii() and t.isalpha() and len(t) > 1
+                and not any(t in k for k in keys)]
+
+
+def test_pretokenize_regex_checks_its_arguments():
+    from qpfast.train.tokenizer import pretokenize_regex
+    with pytest.raises(ValueError, match="pretokenize"):
+        pretokenize_regex("letters")
+    with pytest.raises(ValueError, match="whole_words"):
+        pretokenize_regex("chars", ["seg", "a|b"])
+    assert pretokenize_regex("han", ["seg"]) == pretokenize_regex("han")     # whole_words: "chars" only
+    assert "(?:weight|seg)" in pretokenize_regex("chars", ["seg", "weight", "seg"])

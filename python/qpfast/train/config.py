@@ -67,7 +67,7 @@ class DataConfig:
 @dataclass
 class TokenizerConfig:
     vocab_size: int = 8000        # a cap: character-level Chinese ("han") stops at ~3.8k on QP text
-    pretokenize: str = "han"      # "han": one token per Han character; "qwen": Qwen2's word-level split
+    pretokenize: str = "han"      # "han": one token per Han character; "chars": and per letter; "qwen": Qwen2's split
     instruction_token: bool = True  # the schema's instruction as one special token (a 13-token prefix)
     min_frequency: int = 2
     instruction_copies: int = 50  # copies of the prompt instruction in the tokenizer corpus
@@ -205,6 +205,10 @@ class RecipeConfig:
         for name, share in shares.items():
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"{name}: must be in [0, 1], got {share}")
+        from .tokenizer import PRETOKENIZERS
+        if self.tokenizer.pretokenize not in PRETOKENIZERS:
+            raise ValueError(f"tokenizer.pretokenize: expected one of {sorted(PRETOKENIZERS)}, "
+                             f"got {self.tokenizer.pretokenize!r}")
         if self.data.dict_words < 1:
             raise ValueError(f"data.dict_words: must be a positive int, got {self.data.dict_words!r}")
         for name in ("stage1", "stage2", "soup"):       # the soup's branch overrides stage 2's two

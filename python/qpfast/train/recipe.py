@@ -240,8 +240,9 @@ class Recipe:
                              tc.instruction_copies)
         t = time.perf_counter()
         instr = [build_instruction(self.schema)] if tc.instruction_token else []
+        keys = [k for k in self.schema.keys.values() if k.isascii() and k.isalpha()]   # whole in "chars"
         tok = train_tokenizer(texts, tc.vocab_size, min_frequency=tc.min_frequency, pretokenize=tc.pretokenize,
-                              instruction_tokens=instr)
+                              instruction_tokens=instr, whole_words=keys)
         save_tokenizer(tok, self.path("tokenizer"))
         self.log(f"tokenizer: {len(tok)} tokens from {len(texts)} texts ({time.perf_counter() - t:.1f} s)")
 

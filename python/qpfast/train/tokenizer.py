@@ -16,6 +16,12 @@ Layout (Qwen2/Qwen3-compatible, so everything in qpfast that knows Qwen's tokeni
     needs to copy and to generalize to unseen entities; the vocabulary stays small (~3.8k
     pieces on the default corpus: the cap is not reached), so the tied embedding and the LM
     head are cheap;
+  - ``"chars"``: as ``"han"``, and every other letter (Latin, Greek, ...) a piece of its own
+    too, so an unseen Latin name is a run of letter tokens exactly like the synthetic values
+    the model practises on (with ``"han"``, BPE learns ~1.6k Latin merges on the default
+    corpus, typo'd brands included, and a held-out name such as ``airpods`` becomes pieces
+    ``ai|rpo|ds`` the model never saw together). `whole_words` (the schema's JSON key names)
+    stay one piece where no letter touches them, so a target's keys cost one token each;
   - ``"qwen"``: Qwen2's regex as is (word-level Chinese BPE: fewer, longer tokens);
 - special tokens, first ids: ``<|endoftext|>`` 0 (padding), ``<|im_start|>`` 1,
   ``<|im_end|>`` 2 (end of turn = EOS = the end token of every target);
@@ -42,7 +48,7 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator, Sequence
 
-__all__ = ["CHAT_TEMPLATE", "HAN_PRETOKENIZE_REGEX", "PRETOKENIZERS", "PRETOKENIZE_REGEX", "SPECIAL_TOKENS", "END_TOKEN", "PAD_TOKEN", "train_tokenizer",
+__all__ = ["CHAT_TEMPLATE", "CHARS_PRETOKENIZE_REGEX", "HAN_PRETOKENIZE_REGEX", "pretokenize_regex", "PRETOKENIZERS", "PRETOKENIZE_REGEX", "SPECIAL_TOKENS", "END_TOKEN", "PAD_TOKEN", "train_tokenizer",
            "corpus_texts", "save_tokenizer"]
 
 #: Qwen2's pre-tokenization regex (transformers' `Qwen2Tokenizer.PRETOKENIZE_REGEX`).
@@ -52,7 +58,10 @@ PRETOKENIZE_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\
 #: punctuation glued to the front of a Latin word (" pro" is " " + "pro", as in a segment).
 HAN_PRETOKENIZE_REGEX = (r"""\p{Han}|(?i:'s|'t|'re|'ve|'m|'ll|'d)|[\p{L}&&[^\p{Han}]]+|\p{N}|"""
                          r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
-PRETOKENIZERS = {"han": HAN_PRETOKENIZE_REGEX, "qwen": PRETOKENIZE_REGEX}
+#: Character-level letters of every script: each letter one piece (digits were already);
+#: ``{words}`` takes `whole_words` as alternatives that no letter may touch.
+CHARS_PRETOKENIZE_REGEX = (r"""\p{Han}|{words}\p{L}|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+PRETOKENIZERS = {"han": HAN_PRETOKENIZE_REGEX, "chars": CHARS_PRETOKENIZE_REGEX, "qwen": PRETOKENIZE_REGEX}
 PAD_TOKEN = "<|endoftext|>"
 END_TOKEN = "<|im_end|>"
 SPECIAL_TOKENS = (PAD_TOKEN, "<|im_start|>", END_TOKEN)
@@ -66,14 +75,29 @@ CHAT_TEMPLATE = (
 )
 
 
+def pretokenize_regex(pretokenize: str, whole_words: Sequence[str] = ()) -> str:
+    """The split regex of `pretokenize` (see the module docstring); `whole_words` (ASCII
+    letters only, e.g. JSON key names) are used by ``"chars"`` only."""
+    if pretokenize not in PRETOKENIZERS:
+        raise ValueError(f"pretokenize: expected one of {sorted(PRETOKENIZERS)}, got {pretokenize!r}")
+    words = sorted(dict.fromkeys(whole_words), key=lambda w: (-len(w), w))
+    for w in words:
+        if not (isinstance(w, str) and w.isascii() and w.isalpha()):
+            raise ValueError(f"whole_words: expected ASCII letters only, got {w!r}")
+    if pretokenize != "chars":
+        return PRETOKENIZERS[pretokenize]
+    alt = r"(?<!\p{L})(?:" + "|".join(words) + r")(?!\p{L})|" if words else ""
+    return CHARS_PRETOKENIZE_REGEX.replace("{words}", alt)
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, *, min_frequency: int = 2,
                     pretokenize: str = "han", instruction_tokens: Sequence[str] = (),
-                    model_max_length: int = 2048):
+                    whole_words: Sequence[str] = (), model_max_length: int = 2048):
     """Trains the byte-level BPE on `texts` and returns a `PreTrainedTokenizerFast`.
 
     `vocab_size` is a cap counting everything: the 256 byte tokens, the merges and the 3
     special tokens (with ``pretokenize="han"`` the merges run out well before 8000 on QP
-    text); `instruction_tokens` are added after it. Training is deterministic for the same
+    text); `instruction_tokens` are added after it. `whole_words`: see `pretokenize_regex`. Training is deterministic for the same
     texts in the same order.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -83,11 +107,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, *, min_frequen
         raise TypeError(f"vocab_size: expected an int, got {type(vocab_size).__name__}")
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size: must be >= {256 + len(SPECIAL_TOKENS)} (bytes + specials), got {vocab_size}")
-    if pretokenize not in PRETOKENIZERS:
-        raise ValueError(f"pretokenize: expected one of {sorted(PRETOKENIZERS)}, got {pretokenize!r}")
+    regex = pretokenize_regex(pretokenize, whole_words)
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZERS[pretokenize]), behavior="isolated", invert=False),
+        pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
     ])
     tk.decoder = decoders.ByteLevel()
