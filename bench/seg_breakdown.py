@@ -30,12 +30,9 @@ def _kind(ch: str) -> str:
     return "H"
 
 
-def _bounds(terms) -> set[int]:
-    out, pos = set(), 0
-    for t in terms:
-        pos += len(t.text)
-        out.add(pos)
-    return out
+def _bounds(spans: set[tuple[int, int]]) -> set[int]:
+    """Segment ends (`seg_spans` of a result)."""
+    return {end for _, end in spans}
 
 
 def main(argv=None) -> None:
@@ -67,7 +64,7 @@ def main(argv=None) -> None:
         if cls == "only Chinese" or model is None:
             continue
         text = "".join(t.text for t in gold.terms)
-        gb, mb = _bounds(gold.terms), _bounds(model.terms)
+        gb, mb = _bounds(g), _bounds(m)
         for i in range(1, len(text)):
             pair = _kind(text[i - 1]) + _kind(text[i])
             if pair != "HH" and (i in gb) != (i in mb):

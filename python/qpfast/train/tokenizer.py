@@ -59,8 +59,8 @@ PRETOKENIZE_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\
 HAN_PRETOKENIZE_REGEX = (r"""\p{Han}|(?i:'s|'t|'re|'ve|'m|'ll|'d)|[\p{L}&&[^\p{Han}]]+|\p{N}|"""
                          r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
 #: Character-level letters of every script: each letter one piece (digits were already);
-#: ``{words}`` takes `whole_words` as alternatives that no letter may touch.
-CHARS_PRETOKENIZE_REGEX = (r"""\p{Han}|{words}\p{L}|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+#: `pretokenize_regex` puts `whole_words` in front, as alternatives no letter may touch.
+CHARS_PRETOKENIZE_REGEX = (r"""\p{Han}|\p{L}|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
 PRETOKENIZERS = {"han": HAN_PRETOKENIZE_REGEX, "chars": CHARS_PRETOKENIZE_REGEX, "qwen": PRETOKENIZE_REGEX}
 PAD_TOKEN = "<|endoftext|>"
 END_TOKEN = "<|im_end|>"
@@ -84,10 +84,9 @@ def pretokenize_regex(pretokenize: str, whole_words: Sequence[str] = ()) -> str:
     for w in words:
         if not (isinstance(w, str) and w.isascii() and w.isalpha()):
             raise ValueError(f"whole_words: expected ASCII letters only, got {w!r}")
-    if pretokenize != "chars":
+    if pretokenize != "chars" or not words:
         return PRETOKENIZERS[pretokenize]
-    alt = r"(?<!\p{L})(?:" + "|".join(words) + r")(?!\p{L})|" if words else ""
-    return CHARS_PRETOKENIZE_REGEX.replace("{words}", alt)
+    return r"(?<!\p{L})(?:" + "|".join(words) + r")(?!\p{L})|" + CHARS_PRETOKENIZE_REGEX
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, *, min_frequency: int = 2,
@@ -97,8 +96,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, *, min_frequen
 
     `vocab_size` is a cap counting everything: the 256 byte tokens, the merges and the 3
     special tokens (with ``pretokenize="han"`` the merges run out well before 8000 on QP
-    text); `instruction_tokens` are added after it. `whole_words`: see `pretokenize_regex`. Training is deterministic for the same
-    texts in the same order.
+    text); `instruction_tokens` are added after it; `whole_words`: see `pretokenize_regex`.
+    Training is deterministic for the same texts in the same order.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
