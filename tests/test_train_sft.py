@@ -222,3 +222,39 @@ def test_a_failed_stage_leaves_the_model_unfrozen_and_unpatched(tmp_path, monkey
                 seed=0, log=lambda s: None)
     assert all(p.requires_grad for p in model.parameters())
     assert "forward" not in vars(model)
+
+
+def test_group_by_length_batches_examples_of_similar_length(tmp_path, monkeypatch):
+    """`group_by_length`: batches hold examples of about the same length (little padding),
+    every example is still seen once per epoch, and the stage still learns."""
+    from qpfast.train import sft
+
+    tok = tiny_tokenizer()
+    n_ids = {p: len(encode_example(tok, *p).input_ids) for p in tiny_pairs()}
+    by_len = sorted(n_ids, key=n_ids.get)
+    pairs = by_len[:64] + by_len[-64:]                      # 64 short and 64 long examples
+    cut = n_ids[by_len[64]]
+    assert cut < n_ids[by_len[-64]]
+
+    def batches(group: bool):
+        seen: list[list[int]] = []
+        real = sft.PrefixSFTTrainer.compute_loss
+
+        def spy(self, model, inputs, *a, **kw):
+            seen.append([int(n) for n in inputs["attention_mask"].sum(1).tolist()])
+            return real(self, model, inputs, *a, **kw)
+
+        monkeypatch.setattr(sft.PrefixSFTTrainer, "compute_loss", spy)
+        res = run_sft(tiny_model(seed=5), tok, pairs, _cfg(max_steps=-1, epochs=1.0, batch_size=2, group_by_length=group),
+                      str(tmp_path / str(group)), seed=0, log=lambda s: None)
+        monkeypatch.setattr(sft.PrefixSFTTrainer, "compute_loss", real)
+        assert res.steps == 64 and sorted(n for b in seen for n in b) == sorted(n_ids[p] for p in pairs)
+        assert res.losses[-1] < res.losses[0]
+        return seen
+
+    mixed = lambda bs: sum(min(b) < cut <= max(b) for b in bs)                  # noqa: E731
+    padded = lambda bs: sum(max(b) * len(b) for b in bs) / sum(map(sum, bs))  # noqa: E731
+    grouped, shuffled = batches(True), batches(False)
+    # sorted within megabatches of 16 batches: at most one mixed batch per megabatch
+    assert mixed(grouped) <= 4 < mixed(shuffled), (grouped, shuffled)
+    assert padded(grouped) < padded(shuffled)
