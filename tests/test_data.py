@@ -461,3 +461,43 @@ def test_same_category_splices_join_two_templates_of_one_category():
         assert mask == ("intent",)
         n += 1
     assert n == 200
+
+
+def test_unlabelled_stream_keywords_in_context():
+    from qpfast.data.stream import keyword_in_context
+    rng = random.Random(2)
+    pieces = [Piece("兰蔻", 3, "品牌", chunk=1), Piece("小黑瓶", 3, "产品", chunk=1), Piece("保湿", 2, chunk=-10)]
+    keywords = {"美妆>护肤": ["保湿"], "宠物>猫": ["猫粮"]}
+    words = ["苹果", "香蕉", "梨"]
+    n_extra, second = [], 0
+    for _ in range(300):
+        out = keyword_in_context(pieces, keywords, words, [1.0, 1.0, 3.0], rng)     # 香蕉 never drawn
+        texts = [p.text for p in out]
+        assert texts.index("小黑瓶") == texts.index("兰蔻") + 1                    # a chunk stays whole
+        kept = [p for p in out if p.chunk in (1, -10)]
+        assert kept == pieces                                                      # in order, unchanged
+        added = [p for p in out if p.chunk not in (1, -10)]
+        assert all(p.type is None and p.surface == p.text for p in added)
+        assert all(p.text in ("苹果", "梨", "保湿", "猫粮") for p in added)
+        dict_added = sum(p.text in words for p in added)
+        assert 1 <= dict_added <= 3 and len(added) - dict_added in (0, 1)
+        n_extra.append(dict_added)
+        second += len(added) > dict_added
+    assert set(n_extra) == {1, 2, 3} and 100 < second < 200
+    # the stream: deterministic; bare keyword queries carry dictionary words; off = unchanged
+    kw = {"宠物>猫": ["鹦鹉螺猫粮"]}
+    dict_words = ["蒲公英"]
+    a = list(unlabelled_queries(400, seed=7, perturb=0.0, keywords=kw, keyword_share=0.5, words=dict_words,
+                                keyword_context=1.0))
+    assert a == list(unlabelled_queries(400, seed=7, perturb=0.0, keywords=kw, keyword_share=0.5, words=dict_words,
+                                        keyword_context=1.0))
+    bare = [q for q in a if "鹦鹉螺猫粮" in q]
+    assert 150 < len(bare) < 250 and all("蒲公英" in q for q in bare)
+    assert not any("蒲公英" in q for q in a if q not in bare)                    # only keyword queries
+    assert list(unlabelled_queries(50, seed=7, perturb=0.0, keywords=kw, keyword_share=0.5, words=dict_words,
+                                   keyword_context=0.0)) == \
+        list(unlabelled_queries(50, seed=7, perturb=0.0, keywords=kw, keyword_share=0.5))
+    with pytest.raises(ValueError, match="words"):
+        list(unlabelled_queries(1, keywords=kw, keyword_share=0.5, keyword_context=0.5))
+    with pytest.raises(ValueError, match="keyword_context"):
+        list(unlabelled_queries(1, keywords=kw, words=dict_words, keyword_context=1.5))

@@ -141,7 +141,7 @@ def test_configs_load_and_reject_typos(tmp_path):
         with pytest.raises(ValueError, match="data.dict_words"):
             RecipeConfig.from_dict({"data": {"dict_words": bad}})
     for section, key in [("data", "splice"), ("data", "keyword_share"), ("data", "word_share"),
-                         ("data", "keyword_plant"), ("data", "perturb"),
+                         ("data", "keyword_plant"), ("data", "keyword_context"), ("data", "perturb"),
                          ("data", "synth_values"), ("stage1", "gold_share"), ("stage2", "aug_share")]:
         with pytest.raises(ValueError, match=rf"{section}\.{key}: must be in \[0, 1\]"):
             RecipeConfig.from_dict({section: {key: 1.5}})

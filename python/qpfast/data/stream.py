@@ -21,7 +21,10 @@ the stream without touching another split:
   segmentation of them;
 - `keyword_plant` with `keywords`: template queries with one literal word replaced by a
   topic word of a random category, so the legacy pipeline's category rules meet their
-  keywords inside whole query frames, not only in bare keyword queries.
+  keywords inside whole query frames, not only in bare keyword queries;
+- `keyword_context` with `keywords` and `words`: bare keyword queries with one to three
+  dictionary words around them and, half the time, a topic word of a second category, so
+  the keywords decide the pseudo-label in contexts no template has, conflicts included.
 """
 from __future__ import annotations
 
@@ -89,27 +92,43 @@ def plant_keyword(pieces: list[Piece], keywords: Mapping[str, Sequence[str]], rn
     return out
 
 
+def keyword_in_context(pieces: list[Piece], keywords: Mapping[str, Sequence[str]], words: Sequence[str],
+                       cum_weights: Sequence[float] | None, rng: random.Random) -> list[Piece]:
+    """`pieces` with one to three words of `words` (drawn by cumulative weights `cum_weights`,
+    uniform if None) and, with probability 1/2, a topic word of a random category of
+    `keywords`, each inserted between two chunks at random; the chunks stay whole."""
+    chunks = chunks_of(pieces)
+    extra = rng.choices(words, cum_weights=cum_weights, k=rng.randint(1, 3))
+    if rng.random() < 0.5:
+        extra.append(rng.choice(list(keywords[rng.choice(sorted(keywords))])))
+    for k, w in enumerate(extra):
+        chunks.insert(rng.randint(0, len(chunks)), [Piece(w, 1, None, w, -40 - k)])
+    return [p for c in chunks for p in c]
+
+
 def unlabelled_queries(n: int, seed: int = 0, *, split: str = "train", split_seed: int = 0,
                        perturb: float = 0.3, splice_prob: float = 0.0,
                        keywords: Mapping[str, Sequence[str]] | None = None,
                        keyword_share: float = 0.0, words: Sequence[str] | None = None,
                        word_weights: Sequence[float] | None = None, word_share: float = 0.0,
-                       keyword_plant: float = 0.0) -> Iterator[str]:
+                       keyword_plant: float = 0.0, keyword_context: float = 0.0) -> Iterator[str]:
     """`n` raw queries, deterministic per seed; each perturbation applies with prob `perturb`,
     a splice of two drafts with prob `splice_prob`; a `keyword_share` of the queries are bare
-    keyword queries over `keywords`; a `word_share` of the others have their literal words
-    swapped for `words` (drawn by `word_weights`, uniform if None), and a `keyword_plant`
-    share of them one literal word replaced by a topic word of `keywords`."""
+    keyword queries over `keywords`, a `keyword_context` share of those with dictionary
+    `words` around them (`keyword_in_context`); a `word_share` of the others have their literal
+    words swapped for `words` (drawn by `word_weights`, uniform if None), and a
+    `keyword_plant` share of them one literal word replaced by a topic word of `keywords`."""
     if n < 0:
         raise ValueError(f"n: must be >= 0, got {n}")
     for name, p in (("perturb", perturb), ("splice_prob", splice_prob), ("keyword_share", keyword_share),
-                    ("word_share", word_share), ("keyword_plant", keyword_plant)):
+                    ("word_share", word_share), ("keyword_plant", keyword_plant),
+                    ("keyword_context", keyword_context)):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{name}: must be in [0, 1], got {p}")
     if (keyword_share or keyword_plant) and not keywords:
         raise ValueError("keywords: required (a non-empty mapping) when keyword_share or keyword_plant > 0")
-    if word_share and not words:
-        raise ValueError("words: required (a non-empty sequence) when word_share > 0")
+    if (word_share or keyword_context) and not words:
+        raise ValueError("words: required (a non-empty sequence) when word_share or keyword_context > 0")
     if word_weights is not None and (len(word_weights) != len(words or ()) or not all(w >= 0 for w in word_weights)
                                      or not any(word_weights)):
         raise ValueError("word_weights: one non-negative weight per word, not all zero")
@@ -122,6 +141,8 @@ def unlabelled_queries(n: int, seed: int = 0, *, split: str = "train", split_see
         pieces = gen.draft(rng).pieces
         if keyword_share and rng.random() < keyword_share:
             pieces = keyword_query(pieces, keywords, rng)
+            if keyword_context and rng.random() < keyword_context:
+                pieces = keyword_in_context(pieces, keywords, words, cum, rng)
         else:
             if splice_prob and rng.random() < splice_prob:
                 pieces = splice(pieces, gen.draft(rng).pieces, rng)

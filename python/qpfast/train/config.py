@@ -59,6 +59,7 @@ class DataConfig:
     word_share: float = 0.0       # share of the other stream queries with words swapped for dictionary words
     dict_words: int = 10000       # ... drawn from jieba's this many most frequent Han words (√freq)
     keyword_plant: float = 0.0    # share of the other stream queries with one word replaced by a keyword-table word
+    keyword_context: float = 0.0  # share of bare keyword queries with dictionary words (and a 2nd keyword) around
     n_synth: int = 0              # gold train examples with synthetic entity values (train_synth.jsonl)
     synth_values: float = 0.7     # in those, the probability that a slot's value is synthetic
     n_aug: int = 0                # rewritten gold train examples (train_aug.jsonl, `qpfast.data.augment`)
@@ -200,7 +201,7 @@ class RecipeConfig:
         shares = {"stage1.gold_share": self.stage1.gold_share, "data.synth_values": self.data.synth_values,
                   "data.perturb": self.data.perturb, "data.splice": self.data.splice,
                   "data.keyword_share": self.data.keyword_share, "data.word_share": self.data.word_share,
-                  "data.keyword_plant": self.data.keyword_plant}
+                  "data.keyword_plant": self.data.keyword_plant, "data.keyword_context": self.data.keyword_context}
         shares.update({f"{name}.synth_share": getattr(self, name).synth_share for name in ("stage1", "stage2", "stage3")})
         shares.update({f"{name}.aug_share": getattr(self, name).aug_share for name in ("stage1", "stage2")})
         for name, share in shares.items():

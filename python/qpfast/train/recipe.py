@@ -205,11 +205,11 @@ class Recipe:
             self.log(f"rewritten gold (function words dropped, chunks swapped, same-category splices): {d.n_aug}")
         from ..legacy.category_rules import KEYWORDS
         keywords = {cat: [w for w, _ in words] for cat, words in KEYWORDS.items()}
-        words, weights = common_words(d.dict_words) if d.word_share else (None, None)
+        words, weights = common_words(d.dict_words) if d.word_share or d.keyword_context else (None, None)
         queries = list(unlabelled_queries(d.n_unlabelled, d.seed, split_seed=d.split_seed, perturb=d.perturb,
                                           splice_prob=d.splice, keywords=keywords, keyword_share=d.keyword_share,
                                           words=words, word_weights=weights, word_share=d.word_share,
-                                          keyword_plant=d.keyword_plant))
+                                          keyword_plant=d.keyword_plant, keyword_context=d.keyword_context))
         legacy = legacy_pipeline("train", d.split_seed)
         t = time.perf_counter()
         pseudo = []
