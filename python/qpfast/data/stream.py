@@ -95,12 +95,15 @@ def plant_keyword(pieces: list[Piece], keywords: Mapping[str, Sequence[str]], rn
 def keyword_in_context(pieces: list[Piece], keywords: Mapping[str, Sequence[str]], words: Sequence[str],
                        cum_weights: Sequence[float] | None, rng: random.Random) -> list[Piece]:
     """`pieces` with one to three words of `words` (drawn by cumulative weights `cum_weights`,
-    uniform if None) and, with probability 1/2, a topic word of a random category of
-    `keywords`, each inserted between two chunks at random; the chunks stay whole."""
+    uniform if None) and, with probability 1/2, a topic word of another category of `keywords`
+    (one none of the pieces is a word of), each inserted between two chunks at random; the
+    chunks stay whole."""
     chunks = chunks_of(pieces)
     extra = rng.choices(words, cum_weights=cum_weights, k=rng.randint(1, 3))
-    if rng.random() < 0.5:
-        extra.append(rng.choice(list(keywords[rng.choice(sorted(keywords))])))
+    texts = {p.text for p in pieces}
+    others = [c for c in sorted(keywords) if texts.isdisjoint(keywords[c])]
+    if others and rng.random() < 0.5:
+        extra.append(rng.choice(list(keywords[rng.choice(others)])))
     for k, w in enumerate(extra):
         chunks.insert(rng.randint(0, len(chunks)), [Piece(w, 1, None, w, -40 - k)])
     return [p for c in chunks for p in c]

@@ -90,9 +90,10 @@ def model_card(cfg: Any, metrics: Mapping[str, Any], *, params: int, size_mb: fl
                         f"literal word is replaced by a topic word of the legacy pipeline's keyword table (a random "
                         f"category), so its category rules meet their keywords inside whole query frames.")
     if d.keyword_share and d.keyword_context:
-        stream_note += (f" {d.keyword_context:.0%} of the bare keyword queries get one to three dictionary words "
-                        f"around them and, half the time, a topic word of a second category, so the keywords decide "
-                        f"the pseudo-label in contexts no template has, conflicts included.")
+        stream_note += (f" {d.keyword_context:.0%} of the bare keyword queries get one to three of jieba's "
+                        f"{d.dict_words} most frequent words around them and, half the time, a topic word of another "
+                        f"category, so the keywords decide the pseudo-label in contexts no template has, conflicts "
+                        f"included.")
     aug_note = ""
     if d.n_aug and cfg.stage2.aug_share:
         aug_note = (f" {cfg.stage2.aug_share:.0%} of stage 2 are gold examples rewritten so that no template's "

@@ -59,7 +59,7 @@ class DataConfig:
     word_share: float = 0.0       # share of the other stream queries with words swapped for dictionary words
     dict_words: int = 10000       # ... drawn from jieba's this many most frequent Han words (√freq)
     keyword_plant: float = 0.0    # share of the other stream queries with one word replaced by a keyword-table word
-    keyword_context: float = 0.0  # share of bare keyword queries with dictionary words (and a 2nd keyword) around
+    keyword_context: float = 0.0  # share of bare keyword queries with dictionary words (and another category's keyword) around
     n_synth: int = 0              # gold train examples with synthetic entity values (train_synth.jsonl)
     synth_values: float = 0.7     # in those, the probability that a slot's value is synthetic
     n_aug: int = 0                # rewritten gold train examples (train_aug.jsonl, `qpfast.data.augment`)
@@ -229,6 +229,8 @@ class RecipeConfig:
         for name in ("stage2", "stage3"):
             if getattr(self, name).synth_share and not self.data.n_synth:
                 raise ValueError(f"{name}.synth_share: needs data.n_synth > 0 (the synthetic-value examples)")
+        if self.data.keyword_context and not self.data.keyword_share:
+            raise ValueError("data.keyword_context: needs data.keyword_share > 0 (the bare keyword queries it widens)")
         if self.stage2.aug_share and not self.data.n_aug:
             raise ValueError("stage2.aug_share: needs data.n_aug > 0 (the rewritten gold examples)")
         if self.stage1.aug_share:

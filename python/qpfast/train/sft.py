@@ -188,7 +188,8 @@ def _sft_args(cfg: SFTStageConfig, out_dir: str, seed: int, device: str):
         save_strategy="no", report_to="none", disable_tqdm=True, seed=seed, data_seed=seed,
         dataloader_num_workers=0, max_length=None, use_cpu=(device == "cpu"), bf16=False, fp16=False,
         gradient_checkpointing=False,   # TRL defaults it on; it breaks the prefix cache and costs a recompute
-        shuffle_dataset=False,   # the Trainer's sampler shuffles (seeded by data_seed)
+        shuffle_dataset=False,   # the Trainer's sampler shuffles (random: seeded by data_seed; grouped: by
+                                 # torch's global generator, which run_sft seeds first)
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
     )
     return SFTConfig(**kw)
