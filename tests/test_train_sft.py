@@ -73,6 +73,39 @@ def test_logged_loss_is_the_mean_target_cross_entropy(tmp_path):
     assert res.losses[0] == pytest.approx(want, abs=1e-4)
 
 
+def test_grouped_batches_weigh_every_target_token_the_same(tmp_path, monkeypatch):
+    """With `group_by_length` the loss is the batch's summed target cross-entropy over
+    rows x the dataset's mean target tokens per row, not over the batch's own token count."""
+    from qpfast.train import sft
+
+    tok, model = tiny_tokenizer(), tiny_model(seed=6)
+    pairs = list(tiny_pairs()[30:38])
+    exs = [encode_example(tok, q, t) for q, t in pairs]
+    n_tgt = [sum(x != -100 for x in e.labels) for e in exs]
+    nll = []
+    with torch.no_grad():
+        for e in exs:
+            logits = model(input_ids=torch.tensor([e.input_ids])).logits[0, :-1]
+            lab = torch.tensor(e.labels[1:])
+            nll.append(torch.nn.functional.cross_entropy(logits[lab != -100], lab[lab != -100], reduction="sum").item())
+    first: list[int] = []
+    real = sft.PrefixSFTTrainer.compute_loss
+
+    def spy(self, model, inputs, *a, **kw):
+        if not first:
+            for row, n in zip(inputs["input_ids"].tolist(), inputs["attention_mask"].sum(1).tolist()):
+                first.append([e.input_ids for e in exs].index(row[:n]))
+        return real(self, model, inputs, *a, **kw)
+
+    monkeypatch.setattr(sft.PrefixSFTTrainer, "compute_loss", spy)
+    res = run_sft(model, tok, pairs, _cfg(max_steps=1, batch_size=4, group_by_length=True), str(tmp_path), seed=0,
+                  log=lambda s: None)
+    assert len(first) == 4 and len(set(first)) == 4
+    assert res.losses[0] == pytest.approx(sum(nll[i] for i in first) / (4 * sum(n_tgt) / 8), abs=1e-4)
+    own = sum(nll[i] for i in first) / sum(n_tgt[i] for i in first)             # the batch's own count
+    assert abs(res.losses[0] - own) > 1e-3
+
+
 def test_prefix_cache_matches_the_full_forward():
     tok, model = tiny_tokenizer(), tiny_model(seed=3)
     exs = [encode_example(tok, q, t) for q, t in tiny_pairs()[:3]]

@@ -120,13 +120,20 @@ class PrefixSFTTrainer(SFTTrainer):
     on CPU is most of the head's cost. `prefix_len`: the number of leading tokens every
     example shares (the prompt template's `prefix_ids`); 0 disables sharing, and a batch
     whose rows do not all start with the same `prefix_len` tokens is computed in full.
+
+    `tokens_per_row` > 0 divides the summed cross-entropy by ``rows × tokens_per_row`` instead of
+    the batch's own target-token count: with batches grouped by length (short rows together,
+    long rows together) the per-batch count would weigh a short row's tokens several times a
+    long row's; with the dataset's mean target tokens per row every token weighs the same, as
+    in randomly mixed batches.
     """
 
     loss_is_scaled_for_ga = True          # compute_loss normalizes over the accumulated batch
 
-    def __init__(self, *args: Any, prefix_len: int = 0, **kwargs: Any):
+    def __init__(self, *args: Any, prefix_len: int = 0, tokens_per_row: float = 0.0, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.prefix_len = int(prefix_len)
+        self.tokens_per_row = float(tokens_per_row)
         self._cache_kw: Optional[str] = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -150,7 +157,9 @@ class PrefixSFTTrainer(SFTTrainer):
         logits = head(hidden[:, :-1][sel]).float()
         tgt = tgt[sel]
         nll = torch.nn.functional.cross_entropy(logits, tgt, reduction="sum")
-        if num_items_in_batch is not None:
+        if self.tokens_per_row > 0:
+            loss = nll / (labels.shape[0] * self.tokens_per_row * self.current_gradient_accumulation_steps)
+        elif num_items_in_batch is not None:
             loss = nll / torch.as_tensor(num_items_in_batch, device=nll.device).clamp(min=1)
         else:
             loss = nll / sel.sum().clamp(min=1) / self.current_gradient_accumulation_steps
@@ -228,8 +237,11 @@ def run_sft(model: Any, tokenizer: Any, pairs: Sequence[tuple], cfg: SFTStageCon
         callbacks = [_Log()]
         if cfg.anchor_decay:
             callbacks.append(AnchorDecay(model, cfg.anchor_decay))
+        # grouped batches: a fixed per-row token count, so every target token weighs the same
+        per_row = (sum(sum(x != -100 for x in lab) for lab in ds["labels"]) / len(ds)) if cfg.group_by_length else 0.0
         trainer = PrefixSFTTrainer(model=model, args=_sft_args(cfg, out_dir, seed, device), train_dataset=ds,
-                                   processing_class=tokenizer, callbacks=callbacks, prefix_len=prefix_len)
+                                   processing_class=tokenizer, callbacks=callbacks, prefix_len=prefix_len,
+                                   tokens_per_row=per_row)
         trainer.remove_callback(PrinterCallback)      # our _Log prints one line per logging step
         out = trainer.train()
     finally:                                          # the model leaves as it came, also on an error
