@@ -289,6 +289,6 @@ def test_group_by_length_batches_examples_of_similar_length(tmp_path, monkeypatc
     padded = lambda bs: sum(max(b) * len(b) for b in bs) / sum(map(sum, bs))  # noqa: E731
     grouped, shuffled = batches(True), batches(False)
     assert batches(True) == grouped                                           # the grouped order is seeded
-    # sorted within megabatches of 16 batches: at most one mixed batch per megabatch
+    # sorted within buckets of 50 batches: at most one mixed batch per bucket
     assert mixed(grouped) <= 4 < mixed(shuffled), (grouped, shuffled)
     assert padded(grouped) < padded(shuffled)

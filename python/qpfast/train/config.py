@@ -93,8 +93,8 @@ class SFTStageConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     share_prefix: bool = True     # compute the shared prompt prefix once per batch (exact, ~3x faster)
-    group_by_length: bool = False # batches of similar length (less padding: ~1.6x -> ~1.02x the real tokens),
-                                  # the loss over a fixed tokens-per-row count so each token weighs the same
+    group_by_length: bool = False # batches of similar length in random order (`qpfast.train.batching`; padding
+                                  # ~1.6x -> ~1.02x the real tokens), the loss over a fixed tokens-per-row count
     logging_steps: int = 50
     mask_fields: list = field(default_factory=list)  # target fields whose value tokens carry no loss
     freeze_layers: int = 0        # the lowest N decoder layers stay as the previous stage left them

@@ -31,6 +31,7 @@ from trl import SFTConfig, SFTTrainer
 
 from ..prompt import encode_example, end_token_id, prompt_template, target_ids
 from ..schema import DEFAULT_SCHEMA, Schema
+from .batching import LengthBucketSampler
 from .config import MASKABLE_FIELDS, SFTStageConfig
 from .prefix import backbone, cache_kwarg, prefix_cache, shared_prefix_len
 
@@ -130,11 +131,21 @@ class PrefixSFTTrainer(SFTTrainer):
 
     loss_is_scaled_for_ga = True          # compute_loss normalizes over the accumulated batch
 
-    def __init__(self, *args: Any, prefix_len: int = 0, tokens_per_row: float = 0.0, **kwargs: Any):
+    def __init__(self, *args: Any, prefix_len: int = 0, tokens_per_row: float = 0.0,
+                 group_by_length: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.prefix_len = int(prefix_len)
         self.tokens_per_row = float(tokens_per_row)
+        self.group_by_length = bool(group_by_length)
         self._cache_kw: Optional[str] = None
+
+    def _get_train_sampler(self, train_dataset=None):
+        if not self.group_by_length:
+            return super()._get_train_sampler(train_dataset)
+        ds = train_dataset if train_dataset is not None else self.train_dataset
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return LengthBucketSampler([len(x) for x in ds["input_ids"]],
+                                   self.args.train_batch_size * self.args.gradient_accumulation_steps, seed=seed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs:                # evaluation with outputs: TRL's own path
@@ -197,9 +208,7 @@ def _sft_args(cfg: SFTStageConfig, out_dir: str, seed: int, device: str):
         save_strategy="no", report_to="none", disable_tqdm=True, seed=seed, data_seed=seed,
         dataloader_num_workers=0, max_length=None, use_cpu=(device == "cpu"), bf16=False, fp16=False,
         gradient_checkpointing=False,   # TRL defaults it on; it breaks the prefix cache and costs a recompute
-        shuffle_dataset=False,   # the Trainer's sampler shuffles (random: seeded by data_seed; grouped: by
-                                 # torch's global generator, which run_sft seeds first)
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        shuffle_dataset=False,   # the Trainer's sampler shuffles (seeded by data_seed)
     )
     return SFTConfig(**kw)
 
@@ -241,7 +250,7 @@ def run_sft(model: Any, tokenizer: Any, pairs: Sequence[tuple], cfg: SFTStageCon
         per_row = (sum(sum(x != -100 for x in lab) for lab in ds["labels"]) / len(ds)) if cfg.group_by_length else 0.0
         trainer = PrefixSFTTrainer(model=model, args=_sft_args(cfg, out_dir, seed, device), train_dataset=ds,
                                    processing_class=tokenizer, callbacks=callbacks, prefix_len=prefix_len,
-                                   tokens_per_row=per_row)
+                                   tokens_per_row=per_row, group_by_length=cfg.group_by_length)
         trainer.remove_callback(PrinterCallback)      # our _Log prints one line per logging step
         out = trainer.train()
     finally:                                          # the model leaves as it came, also on an error
