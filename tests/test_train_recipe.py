@@ -145,6 +145,8 @@ def test_configs_load_and_reject_typos(tmp_path):
                          ("data", "synth_values"), ("stage1", "gold_share"), ("stage2", "aug_share")]:
         with pytest.raises(ValueError, match=rf"{section}\.{key}: must be in \[0, 1\]"):
             RecipeConfig.from_dict({section: {key: 1.5}})
+    with pytest.raises(ValueError, match="stage2.bucket_batches: must be >= 1"):
+        RecipeConfig.from_dict({"stage2": {"bucket_batches": 0}})
     with pytest.raises(ValueError, match="data.keyword_context: needs data.keyword_share"):
         RecipeConfig.from_dict({"data": {"keyword_context": 0.5}})
     assert RecipeConfig.from_dict({"data": {"keyword_context": 0.5, "keyword_share": 0.2}}).data.keyword_context == 0.5

@@ -269,7 +269,7 @@ def test_group_by_length_batches_examples_of_similar_length(tmp_path, monkeypatc
     cut = n_ids[by_len[64]]
     assert cut < n_ids[by_len[-64]]
 
-    def batches(group: bool):
+    def batches(group: bool, bucket_batches: int = 50):
         seen: list[list[int]] = []
         real = sft.PrefixSFTTrainer.compute_loss
 
@@ -278,8 +278,9 @@ def test_group_by_length_batches_examples_of_similar_length(tmp_path, monkeypatc
             return real(self, model, inputs, *a, **kw)
 
         monkeypatch.setattr(sft.PrefixSFTTrainer, "compute_loss", spy)
-        res = run_sft(tiny_model(seed=5), tok, pairs, _cfg(max_steps=-1, epochs=1.0, batch_size=2, group_by_length=group),
-                      str(tmp_path / str(group)), seed=0, log=lambda s: None)
+        cfg = _cfg(max_steps=-1, epochs=1.0, batch_size=2, group_by_length=group, bucket_batches=bucket_batches)
+        res = run_sft(tiny_model(seed=5), tok, pairs, cfg, str(tmp_path / f"{group}{bucket_batches}"), seed=0,
+                      log=lambda s: None)
         monkeypatch.setattr(sft.PrefixSFTTrainer, "compute_loss", real)
         assert res.steps == 64 and sorted(n for b in seen for n in b) == sorted(n_ids[p] for p in pairs)
         assert sum(res.losses[-16:]) < sum(res.losses[:16])
@@ -289,6 +290,7 @@ def test_group_by_length_batches_examples_of_similar_length(tmp_path, monkeypatc
     padded = lambda bs: sum(max(b) * len(b) for b in bs) / sum(map(sum, bs))  # noqa: E731
     grouped, shuffled = batches(True), batches(False)
     assert batches(True) == grouped                                           # the grouped order is seeded
+    assert mixed(grouped) <= mixed(batches(True, bucket_batches=4)) <= 16        # buckets of 4 batches: <= 1 each
     # sorted within buckets of 50 batches: at most one mixed batch per bucket
     assert mixed(grouped) <= 4 < mixed(shuffled), (grouped, shuffled)
     assert padded(grouped) < padded(shuffled)

@@ -95,6 +95,7 @@ class SFTStageConfig:
     share_prefix: bool = True     # compute the shared prompt prefix once per batch (exact, ~3x faster)
     group_by_length: bool = False # batches of similar length in random order (`qpfast.train.batching`; padding
                                   # ~1.6x -> ~1.02x the real tokens), the loss over a fixed tokens-per-row count
+    bucket_batches: int = 50      # ... each batch cut from a length-sorted random bucket of this many batches
     logging_steps: int = 50
     mask_fields: list = field(default_factory=list)  # target fields whose value tokens carry no loss
     freeze_layers: int = 0        # the lowest N decoder layers stay as the previous stage left them
@@ -212,6 +213,9 @@ class RecipeConfig:
         if self.tokenizer.pretokenize not in PRETOKENIZERS:
             raise ValueError(f"tokenizer.pretokenize: expected one of {sorted(PRETOKENIZERS)}, "
                              f"got {self.tokenizer.pretokenize!r}")
+        for name in ("stage1", "stage2"):
+            if getattr(self, name).bucket_batches < 1:
+                raise ValueError(f"{name}.bucket_batches: must be >= 1, got {getattr(self, name).bucket_batches}")
         if self.data.dict_words < 1:
             raise ValueError(f"data.dict_words: must be a positive int, got {self.data.dict_words!r}")
         for name in ("stage1", "stage2", "soup"):       # the soup's branch overrides stage 2's two

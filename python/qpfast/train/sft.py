@@ -132,11 +132,12 @@ class PrefixSFTTrainer(SFTTrainer):
     loss_is_scaled_for_ga = True          # compute_loss normalizes over the accumulated batch
 
     def __init__(self, *args: Any, prefix_len: int = 0, tokens_per_row: float = 0.0,
-                 group_by_length: bool = False, **kwargs: Any):
+                 group_by_length: bool = False, bucket_batches: int = 50, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.prefix_len = int(prefix_len)
         self.tokens_per_row = float(tokens_per_row)
         self.group_by_length = bool(group_by_length)
+        self.bucket_batches = int(bucket_batches)
         self._cache_kw: Optional[str] = None
 
     def _get_train_sampler(self, train_dataset=None):
@@ -145,7 +146,8 @@ class PrefixSFTTrainer(SFTTrainer):
         ds = train_dataset if train_dataset is not None else self.train_dataset
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         return LengthBucketSampler([len(x) for x in ds["input_ids"]],
-                                   self.args.train_batch_size * self.args.gradient_accumulation_steps, seed=seed)
+                                   self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                   bucket_batches=self.bucket_batches, seed=seed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs:                # evaluation with outputs: TRL's own path
@@ -250,7 +252,8 @@ def run_sft(model: Any, tokenizer: Any, pairs: Sequence[tuple], cfg: SFTStageCon
         per_row = (sum(sum(x != -100 for x in lab) for lab in ds["labels"]) / len(ds)) if cfg.group_by_length else 0.0
         trainer = PrefixSFTTrainer(model=model, args=_sft_args(cfg, out_dir, seed, device), train_dataset=ds,
                                    processing_class=tokenizer, callbacks=callbacks, prefix_len=prefix_len,
-                                   tokens_per_row=per_row, group_by_length=cfg.group_by_length)
+                                   tokens_per_row=per_row, group_by_length=cfg.group_by_length,
+                                   bucket_batches=cfg.bucket_batches)
         trainer.remove_callback(PrinterCallback)      # our _Log prints one line per logging step
         out = trainer.train()
     finally:                                          # the model leaves as it came, also on an error
