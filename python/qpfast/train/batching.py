@@ -7,6 +7,10 @@ first, so ~50 consecutive optimizer steps walk from the longest examples to the 
 the model learns markedly slower per step (session 9, bench/RESULTS.md). Here the batches are
 formed the same way (sort a random bucket of `bucket_batches` batches by length, cut it into
 batches) and then shuffled, so consecutive steps are independent draws again.
+
+Even so, a batch of rows of one length (mostly one kind of query) teaches less per step than a
+random batch: session 9's stage 1 with these batches took 47 min instead of ~72 but ended at
+0.431 overall on the test split against 0.504, so the default recipe keeps random batches.
 """
 from __future__ import annotations
 
