@@ -23,7 +23,7 @@ the stream without touching another split:
   topic word of a random category, so the legacy pipeline's category rules meet their
   keywords inside whole query frames, not only in bare keyword queries;
 - `keyword_context` with `keywords` and `words`: bare keyword queries with one to three
-  dictionary words around them and, half the time, a topic word of a second category, so
+  dictionary words around them and, half the time, a topic word of another category, so
   the keywords decide the pseudo-label in contexts no template has, conflicts included.
 """
 from __future__ import annotations

@@ -122,22 +122,26 @@ class PrefixSFTTrainer(SFTTrainer):
     example shares (the prompt template's `prefix_ids`); 0 disables sharing, and a batch
     whose rows do not all start with the same `prefix_len` tokens is computed in full.
 
-    `tokens_per_row` > 0 divides the summed cross-entropy by ``rows × tokens_per_row`` instead of
-    the batch's own target-token count: with batches grouped by length (short rows together,
-    long rows together) the per-batch count would weigh a short row's tokens several times a
-    long row's; with the dataset's mean target tokens per row every token weighs the same, as
-    in randomly mixed batches.
+    `group_by_length`: batches of similar length (`LengthBucketSampler`, buckets of
+    `bucket_batches` batches), and the summed cross-entropy divided by ``rows × tokens_per_row``
+    (the dataset's mean target tokens per row) instead of the batch's own target-token count:
+    with short rows together and long rows together the per-batch count would weigh a short
+    row's tokens several times a long row's; this way every token weighs the same, as in
+    randomly mixed batches.
     """
 
     loss_is_scaled_for_ga = True          # compute_loss normalizes over the accumulated batch
 
-    def __init__(self, *args: Any, prefix_len: int = 0, tokens_per_row: float = 0.0,
-                 group_by_length: bool = False, bucket_batches: int = 50, **kwargs: Any):
+    def __init__(self, *args: Any, prefix_len: int = 0, group_by_length: bool = False, bucket_batches: int = 50,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.prefix_len = int(prefix_len)
-        self.tokens_per_row = float(tokens_per_row)
         self.group_by_length = bool(group_by_length)
         self.bucket_batches = int(bucket_batches)
+        self.tokens_per_row = 0.0         # > 0: the loss's fixed per-row token count (grouped batches)
+        if self.group_by_length:
+            labels = self.train_dataset["labels"]
+            self.tokens_per_row = sum(sum(x != -100 for x in lab) for lab in labels) / max(1, len(labels))
         self._cache_kw: Optional[str] = None
 
     def _get_train_sampler(self, train_dataset=None):
@@ -248,12 +252,9 @@ def run_sft(model: Any, tokenizer: Any, pairs: Sequence[tuple], cfg: SFTStageCon
         callbacks = [_Log()]
         if cfg.anchor_decay:
             callbacks.append(AnchorDecay(model, cfg.anchor_decay))
-        # grouped batches: a fixed per-row token count, so every target token weighs the same
-        per_row = (sum(sum(x != -100 for x in lab) for lab in ds["labels"]) / len(ds)) if cfg.group_by_length else 0.0
         trainer = PrefixSFTTrainer(model=model, args=_sft_args(cfg, out_dir, seed, device), train_dataset=ds,
                                    processing_class=tokenizer, callbacks=callbacks, prefix_len=prefix_len,
-                                   tokens_per_row=per_row, group_by_length=cfg.group_by_length,
-                                   bucket_batches=cfg.bucket_batches)
+                                   group_by_length=cfg.group_by_length, bucket_batches=cfg.bucket_batches)
         trainer.remove_callback(PrinterCallback)      # our _Log prints one line per logging step
         out = trainer.train()
     finally:                                          # the model leaves as it came, also on an error
