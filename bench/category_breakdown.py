@@ -1,0 +1,81 @@
+"""Where a model's category wins and loses against the legacy pipeline.
+
+    python bench/category_breakdown.py --data runs/l3/data/test.jsonl \
+        --predictions runs/l3/eval/stage1_predictions.jsonl
+
+The legacy pipeline picks a category from keyword tables (`qpfast.legacy.category_rules`) and
+entity domains, so its accuracy splits sharply on whether a table keyword occurs in the query.
+Prints category accuracy (DESIGN.md §6, exact label) and top-level accuracy (the part before
+``>``) of the predictions and of the legacy pipeline on two query classes — a legacy keyword
+occurs in the query, or none does — then the model's most frequent confusions (gold -> predicted)
+in each class. `--predictions` is the JSONL that ``python -m qpfast eval --predictions`` or the
+training recipe (``runs/NAME/eval/*_predictions.jsonl``) writes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter, defaultdict
+
+from qpfast.evaluate import legacy_predictor, load_data, parse_gold, parse_prediction
+from qpfast.legacy.category_rules import KEYWORDS
+
+KEYWORD = "a legacy keyword occurs"
+NO_KEYWORD = "no legacy keyword"
+
+
+def query_class(query: str) -> str:
+    """`KEYWORD` when a word of the legacy keyword tables occurs in `query` (spaces removed)."""
+    text = query.replace(" ", "")
+    hit = any(w in text for words in KEYWORDS.values() for w, _ in words)
+    return KEYWORD if hit else NO_KEYWORD
+
+
+def _top(cat: str | None) -> str | None:
+    return cat.split(">", 1)[0] if cat else None
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="JSONL with query and target")
+    ap.add_argument("--predictions", required=True, help="JSONL with query and output")
+    ap.add_argument("--confusions", type=int, default=8, help="confusions to print per class")
+    args = ap.parse_args(argv)
+    queries, targets = load_data(args.data)
+    preds = {}
+    with open(args.predictions, encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            preds[r["query"]] = r["output"]
+    legacy = legacy_predictor()(queries)
+    # class -> [n, model exact, model top, legacy exact, legacy top]
+    agg: dict[str, list[int]] = defaultdict(lambda: [0] * 5)
+    confusions: dict[str, Counter] = defaultdict(Counter)
+    for q, target, leg in zip(queries, targets, legacy):
+        gold = parse_gold(target, q).category
+        model = parse_prediction(preds.get(q), q)
+        mc = model.category if model else None
+        leg_res = parse_prediction(leg, q)
+        lc = leg_res.category if leg_res else None
+        cls = query_class(q)
+        a = agg[cls]
+        for i, v in enumerate((1, mc == gold, _top(mc) == _top(gold), lc == gold, _top(lc) == _top(gold))):
+            a[i] += int(v)
+        if mc != gold:
+            confusions[cls][(gold, mc)] += 1
+    print(f"{'queries':24s} {'n':>6s} {'model':>7s} {'legacy':>7s} {'model top':>10s} {'legacy top':>10s}")
+    total = [0] * 5
+    for cls in (KEYWORD, NO_KEYWORD, "all"):
+        a = agg[cls] if cls != "all" else total
+        if cls != "all":
+            total = [t + v for t, v in zip(total, a)]
+        n = max(a[0], 1)
+        print(f"{cls:24s} {a[0]:6d} {a[1] / n:7.3f} {a[3] / n:7.3f} {a[2] / n:10.3f} {a[4] / n:10.3f}")
+    for cls in (KEYWORD, NO_KEYWORD):
+        print(f"\nmodel confusions, {cls} (gold -> predicted):")
+        for (g, p), n in confusions[cls].most_common(args.confusions):
+            print(f"  {n:5d}  {g} -> {p}")
+
+
+if __name__ == "__main__":
+    main()
