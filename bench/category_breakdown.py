@@ -14,10 +14,10 @@ training recipe (``runs/NAME/eval/*_predictions.jsonl``) writes.
 from __future__ import annotations
 
 import argparse
-import json
 from collections import Counter, defaultdict
 
-from qpfast.evaluate import legacy_predictor, load_data, parse_gold, parse_prediction
+from qpfast.evaluate import (first_level, legacy_predictor, load_data, load_predictions, parse_gold,
+                             parse_prediction)
 from qpfast.legacy.category_rules import KEYWORDS
 
 KEYWORD = "a legacy keyword occurs"
@@ -31,10 +31,6 @@ def query_class(query: str) -> str:
     return KEYWORD if hit else NO_KEYWORD
 
 
-def _top(cat: str | None) -> str | None:
-    return cat.split(">", 1)[0] if cat else None
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="JSONL with query and target")
@@ -42,11 +38,7 @@ def main(argv=None) -> None:
     ap.add_argument("--confusions", type=int, default=8, help="confusions to print per class")
     args = ap.parse_args(argv)
     queries, targets = load_data(args.data)
-    preds = {}
-    with open(args.predictions, encoding="utf-8") as f:
-        for line in f:
-            r = json.loads(line)
-            preds[r["query"]] = r["output"]
+    preds = load_predictions(args.predictions)
     legacy = legacy_predictor()(queries)
     # class -> [n, model exact, model top, legacy exact, legacy top]
     agg: dict[str, list[int]] = defaultdict(lambda: [0] * 5)
@@ -59,7 +51,7 @@ def main(argv=None) -> None:
         lc = leg_res.category if leg_res else None
         cls = query_class(q)
         a = agg[cls]
-        for i, v in enumerate((1, mc == gold, _top(mc) == _top(gold), lc == gold, _top(lc) == _top(gold))):
+        for i, v in enumerate((1, mc == gold, first_level(mc) == first_level(gold), lc == gold, first_level(lc) == first_level(gold))):
             a[i] += int(v)
         if mc != gold:
             confusions[cls][(gold, mc)] += 1

@@ -13,11 +13,11 @@ or the training recipe (``runs/NAME/eval/*_predictions.jsonl``) writes.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from collections import Counter, defaultdict
 
-from qpfast.evaluate import legacy_predictor, load_data, parse_gold, parse_prediction, seg_spans
+from qpfast.evaluate import (legacy_predictor, load_data, load_predictions, parse_gold, parse_prediction,
+                             seg_spans)
 
 _ALNUM = re.compile(r"[A-Za-z0-9]")
 
@@ -41,11 +41,7 @@ def main(argv=None) -> None:
     ap.add_argument("--predictions", required=True, help="JSONL with query and output")
     args = ap.parse_args(argv)
     queries, targets = load_data(args.data)
-    preds = {}
-    with open(args.predictions, encoding="utf-8") as f:
-        for line in f:
-            r = json.loads(line)
-            preds[r["query"]] = r["output"]
+    preds = load_predictions(args.predictions)
     legacy = legacy_predictor()(queries)
     # class -> [model tp, model pred, legacy tp, legacy pred, gold, queries]
     agg: dict[str, list[int]] = defaultdict(lambda: [0] * 6)

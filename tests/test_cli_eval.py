@@ -49,6 +49,37 @@ def test_eval_legacy_table_json_and_predictions(data_file, tmp_path, capsys):
     golds = [qpfast.render(d, query=q) for q, d in RECORDS]
     again = evaluate.evaluate([p["query"] for p in preds], golds, [p["output"] for p in preds])
     assert again == rep
+    # ... and reads back as query -> output
+    assert evaluate.load_predictions(out_pred) == {p["query"]: p["output"] for p in preds}
+
+
+def test_load_predictions_names_the_bad_line(tmp_path):
+    path = tmp_path / "pred.jsonl"
+    path.write_text('{"query": "a", "output": "{}"}\n{"query": "b"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"pred\.jsonl:2: expected"):
+        evaluate.load_predictions(path)
+
+
+def test_category_breakdown_of_the_legacy_pipeline_matches_legacy(data_file, tmp_path, capsys):
+    """bench/category_breakdown.py on the legacy pipeline's own predictions: the model and legacy
+    columns agree, and the classes split on the legacy keyword table."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "category_breakdown", Path(__file__).resolve().parents[1] / "bench" / "category_breakdown.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.query_class("狗狗拉肚子怎么办") == mod.KEYWORD        # 狗狗: a 宠物>狗 keyword
+    assert mod.query_class("成都 周末") == mod.NO_KEYWORD
+    pred = tmp_path / "pred.jsonl"
+    assert cli.main(["eval", "--data", str(data_file), "--legacy", "--predictions", str(pred)]) == 0
+    capsys.readouterr()
+    mod.main(["--data", str(data_file), "--predictions", str(pred)])
+    rows = {line[:24].strip(): line[24:].split() for line in capsys.readouterr().out.splitlines()[1:4]}
+    assert set(rows) == {mod.KEYWORD, mod.NO_KEYWORD, "all"}
+    assert rows["all"][0] == "3"
+    for n, model, legacy, model_top, legacy_top in rows.values():
+        assert (model, model_top) == (legacy, legacy_top)
 
 
 def test_eval_model_uses_the_engine_predictor(data_file, tmp_path, monkeypatch, capsys):

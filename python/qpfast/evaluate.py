@@ -214,6 +214,18 @@ def load_data(path: str | os.PathLike, limit: int | None = None) -> tuple[list[s
     return queries, targets
 
 
+def load_predictions(path: str | os.PathLike) -> dict[str, str]:
+    """Query -> output of a ``{"query", "output"}`` JSONL predictions file (what `run_eval`'s
+    `predictions_path` and ``python -m qpfast eval --predictions`` write)."""
+    from .data.dataset import numbered_jsonl
+    outputs = {}
+    for lineno, obj in numbered_jsonl(path):
+        if not isinstance(obj.get("query"), str) or not isinstance(obj.get("output"), str):
+            raise ValueError(f'{path}:{lineno}: expected {{"query": str, "output": str}}')
+        outputs[obj["query"]] = obj["output"]
+    return outputs
+
+
 def legacy_predictor(gazetteer: str = "train", split_seed: int = 0) -> Predictor:
     """The legacy pipeline as a predictor (`qpfast.legacy`)."""
     from .legacy import legacy_pipeline
