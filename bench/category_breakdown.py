@@ -6,8 +6,9 @@
 The legacy pipeline picks a category from keyword tables (`qpfast.legacy.category_rules`) and
 entity domains, so its accuracy splits sharply on whether a table keyword occurs in the query.
 Prints category accuracy (DESIGN.md §6, exact label) and top-level accuracy (the part before
-``>``) of the predictions and of the legacy pipeline on two query classes — a legacy keyword
-occurs in the query, or none does — then the model's most frequent confusions (gold -> predicted)
+``>``) of the predictions and of the legacy pipeline on three query classes — keywords of one
+category occur in the query, keywords of several categories (the legacy keyword weights decide),
+or none — then the model's most frequent confusions (gold -> predicted)
 in each class. `--predictions` is the JSONL that ``python -m qpfast eval --predictions`` or the
 training recipe (``runs/NAME/eval/*_predictions.jsonl``) writes.
 """
@@ -20,15 +21,18 @@ from qpfast.evaluate import (first_level, legacy_predictor, load_data, load_pred
                              parse_prediction)
 from qpfast.legacy.category_rules import KEYWORDS
 
-KEYWORD = "a legacy keyword occurs"
+KEYWORD = "keywords of 1 category"
+KEYWORDS_MIXED = "keywords of 2+ categories"
 NO_KEYWORD = "no legacy keyword"
+CLASSES = (KEYWORD, KEYWORDS_MIXED, NO_KEYWORD)
 
 
 def query_class(query: str) -> str:
-    """`KEYWORD` when a word of the legacy keyword tables occurs in `query` (spaces removed)."""
+    """`KEYWORD` when words of one category of the legacy keyword tables occur in `query` (spaces
+    removed), `KEYWORDS_MIXED` when words of several categories do, else `NO_KEYWORD`."""
     text = query.replace(" ", "")
-    hit = any(w in text for words in KEYWORDS.values() for w, _ in words)
-    return KEYWORD if hit else NO_KEYWORD
+    cats = {cat for cat, words in KEYWORDS.items() if any(w in text for w, _ in words)}
+    return NO_KEYWORD if not cats else KEYWORD if len(cats) == 1 else KEYWORDS_MIXED
 
 
 def main(argv=None) -> None:
@@ -55,15 +59,15 @@ def main(argv=None) -> None:
             a[i] += int(v)
         if mc != gold:
             confusions[cls][(gold, mc)] += 1
-    print(f"{'queries':24s} {'n':>6s} {'model':>7s} {'legacy':>7s} {'model top':>10s} {'legacy top':>10s}")
+    print(f"{'queries':26s} {'n':>6s} {'model':>7s} {'legacy':>7s} {'model top':>10s} {'legacy top':>10s}")
     total = [0] * 5
-    for cls in (KEYWORD, NO_KEYWORD, "all"):
+    for cls in CLASSES + ("all",):
         a = agg[cls] if cls != "all" else total
         if cls != "all":
             total = [t + v for t, v in zip(total, a)]
         n = max(a[0], 1)
-        print(f"{cls:24s} {a[0]:6d} {a[1] / n:7.3f} {a[3] / n:7.3f} {a[2] / n:10.3f} {a[4] / n:10.3f}")
-    for cls in (KEYWORD, NO_KEYWORD):
+        print(f"{cls:26s} {a[0]:6d} {a[1] / n:7.3f} {a[3] / n:7.3f} {a[2] / n:10.3f} {a[4] / n:10.3f}")
+    for cls in CLASSES:
         print(f"\nmodel confusions, {cls} (gold -> predicted):")
         for (g, p), n in confusions[cls].most_common(args.confusions):
             print(f"  {n:5d}  {g} -> {p}")

@@ -70,13 +70,14 @@ def test_category_breakdown_of_the_legacy_pipeline_matches_legacy(data_file, tmp
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.query_class("狗狗拉肚子怎么办") == mod.KEYWORD        # 狗狗: a 宠物>狗 keyword
+    assert mod.query_class("台北产检医院推荐") == mod.KEYWORDS_MIXED   # 产检: 母婴>孕产, 医院: 健康>医疗
     assert mod.query_class("成都 周末") == mod.NO_KEYWORD
     pred = tmp_path / "pred.jsonl"
     assert cli.main(["eval", "--data", str(data_file), "--legacy", "--predictions", str(pred)]) == 0
     capsys.readouterr()
     mod.main(["--data", str(data_file), "--predictions", str(pred)])
-    rows = {line[:24].strip(): line[24:].split() for line in capsys.readouterr().out.splitlines()[1:4]}
-    assert set(rows) == {mod.KEYWORD, mod.NO_KEYWORD, "all"}
+    rows = {line[:26].strip(): line[26:].split() for line in capsys.readouterr().out.splitlines()[1:5]}
+    assert set(rows) == {*mod.CLASSES, "all"}
     assert rows["all"][0] == "3"
     for n, model, legacy, model_top, legacy_top in rows.values():
         assert (model, model_top) == (legacy, legacy_top)
