@@ -35,6 +35,12 @@ def query_class(query: str) -> str:
     return NO_KEYWORD if not cats else KEYWORD if len(cats) == 1 else KEYWORDS_MIXED
 
 
+def _category(output: str | None, query: str) -> str | None:
+    """The category of a prediction; None when it does not parse."""
+    res = parse_prediction(output, query)
+    return res.category if res else None
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="JSONL with query and target")
@@ -49,22 +55,16 @@ def main(argv=None) -> None:
     confusions: dict[str, Counter] = defaultdict(Counter)
     for q, target, leg in zip(queries, targets, legacy):
         gold = parse_gold(target, q).category
-        model = parse_prediction(preds.get(q), q)
-        mc = model.category if model else None
-        leg_res = parse_prediction(leg, q)
-        lc = leg_res.category if leg_res else None
+        mc, lc = _category(preds.get(q), q), _category(leg, q)
         cls = query_class(q)
-        a = agg[cls]
-        for i, v in enumerate((1, mc == gold, first_level(mc) == first_level(gold), lc == gold, first_level(lc) == first_level(gold))):
-            a[i] += int(v)
+        hits = (1, mc == gold, first_level(mc) == first_level(gold), lc == gold, first_level(lc) == first_level(gold))
+        agg[cls] = [t + int(v) for t, v in zip(agg[cls], hits)]
         if mc != gold:
             confusions[cls][(gold, mc)] += 1
+    agg["all"] = [sum(col) for col in zip(*(agg[c] for c in CLASSES))]
     print(f"{'queries':26s} {'n':>6s} {'model':>7s} {'legacy':>7s} {'model top':>10s} {'legacy top':>10s}")
-    total = [0] * 5
     for cls in CLASSES + ("all",):
-        a = agg[cls] if cls != "all" else total
-        if cls != "all":
-            total = [t + v for t, v in zip(total, a)]
+        a = agg[cls]
         n = max(a[0], 1)
         print(f"{cls:26s} {a[0]:6d} {a[1] / n:7.3f} {a[3] / n:7.3f} {a[2] / n:10.3f} {a[4] / n:10.3f}")
     for cls in CLASSES:

@@ -200,15 +200,21 @@ def evaluate(queries: Sequence[str], gold_targets: Sequence[str], outputs: Seque
 # ---------------------------------------------------------------------------------------
 # the eval driver
 # ---------------------------------------------------------------------------------------
+def _string_pairs(path: str | os.PathLike, key: str):
+    """(query, record[key]) of each line of a JSONL file whose records hold both as strings."""
+    from .data.dataset import numbered_jsonl
+    for lineno, obj in numbered_jsonl(path):
+        if not isinstance(obj.get("query"), str) or not isinstance(obj.get(key), str):
+            raise ValueError(f'{path}:{lineno}: expected {{"query": str, "{key}": str}}')
+        yield obj["query"], obj[key]
+
+
 def load_data(path: str | os.PathLike, limit: int | None = None) -> tuple[list[str], list[str]]:
     """Queries and gold targets of a ``{"query", "target"}`` JSONL data file."""
-    from .data.dataset import numbered_jsonl
     queries, targets = [], []
-    for lineno, obj in numbered_jsonl(path):
-        if not isinstance(obj.get("query"), str) or not isinstance(obj.get("target"), str):
-            raise ValueError(f'{path}:{lineno}: expected {{"query": str, "target": str}}')
-        queries.append(obj["query"])
-        targets.append(obj["target"])
+    for query, target in _string_pairs(path, "target"):
+        queries.append(query)
+        targets.append(target)
         if limit is not None and len(queries) >= limit:
             break
     return queries, targets
@@ -217,13 +223,7 @@ def load_data(path: str | os.PathLike, limit: int | None = None) -> tuple[list[s
 def load_predictions(path: str | os.PathLike) -> dict[str, str]:
     """Query -> output of a ``{"query", "output"}`` JSONL predictions file (what `run_eval`'s
     `predictions_path` and ``python -m qpfast eval --predictions`` write)."""
-    from .data.dataset import numbered_jsonl
-    outputs = {}
-    for lineno, obj in numbered_jsonl(path):
-        if not isinstance(obj.get("query"), str) or not isinstance(obj.get("output"), str):
-            raise ValueError(f'{path}:{lineno}: expected {{"query": str, "output": str}}')
-        outputs[obj["query"]] = obj["output"]
-    return outputs
+    return dict(_string_pairs(path, "output"))
 
 
 def legacy_predictor(gazetteer: str = "train", split_seed: int = 0) -> Predictor:
