@@ -92,6 +92,39 @@ def test_a_stage_can_be_rerun_alone(tiny_run, tmp_path):
         run_recipe("tiny", out, "stage2", log=lambda s: None)
 
 
+def test_stage1_masks_fields_in_its_gold_share_only(tiny_run, tmp_path, monkeypatch):
+    """`stage1.gold_mask_fields`: the gold examples of stage 1's mix come with those fields
+    masked, the pseudo-labelled ones without; `field_weights` reaches the SFT stage."""
+    from qpfast.data import read_jsonl
+    from qpfast.train import sft
+    from qpfast.train.recipe import run_recipe
+
+    out = tmp_path / "masked"
+    shutil.copytree(tiny_run, out)
+    text = (CONFIG_DIR / "tiny.toml").read_text(encoding="utf-8")
+    cfg = tmp_path / "tiny_masked.toml"
+    cfg.write_text(text.replace("[stage1]\n", '[stage1]\ngold_mask_fields = ["cat"]\nfield_weights = {cat = 2.5}\n'),
+                   encoding="utf-8")
+    seen = {}
+    real = sft.run_sft
+
+    def spy(model, tok, pairs, c, *a, **kw):
+        seen["pairs"], seen["cfg"] = list(pairs), c
+        return real(model, tok, pairs, c, *a, **kw)
+
+    monkeypatch.setattr(sft, "run_sft", spy)
+    with torch_threads(1):
+        run_recipe(str(cfg), out, "stage1", log=lambda s: None)
+    gold = {r["query"] for r in read_jsonl(out / "data" / "train.jsonl")}
+    pairs = seen["pairs"]
+    assert len(pairs) == 32 and seen["cfg"].field_weights == {"cat": 2.5}
+    assert sum(p[0] in gold for p in pairs) == 8               # gold_share 0.25 of 32
+    for p in pairs:
+        assert (tuple(p[2]) if len(p) > 2 else ()) == (("cat",) if p[0] in gold else ())
+    log = (out / "train.log").read_text(encoding="utf-8")
+    assert "stage 1: 32 examples (25% gold, gold ['cat'] masked, field loss weights {'cat': 2.5})" in log
+
+
 def test_stage2_mixes_in_gold_with_synthetic_entity_values(tiny_run):
     from qpfast.data import read_jsonl
     synth = list(read_jsonl(tiny_run / "data" / "train_synth.jsonl"))

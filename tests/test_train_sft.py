@@ -191,6 +191,97 @@ def test_per_example_masks_add_to_the_stage_mask():
         sft_dataset(tok, [(pairs[0][0], pairs[0][1], ("weight",))])
 
 
+def test_field_weights_weigh_exactly_their_value_tokens():
+    tok = tiny_tokenizer()
+    pairs = list(tiny_pairs()[:12])
+    triples = [(q, t, ("cat",) if i % 3 == 0 else ()) for i, (q, t) in enumerate(pairs)]
+    plain = sft_dataset(tok, triples)
+    assert "loss_weights" not in plain.column_names
+    assert "loss_weights" not in sft_dataset(tok, triples, field_weights={"cat": 1.0}).column_names
+    got = sft_dataset(tok, triples, field_weights={"cat": 3.0, "intent": 0.5})
+    for i, (a, b, (q, t)) in enumerate(zip(plain, got, pairs)):
+        assert a["labels"] == b["labels"] and a["input_ids"] == b["input_ids"]
+        w = b["loss_weights"]
+        assert len(w) == len(b["labels"])
+        start = len(encode_example(tok, q, t).prompt_ids)
+        cat = {start + j for j in field_value_tokens(tok, t, ["cat"])}
+        intent = {start + j for j in field_value_tokens(tok, t, ["intent"])}
+        for k, x in enumerate(w):
+            if k in intent:
+                assert x == 0.5
+            elif k in cat and i % 3:                         # a masked field keeps weight 1 (its label is -100)
+                assert x == 3.0
+            else:
+                assert x == 1.0
+    with pytest.raises(ValueError, match="maskable"):
+        sft_dataset(tok, pairs[:1], field_weights={"seg": 2.0})
+
+
+def test_weighted_loss_is_the_weighted_target_cross_entropy(tmp_path, monkeypatch):
+    """With `field_weights` the first logged loss is sum(w_i * nll_i) / (target tokens), the
+    weights reaching the loss through `LossWeightCollator`."""
+    from qpfast.train import sft
+
+    tok, model = tiny_tokenizer(), tiny_model(seed=5)
+    pairs = list(tiny_pairs()[40:44])
+    exs = [encode_example(tok, q, t) for q, t in pairs]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for (q, t), e in zip(pairs, exs):
+            logits = model(input_ids=torch.tensor([e.input_ids])).logits[0, :-1]
+            lab = torch.tensor(e.labels[1:])
+            nll = torch.nn.functional.cross_entropy(logits, lab.clamp(min=0), reduction="none")
+            w = torch.ones_like(nll)
+            for j in field_value_tokens(tok, t, ["cat"]):
+                w[len(e.prompt_ids) + j - 1] = 4.0
+            sel = lab != -100
+            total += float((nll * w)[sel].sum())
+            count += int(sel.sum())
+    seen: list[bool] = []
+    real = sft.PrefixSFTTrainer.compute_loss
+
+    def spy(self, model, inputs, *a, **kw):
+        w = inputs.get("loss_weights")
+        seen.append(w is not None and w.shape == inputs["labels"].shape and bool((w == 4.0).any()))
+        return real(self, model, inputs, *a, **kw)
+
+    monkeypatch.setattr(sft.PrefixSFTTrainer, "compute_loss", spy)
+    res = run_sft(model, tok, pairs, _cfg(max_steps=1, batch_size=4, field_weights={"cat": 4.0}), str(tmp_path),
+                  seed=0, log=lambda s: None)
+    assert seen == [True]
+    assert res.losses[0] == pytest.approx(total / count, abs=1e-4)
+    unweighted = run_sft(tiny_model(seed=5), tok, pairs, _cfg(max_steps=1, batch_size=4), str(tmp_path / "u"),
+                         seed=0, log=lambda s: None)
+    assert res.losses[0] > unweighted.losses[0] + 1e-3
+
+
+def test_loss_weight_collator_pads_with_zero():
+    from qpfast.train.sft import LossWeightCollator
+
+    def inner(rows):
+        n = max(len(r["labels"]) for r in rows)
+        assert all("loss_weights" not in r for r in rows)
+        return {"labels": torch.tensor([r["labels"] + [-100] * (n - len(r["labels"])) for r in rows])}
+
+    out = LossWeightCollator(inner)([{"labels": [1, 2, 3], "loss_weights": [1.0, 2.0, 1.0]},
+                                     {"labels": [4], "loss_weights": [5.0]}])
+    assert out["loss_weights"].tolist() == [[1.0, 2.0, 1.0], [5.0, 0.0, 0.0]]
+
+
+def test_field_weight_and_gold_mask_validation():
+    from qpfast.train.config import RecipeConfig
+    cfg = RecipeConfig.from_dict({"stage1": {"gold_mask_fields": ["cat"], "field_weights": {"cat": 3}}})
+    assert cfg.stage1.gold_mask_fields == ["cat"] and cfg.stage1.field_weights == {"cat": 3.0}
+    with pytest.raises(ValueError, match="stage1.gold_mask_fields / field_weights"):
+        RecipeConfig.from_dict({"stage1": {"field_weights": {"weight": 2.0}}})
+    with pytest.raises(ValueError, match="stage1.gold_mask_fields / field_weights"):
+        RecipeConfig.from_dict({"stage1": {"gold_mask_fields": ["seg"]}})
+    with pytest.raises(ValueError, match=">= 0"):
+        RecipeConfig.from_dict({"stage2": {"field_weights": {"cat": -1.0}}})
+    with pytest.raises(ValueError, match="stage2.gold_mask_fields"):
+        RecipeConfig.from_dict({"stage2": {"gold_mask_fields": ["cat"]}})
+
+
 def test_frozen_layers_do_not_move_and_the_rest_does(tmp_path):
     from qpfast.train.sft import freeze_lower_layers
     model = tiny_model(seed=5)

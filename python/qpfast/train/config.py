@@ -99,6 +99,8 @@ class SFTStageConfig:
                                   # (measured: ~1.7x faster a step, a worse stage 1; off in default.toml)
     logging_steps: int = 50
     mask_fields: list = field(default_factory=list)  # target fields whose value tokens carry no loss
+    gold_mask_fields: list = field(default_factory=list)  # stage 1: ... in its gold examples only
+    field_weights: dict = field(default_factory=dict)  # field -> loss weight of its value tokens (others 1)
     freeze_layers: int = 0        # the lowest N decoder layers stay as the previous stage left them
     anchor_decay: float = 0.0     # after each step p -= lr * anchor_decay * (p - p at the stage's start)
 
@@ -224,6 +226,17 @@ class RecipeConfig:
             bad = [f for f in sec.mask_fields if f not in MASKABLE_FIELDS]
             if bad:
                 raise ValueError(f"{name}.mask_fields: unknown field(s) {bad}; maskable: {list(MASKABLE_FIELDS)}")
+            if name == "soup":
+                continue
+            bad = [f for f in (*sec.gold_mask_fields, *sec.field_weights) if f not in MASKABLE_FIELDS]
+            if bad:
+                raise ValueError(f"{name}.gold_mask_fields / field_weights: unknown field(s) {bad}; "
+                                 f"known: {list(MASKABLE_FIELDS)}")
+            if name == "stage2" and sec.gold_mask_fields:
+                raise ValueError("stage2.gold_mask_fields: stage 2 is all gold; use stage2.mask_fields")
+            neg = {f: w for f, w in sec.field_weights.items() if not w >= 0}
+            if neg:
+                raise ValueError(f"{name}.field_weights: weights must be >= 0, got {neg}")
             if not sec.anchor_decay >= 0:
                 raise ValueError(f"{name}.anchor_decay: must be >= 0, got {sec.anchor_decay}")
         for name in ("stage1", "stage2"):

@@ -255,9 +255,13 @@ class Recipe:
         model = init_model(self.cfg.model, tok, seed=self.cfg.seed)
         self.log(f"model: Qwen3 {self.cfg.model.to_dict()}, {parameter_count(model) / 1e6:.2f} M parameters "
                  f"(~{saved_megabytes(model, self.cfg.model.dtype):.1f} MB as {self.cfg.model.dtype})")
-        pairs = mix_stage1(self._pairs("stage1_pseudo.jsonl"), self._pairs("train.jsonl"), c.n_examples,
-                           c.gold_share, self.cfg.seed)
-        self.log(f"stage 1: {len(pairs)} examples ({c.gold_share:.0%} gold)")
+        gold: list[tuple] = self._pairs("train.jsonl")
+        if c.gold_mask_fields:                        # masked in the gold examples only
+            gold = [(q, t, tuple(c.gold_mask_fields)) for q, t in gold]
+        pairs = mix_stage1(self._pairs("stage1_pseudo.jsonl"), gold, c.n_examples, c.gold_share, self.cfg.seed)
+        extra = f", gold {list(c.gold_mask_fields)} masked" if c.gold_mask_fields else ""
+        extra += f", field loss weights {c.field_weights}" if c.field_weights else ""
+        self.log(f"stage 1: {len(pairs)} examples ({c.gold_share:.0%} gold{extra})")
         res = run_sft(model, tok, pairs, c, str(self.path("scratch", "stage1")), seed=self.cfg.seed,
                       schema=self.schema, device=self.cfg.device, log=self.log)
         self._save_model(model, tok, "stage1")

@@ -23,7 +23,7 @@ import re
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from transformers import TrainerCallback
@@ -38,33 +38,47 @@ from .prefix import backbone, cache_kwarg, prefix_cache, shared_prefix_len
 # transformers 5 renamed TrainingArguments.gradient_checkpointing, which TRL still sets (off here).
 warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing` is deprecated", category=FutureWarning)
 
-__all__ = ["AnchorDecay", "PrefixSFTTrainer", "SFTResult", "freeze_lower_layers", "mix_stage1", "run_sft", "sft_dataset"]
+__all__ = ["AnchorDecay", "LossWeightCollator", "PrefixSFTTrainer", "SFTResult", "freeze_lower_layers", "mix_stage1", "run_sft", "sft_dataset"]
 
 
 def sft_dataset(tokenizer: Any, pairs: Sequence[tuple], schema: Schema | None = None,
-                mask_fields: Sequence[str] = ()):
+                mask_fields: Sequence[str] = (), field_weights: Optional[Mapping[str, float]] = None):
     """A pre-tokenized `datasets.Dataset` (``input_ids``, ``labels``) from (query, target)
     pairs, or (query, target, fields) triples whose `fields` are masked in that example only.
 
     `mask_fields` (names from `MASKABLE_FIELDS`): the tokens of those fields' values get label
-    -100, so the stage teaches everything but them (the field's key and quotes still count)."""
+    -100, so the stage teaches everything but them (the field's key and quotes still count).
+    `field_weights` (field -> weight, names from `MASKABLE_FIELDS`): a ``loss_weights``
+    column, 1.0 per token except the value tokens of those fields (masked ones excepted), which
+    weigh as given in the loss (`PrefixSFTTrainer`)."""
     from datasets import Dataset
 
     schema = schema or DEFAULT_SCHEMA
-    ids, labels = [], []
+    weighted = {f: float(w) for f, w in (field_weights or {}).items() if float(w) != 1.0}
+    ids, labels, weights = [], [], []
     for item in pairs:
         q, t = item[0], item[1]
         fields = list(dict.fromkeys([*mask_fields, *(item[2] if len(item) > 2 else ())]))
         ex = encode_example(tokenizer, q, t, schema)
         ids.append(ex.input_ids)
         lab = ex.labels
+        start = len(ex.prompt_ids)
         if fields:
             lab = list(lab)
-            start = len(ex.prompt_ids)
             for i in field_value_tokens(tokenizer, t, fields, ids=ex.target_ids):
                 lab[start + i] = -100
         labels.append(lab)
-    return Dataset.from_dict({"input_ids": ids, "labels": labels})
+        if weighted:
+            w = [1.0] * len(lab)
+            for f, fw in weighted.items():
+                if f not in fields:
+                    for i in field_value_tokens(tokenizer, t, [f], ids=ex.target_ids):
+                        w[start + i] = fw
+            weights.append(w)
+    cols = {"input_ids": ids, "labels": labels}
+    if weighted:
+        cols["loss_weights"] = weights
+    return Dataset.from_dict(cols)
 
 
 def field_value_tokens(tokenizer: Any, target: str, fields: Sequence[str],
@@ -157,6 +171,7 @@ class PrefixSFTTrainer(SFTTrainer):
         if return_outputs:                # evaluation with outputs: TRL's own path
             return super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         ids, att, labels = inputs["input_ids"], inputs.get("attention_mask"), inputs["labels"]
+        weights = inputs.get("loss_weights")
         lm = self.accelerator.unwrap_model(model)
         base, head = backbone(lm), lm.get_output_embeddings()
         kw: dict[str, Any] = {}
@@ -168,12 +183,17 @@ class PrefixSFTTrainer(SFTTrainer):
             kw[self._cache_kw] = prefix_cache(base, ids[:1, :p], b)
             kw["position_ids"] = torch.arange(p, length, device=ids.device)[None].expand(b, -1)
             ids, labels = ids[:, p:], labels[:, p:]
+            weights = weights[:, p:] if weights is not None else None
         hidden = base(input_ids=ids, attention_mask=att, use_cache=False, **kw).last_hidden_state
         tgt = labels[:, 1:]
         sel = tgt != -100
         logits = head(hidden[:, :-1][sel]).float()
         tgt = tgt[sel]
-        nll = torch.nn.functional.cross_entropy(logits, tgt, reduction="sum")
+        if weights is None:
+            nll = torch.nn.functional.cross_entropy(logits, tgt, reduction="sum")
+        else:
+            per_token = torch.nn.functional.cross_entropy(logits, tgt, reduction="none")
+            nll = (per_token * weights[:, 1:][sel].to(per_token.dtype)).sum()
         if self.tokens_per_row > 0:
             loss = nll / (labels.shape[0] * self.tokens_per_row * self.current_gradient_accumulation_steps)
         elif num_items_in_batch is not None:
@@ -234,7 +254,7 @@ def run_sft(model: Any, tokenizer: Any, pairs: Sequence[tuple], cfg: SFTStageCon
     schema = schema or DEFAULT_SCHEMA
     set_seed(seed)
     t0 = time.perf_counter()
-    ds = sft_dataset(tokenizer, pairs, schema, mask_fields=cfg.mask_fields)
+    ds = sft_dataset(tokenizer, pairs, schema, mask_fields=cfg.mask_fields, field_weights=cfg.field_weights)
     prefix_len = len(prompt_template(tokenizer, schema).prefix_ids) if cfg.share_prefix else 0
     result = SFTResult(examples=len(pairs))
 
@@ -252,10 +272,16 @@ def run_sft(model: Any, tokenizer: Any, pairs: Sequence[tuple], cfg: SFTStageCon
         callbacks = [_Log()]
         if cfg.anchor_decay:
             callbacks.append(AnchorDecay(model, cfg.anchor_decay))
-        trainer = PrefixSFTTrainer(model=model, args=_sft_args(cfg, out_dir, seed, device), train_dataset=ds,
+        args = _sft_args(cfg, out_dir, seed, device)
+        weighted = "loss_weights" in ds.column_names
+        if weighted:
+            args.remove_unused_columns = False        # the Trainer would drop the column the model does not take
+        trainer = PrefixSFTTrainer(model=model, args=args, train_dataset=ds,
                                    processing_class=tokenizer, callbacks=callbacks, prefix_len=prefix_len,
                                    group_by_length=cfg.group_by_length, bucket_batches=cfg.bucket_batches)
         trainer.remove_callback(PrinterCallback)      # our _Log prints one line per logging step
+        if weighted:
+            trainer.data_collator = LossWeightCollator(trainer.data_collator)
         out = trainer.train()
     finally:                                          # the model leaves as it came, also on an error
         _unpatch(model)
@@ -265,6 +291,24 @@ def run_sft(model: Any, tokenizer: Any, pairs: Sequence[tuple], cfg: SFTStageCon
     if result.losses:
         result.first_loss, result.last_loss = result.losses[0], result.losses[-1]
     return result
+
+
+class LossWeightCollator:
+    """Wraps a collator of ``input_ids`` / ``labels`` rows: the ``loss_weights`` column
+    (`sft_dataset`'s `field_weights`) comes back as one float tensor shaped like the padded
+    labels, 0 on the padding."""
+
+    def __init__(self, inner: Callable[[list], dict]):
+        self.inner = inner
+
+    def __call__(self, examples: list[dict]) -> dict:
+        out = self.inner([{k: v for k, v in ex.items() if k != "loss_weights"} for ex in examples])
+        w = torch.zeros(out["labels"].shape, dtype=torch.float32)
+        for i, ex in enumerate(examples):
+            row = torch.as_tensor(ex["loss_weights"], dtype=torch.float32)
+            w[i, :row.numel()] = row
+        out["loss_weights"] = w
+        return out
 
 
 class AnchorDecay(TrainerCallback):
