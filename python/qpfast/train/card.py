@@ -100,6 +100,19 @@ def model_card(cfg: Any, metrics: Mapping[str, Any], *, params: int, size_mb: fl
                     f"frame is seen alone (function words dropped, two content chunks swapped, or the head of one "
                     f"template's draft joined to the tail of another template of the same category, whose intent "
                     f"is then left out of the loss: `qpfast.data.augment`).")
+    s1, s2 = cfg.stage1, cfg.stage2
+    s1_note = ""
+    if s1.gold_mask_fields:
+        s1_note += (f"\n- stage 1's gold share carries no loss on {', '.join(s1.gold_mask_fields)}: there the model "
+                    f"learns only the legacy pipeline's pseudo-labels (its keyword rules), not the gold label, which "
+                    f"the template alone decides and which a template never seen in training cannot show")
+    if s1.field_weights:
+        s1_note += ("\n- stage 1 weighs the value tokens of " + ", ".join(f"{f} x{w:g}" for f, w in s1.field_weights.items())
+                    + " in its loss (every other target token x1)")
+    s2_note = ""
+    if s2.mask_fields:
+        s2_note = (f"\n- stage 2 carries no loss on {', '.join(s2.mask_fields)}: that field stays what stage 1 "
+                    f"learned (stage 3's reward still scores it)")
     freeze_note = ""
     if cfg.stage2.freeze_layers:
         freeze_note = (f"\n- stage 2 trains only the decoder layers above the lowest {cfg.stage2.freeze_layers} "
@@ -152,8 +165,8 @@ the train split's templates and values.{stream_note} Stages 2 and 3 read the
 {d.n_train} gold training examples{synth_note}.{aug_note}
 
 ## Recipe (`python -m qpfast.train`, config `{cfg.name}`)
-{_stage_line("stage 1, knowledge injection (SFT, TRL SFTTrainer, loss on target tokens)", train.get("stage1"))}
-{_stage_line("stage 2, target alignment (SFT on gold)", train.get("stage2"))}{freeze_note}
+{_stage_line("stage 1, knowledge injection (SFT, TRL SFTTrainer, loss on target tokens)", train.get("stage1"))}{s1_note}
+{_stage_line("stage 2, target alignment (SFT on gold)", train.get("stage2"))}{s2_note}{freeze_note}
 {_stage_line("stage 3, multi-reward GRPO (TRL GRPOTrainer, constrained rollouts, task-isolated groups)",
              train.get("stage3"))}{avg_note}{soup_note}
 
