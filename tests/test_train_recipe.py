@@ -366,3 +366,28 @@ def test_average_weights_counts_tied_weights_once():
     torch.testing.assert_close(a.model.norm.weight, 0.5 * na + 0.5 * b.model.norm.weight)
     with pytest.raises(ValueError, match="w"):
         average_weights_(a, b, 1.5)
+
+
+def test_export_sweep_builds_the_recipe_average_and_scores_it(tiny_run, tmp_path, capsys):
+    """bench/export_sweep.py: the candidate it builds is the recipe's own average of the
+    run's checkpoints, and each candidate gets one scored row per data file."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file
+    spec = importlib.util.spec_from_file_location(
+        "export_sweep", Path(__file__).resolve().parents[1] / "bench" / "export_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    assert sweep.parse_w("0.5") == (0.5, []) and sweep.parse_w("0.2/0.3,0.1") == (0.2, [0.3, 0.1])
+    out = sweep.build(tiny_run, 0.25, [], 0.0, tmp_path / "m")
+    s1, s3 = load_file(str(tiny_run / "stage1" / "model.safetensors")), load_file(str(tiny_run / "stage3" / "model.safetensors"))
+    got = load_file(str(out / "model.safetensors"))
+    for k, v in got.items():
+        torch.testing.assert_close(v, (0.75 * s3[k].float() + 0.25 * s1[k].float()).to(v.dtype), msg=k)
+    dev = str(tiny_run / "data" / "dev.jsonl")
+    with torch_threads(1):
+        assert sweep.main(["--run", str(tiny_run), "--data", dev, "--w", "0", "0.5", "--soup", "0"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "| dev.jsonl |" in line]
+    assert len(rows) == 2 and rows[0].startswith("| 0 | - | 0 |") and rows[1].startswith("| 0.5 | - | 0 |")
