@@ -38,7 +38,8 @@ from .prefix import backbone, cache_kwarg, prefix_cache, shared_prefix_len
 # transformers 5 renamed TrainingArguments.gradient_checkpointing, which TRL still sets (off here).
 warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing` is deprecated", category=FutureWarning)
 
-__all__ = ["AnchorDecay", "LossWeightCollator", "PrefixSFTTrainer", "SFTResult", "freeze_lower_layers", "mix_stage1", "run_sft", "sft_dataset"]
+__all__ = ["AnchorDecay", "LossWeightCollator", "PrefixSFTTrainer", "SFTResult", "freeze_lower_layers", "mix_stage1",
+           "run_sft", "sft_dataset"]
 
 
 def sft_dataset(tokenizer: Any, pairs: Sequence[tuple], schema: Schema | None = None,
@@ -142,6 +143,9 @@ class PrefixSFTTrainer(SFTTrainer):
     with short rows together and long rows together the per-batch count would weigh a short
     row's tokens several times a long row's; this way every token weighs the same, as in
     randomly mixed batches.
+
+    A batch with ``loss_weights`` (`sft_dataset`'s `field_weights`, `LossWeightCollator`) sums
+    each token's cross-entropy times its weight; the divisor stays the token count.
     """
 
     loss_is_scaled_for_ga = True          # compute_loss normalizes over the accumulated batch
