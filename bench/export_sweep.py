@@ -24,22 +24,14 @@ def parse_w(text: str) -> tuple[float, list[float]]:
 
 
 def build(run: Path, w: float, layers: list[float], soup: float, out: Path, dtype: str = "bfloat16") -> Path:
-    """The export for these weights, saved (with the tokenizer) in `out`."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The export for these weights (`qpfast.train.recipe.export_model`, as the recipe's export
+    stage builds it), saved with the tokenizer in `out`."""
+    from transformers import AutoTokenizer
 
-    from qpfast.train.recipe import average_weights_
+    from qpfast.train.recipe import export_model
 
-    def load(name: str):
-        return AutoModelForCausalLM.from_pretrained(str(run / name), dtype=torch.float32, local_files_only=True)
-
-    model = load("stage3")
-    if w or any(layers):
-        average_weights_(model, load("stage1"), w, layers)
-    if soup:
-        average_weights_(model, load("branch3"), soup)
-    model = model.to({"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype])
-    model.config.use_cache = True
+    model = export_model(run / "stage3", stage1=run / "stage1", w=w, layer_weights=layers, branch3=run / "branch3",
+                         soup=soup, dtype=dtype)
     model.save_pretrained(str(out), safe_serialization=True)
     AutoTokenizer.from_pretrained(str(run / "stage3")).save_pretrained(str(out))
     return out

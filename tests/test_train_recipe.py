@@ -386,6 +386,11 @@ def test_export_sweep_builds_the_recipe_average_and_scores_it(tiny_run, tmp_path
     got = load_file(str(out / "model.safetensors"))
     for k, v in got.items():
         torch.testing.assert_close(v, (0.75 * s3[k].float() + 0.25 * s1[k].float()).to(v.dtype), msg=k)
+    from qpfast.train.recipe import export_model
+    with pytest.raises(ValueError, match="stage1: required"):
+        export_model(tiny_run / "stage3", w=0.25)
+    with pytest.raises(ValueError, match="branch3: required"):
+        export_model(tiny_run / "stage3", soup=0.5)
     dev = str(tiny_run / "data" / "dev.jsonl")
     with torch_threads(1):
         assert sweep.main(["--run", str(tiny_run), "--data", dev, "--w", "0", "0.5", "--soup", "0"]) == 0

@@ -35,7 +35,7 @@ from ..evaluate import REPORT_KEYS
 from ..schema import DEFAULT_SCHEMA
 from .config import RecipeConfig, SFTStageConfig
 
-__all__ = ["STAGES", "Recipe", "run_recipe", "parse_stages"]
+__all__ = ["STAGES", "Recipe", "export_model", "run_recipe", "parse_stages"]
 
 STAGES = ("data", "tokenizer", "stage1", "stage2", "stage3", "branch", "export")
 #: The most the embedded default model's weights may weigh (MB).
@@ -417,34 +417,25 @@ class Recipe:
 
     def _export(self) -> None:
         """stage3/ -> model/ in the shipping dtype, with the model card; then evaluated."""
-        import torch
-        from transformers import AutoModelForCausalLM
         from .card import model_card
         from .model_init import parameter_count
 
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[self.cfg.model.dtype]
         src = self._require("stage3")
         dst = self.path("model")
         if dst.exists():
             shutil.rmtree(dst)
         from .tokenizer import save_tokenizer
         w, lw = self.cfg.stage3.average_stage1, list(self.cfg.stage3.average_stage1_layers)
-        model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32, local_files_only=True)
-        if w > 0 or any(lw):
+        averaged, ws = bool(w > 0 or any(lw)), self.cfg.soup.weight
+        if averaged:
             self._evaluate("stage3_policy", src)
-            anchor = AutoModelForCausalLM.from_pretrained(str(self._require("stage1")), dtype=torch.float32,
-                                                          local_files_only=True)
-            average_weights_(model, anchor, w, lw)
+        model = export_model(src, stage1=self._require("stage1") if averaged else None, w=w, layer_weights=lw,
+                             branch3=self._require("branch3") if ws else None, soup=ws, dtype=self.cfg.model.dtype)
+        if averaged:
             per_layer = f" (decoder layers: stage-1 weights {', '.join(f'{x:g}' for x in lw)})" if lw else ""
             self.log(f"exported weights = {1 - w:g} * stage 3 + {w:g} * stage 1{per_layer}")
-        if self.cfg.soup.weight:
-            ws = self.cfg.soup.weight
-            branch = AutoModelForCausalLM.from_pretrained(str(self._require("branch3")), dtype=torch.float32,
-                                                          local_files_only=True)
-            average_weights_(model, branch, ws)
+        if ws:
             self.log(f"exported weights = {1 - ws:g} * the above + {ws:g} * the branch's stage 3 (a soup)")
-        model = model.to(dtype)
-        model.config.use_cache = True
         model.save_pretrained(str(dst), safe_serialization=True)
         tok = self._tokenizer(src)
         save_tokenizer(tok, dst)
@@ -494,6 +485,33 @@ class Recipe:
         self.log(f"eval {name} on {self.cfg.eval.split} ({rep['n']}){took}: " + "  ".join(
             f"{k} {rep[k]:.4f}" for k in ("seg_f1", "ner_f1", "weight_f1", "cat_acc", "intent_f1", "overall",
                                           "invalid_rate")))
+
+
+def export_model(stage3: str | os.PathLike, *, stage1: str | os.PathLike | None = None, w: float = 0.0,
+                 layer_weights: Sequence[float] = (), branch3: str | os.PathLike | None = None, soup: float = 0.0,
+                 dtype: str = "bfloat16") -> Any:
+    """The shipped model from a run's checkpoints: ``stage3`` averaged toward ``stage1`` (`w`,
+    `layer_weights`: `average_weights_`; skipped when all are 0), then toward the soup branch's
+    ``branch3`` by `soup` (skipped at 0), cast to `dtype` ("float32" or "bfloat16") with the KV
+    cache on. Loads in float32 and averages there; the caller saves it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    def load(path: str | os.PathLike) -> Any:
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, local_files_only=True)
+
+    model = load(stage3)
+    if w > 0 or any(layer_weights):
+        if stage1 is None:
+            raise ValueError("stage1: required when w or layer_weights average toward stage 1")
+        average_weights_(model, load(stage1), w, layer_weights)
+    if soup:
+        if branch3 is None:
+            raise ValueError("branch3: required when soup > 0")
+        average_weights_(model, load(branch3), soup)
+    model = model.to({"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype])
+    model.config.use_cache = True
+    return model
 
 
 def average_weights_(model: Any, anchor: Any, w: float, layer_weights: Sequence[float] = ()) -> None:
