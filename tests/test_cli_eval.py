@@ -60,15 +60,19 @@ def test_load_predictions_names_the_bad_line(tmp_path):
         evaluate.load_predictions(path)
 
 
+def _bench_module(name):
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_category_breakdown_of_the_legacy_pipeline_matches_legacy(data_file, tmp_path, capsys):
     """bench/category_breakdown.py on the legacy pipeline's own predictions: the model and legacy
     columns agree, and the classes split on the legacy keyword table."""
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location(
-        "category_breakdown", Path(__file__).resolve().parents[1] / "bench" / "category_breakdown.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _bench_module("category_breakdown")
     assert mod.query_class("狗狗拉肚子怎么办") == mod.KEYWORD        # 狗狗: a 宠物>狗 keyword
     assert mod.query_class("台北产检医院推荐") == mod.KEYWORDS_MIXED   # 产检: 母婴>孕产, 医院: 健康>医疗
     assert mod.query_class("成都 周末") == mod.NO_KEYWORD
@@ -139,3 +143,44 @@ def test_python_dash_m():
     assert r.returncode == 0 and "--legacy" in r.stdout and "--predictions" in r.stdout
     r = subprocess.run([sys.executable, "-m", "qpfast", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and qpfast.__version__ in r.stdout
+
+
+def test_paired_bootstrap_clusters_repeats_and_brackets_the_difference(tmp_path, capsys):
+    """bench/paired_bootstrap.py: repeated queries (after normalization) form one cluster whose
+    counts add up; gold against itself is a difference of exactly 0 in every resample; gold
+    against all-invalid output is a positive difference with a positive interval."""
+    mod = _bench_module("paired_bootstrap")
+    queries = [q for q, _ in RECORDS] + ["兰蔻小黑瓶适合什么肤质 ", "ＣＨＥＮＧＤＵ"]  # a repeat; a new query
+    extra = {"ner": [], "seg": ["chengdu"], "weight": [3], "cat": "旅行>国内", "intent": "成都"}
+    golds = [qpfast.render(d, query=q) for q, d in RECORDS] + [qpfast.render(RECORDS[0][1], query=queries[3]),
+                                                            qpfast.render(extra, query=queries[4])]
+    g = mod.cluster_counts(queries, golds, golds)
+    assert g.shape[0] == 4  # the repeat joined its first copy
+    one = mod.cluster_counts(queries[:1], golds[:1], golds[:1])[0]
+    assert (g[0] == 2 * one).all()
+    assert g[:, -2].tolist() == [2, 1, 1, 1]  # Counts.n per cluster
+    same = mod.paired_bootstrap(g, g, n_boot=50)
+    for r in same.values():
+        assert r["diff"] == r["lo"] == r["hi"] == 0.0 and r["p_not_better"] == 1.0
+    bad = mod.cluster_counts(queries, golds, ["garbage"] * len(queries))
+    res = mod.paired_bootstrap(g, bad, n_boot=50)
+    assert res["seg_f1"]["a"] == 1.0 and res["seg_f1"]["b"] == 0.0
+    assert res["overall"]["lo"] > 0 and res["overall"]["p_not_better"] == 0.0
+    with pytest.raises(ValueError, match="n_boot"):
+        mod.paired_bootstrap(g, g, n_boot=0)
+    with pytest.raises(ValueError, match="shapes differ"):
+        mod.paired_bootstrap(g, g[:2])
+    # the command line: predictions files against the legacy pipeline
+    data = tmp_path / "d.jsonl"
+    pred = tmp_path / "p.jsonl"
+    with open(data, "w", encoding="utf-8") as f, open(pred, "w", encoding="utf-8") as p:
+        for q, t in zip(queries, golds):
+            f.write(json.dumps({"query": q, "target": t}, ensure_ascii=False) + "\n")
+            p.write(json.dumps({"query": q, "output": t}, ensure_ascii=False) + "\n")
+    mod.main(["--data", str(data), "--a", str(pred), "--n-boot", "20"])
+    out = capsys.readouterr().out
+    assert out.startswith("5 examples, 4 distinct queries, 20 resamples")
+    assert "| seg_f1 | 1.0000 |" in out
+    with pytest.raises(SystemExit, match="no prediction for 1 of 5"):
+        pred.write_text("\n".join(pred.read_text(encoding="utf-8").splitlines()[:-1]) + "\n", encoding="utf-8")
+        mod.main(["--data", str(data), "--a", str(pred)])
