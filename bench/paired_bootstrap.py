@@ -3,9 +3,10 @@
     python bench/paired_bootstrap.py --data runs/L5/data/test.jsonl \
         --a runs/L5/eval/stage3_predictions.jsonl --b legacy
 
-Scores both prediction sets per example (DESIGN.md §6 counts), then resamples the *distinct
-normalized queries* with replacement (every copy of a query goes in or out together: the
-generated splits repeat queries, and repeats are not independent evidence) and recomputes each
+Scores both prediction sets per example (DESIGN.md §6 counts), then resamples the distinct
+queries with replacement — a query being its normalized text without spaces, ``q'``, what seg
+and weights are scored on — so that every copy and spacing variant of one query goes in or out
+together (the generated splits repeat queries; repeats are not independent evidence) and recomputes each
 task's score from the summed counts. Prints, per task, A's and B's score, the difference A − B,
 its 95% interval and the share of resamples in which A does not beat B. `--a`/`--b` are the
 JSONL files that ``python -m qpfast eval --predictions`` or the training recipe
@@ -35,12 +36,13 @@ def _outputs(spec: str, queries: list[str]) -> list[str | None]:
 
 
 def cluster_counts(queries: list[str], targets: list[str], outputs: list[str | None]) -> np.ndarray:
-    """[distinct normalized queries, Counts fields]: each cluster's summed counts, in first-seen order."""
+    """[distinct queries, Counts fields]: the summed counts of each ``q'`` (normalized, spaces
+    removed), in first-seen order."""
     index: dict[str, int] = {}
     rows: list[np.ndarray] = []
     for q, t, o in zip(queries, targets, outputs):
         row = np.array(astuple(score_example(q, t, o)), dtype=np.int64)
-        k = index.setdefault(normalize(q), len(index))
+        k = index.setdefault(normalize(q).replace(" ", ""), len(index))
         if k == len(rows):
             rows.append(row)
         else:

@@ -146,11 +146,11 @@ def test_python_dash_m():
 
 
 def test_paired_bootstrap_clusters_repeats_and_brackets_the_difference(tmp_path, capsys):
-    """bench/paired_bootstrap.py: repeated queries (after normalization) form one cluster whose
+    """bench/paired_bootstrap.py: repeated queries (same q' after normalization) form one cluster whose
     counts add up; gold against itself is a difference of exactly 0 in every resample; gold
     against all-invalid output is a positive difference with a positive interval."""
     mod = _bench_module("paired_bootstrap")
-    queries = [q for q, _ in RECORDS] + ["兰蔻小黑瓶适合什么肤质 ", "ＣＨＥＮＧＤＵ"]  # a repeat; a new query
+    queries = [q for q, _ in RECORDS] + ["兰蔻小黑瓶 适合什么肤质", "ＣＨＥＮＧＤＵ"]  # a repeat; a new query
     extra = {"ner": [], "seg": ["chengdu"], "weight": [3], "cat": "旅行>国内", "intent": "成都"}
     golds = [qpfast.render(d, query=q) for q, d in RECORDS] + [qpfast.render(RECORDS[0][1], query=queries[3]),
                                                             qpfast.render(extra, query=queries[4])]
