@@ -158,13 +158,43 @@ def test_masked_fields_drop_exactly_their_value_tokens():
             assert tok.decode([a["labels"][start + i] for i in dropped]) == values
             assert dropped == field_value_tokens(tok, t, fields)
     with pytest.raises(ValueError, match="maskable"):
-        field_value_tokens(tok, pairs[0][1], ["seg"])
+        field_value_tokens(tok, pairs[0][1], ["query"])
     with pytest.raises(ValueError, match="no string field"):
         field_value_tokens(tok, '{"cat":1}', ["cat"])
+    with pytest.raises(ValueError, match="no list field 'seg'"):
+        field_value_tokens(tok, '{"seg":"ab"}', ["seg"])
+    with pytest.raises(ValueError, match="no list field 'ner'"):
+        field_value_tokens(tok, '{"ner":[["a"', ["ner"])
     from qpfast.train.config import RecipeConfig
     with pytest.raises(ValueError, match="stage2.mask_fields"):
-        RecipeConfig.from_dict({"stage2": {"mask_fields": ["weight"]}})
+        RecipeConfig.from_dict({"stage2": {"mask_fields": ["query"]}})
     assert RecipeConfig.from_dict({"stage2": {"mask_fields": ["cat"]}}).stage2.mask_fields == ["cat"]
+    assert RecipeConfig.from_dict({"stage1": {"field_weights": {"seg": 2.0}}}).stage1.field_weights == {"seg": 2.0}
+
+
+@pytest.mark.parametrize("field", ["ner", "seg", "weight"])
+def test_list_field_value_tokens_cover_the_list_and_nothing_else(field):
+    """A list field's value tokens: every token overlapping the text between its brackets
+    (the items and their separators), a contiguous run; tokens wholly outside stay."""
+    import json
+    tok = tiny_tokenizer()
+    for q, t in tiny_pairs()[:40]:
+        ids = field_value_tokens(tok, t, [field])
+        inner = json.dumps(json.loads(t)[field], ensure_ascii=False, separators=(",", ":"))[1:-1]
+        if not inner:  # an empty list: no value tokens
+            assert ids == []
+            continue
+        assert ids == list(range(ids[0], ids[-1] + 1))
+        enc = tok(t, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        a, b = enc[ids[0]][0], enc[ids[-1]][1]
+        start = t.index('"%s":[' % field) + len(field) + 4
+        assert t[start:start + len(inner)] == inner
+        assert a <= start and b >= start + len(inner) and inner in t[a:b]
+        # the neighbours lie wholly outside the value
+        if ids[0] > 0:
+            assert enc[ids[0] - 1][1] <= start
+        if ids[-1] + 1 < len(enc):
+            assert enc[ids[-1] + 1][0] >= start + len(inner)
 
 
 def test_stage1_mix():
@@ -188,7 +218,7 @@ def test_per_example_masks_add_to_the_stage_mask():
         want = sft_dataset(tok, [(q, t)], mask_fields=["cat", "intent"] if i % 2 else ["cat"])[0]
         assert row == want
     with pytest.raises(ValueError, match="maskable"):
-        sft_dataset(tok, [(pairs[0][0], pairs[0][1], ("weight",))])
+        sft_dataset(tok, [(pairs[0][0], pairs[0][1], ("query",))])
 
 
 def test_field_weights_weigh_exactly_their_value_tokens():
@@ -213,8 +243,14 @@ def test_field_weights_weigh_exactly_their_value_tokens():
                 assert x == 3.0
             else:
                 assert x == 1.0
+    # a list field weighs the same way: exactly its value tokens
+    for row, (q, t) in zip(sft_dataset(tok, pairs[:4], field_weights={"seg": 2.0}), pairs):
+        start = len(encode_example(tok, q, t).prompt_ids)
+        seg = {start + j for j in field_value_tokens(tok, t, ["seg"])}
+        assert seg and {k for k, x in enumerate(row["loss_weights"]) if x == 2.0} == seg
+        assert all(x in (1.0, 2.0) for x in row["loss_weights"])
     with pytest.raises(ValueError, match="maskable"):
-        sft_dataset(tok, pairs[:1], field_weights={"seg": 2.0})
+        sft_dataset(tok, pairs[:1], field_weights={"query": 2.0})
 
 
 def test_weighted_loss_is_the_weighted_target_cross_entropy(tmp_path, monkeypatch):
@@ -273,9 +309,9 @@ def test_field_weight_and_gold_mask_validation():
     cfg = RecipeConfig.from_dict({"stage1": {"gold_mask_fields": ["cat"], "field_weights": {"cat": 3}}})
     assert cfg.stage1.gold_mask_fields == ["cat"] and cfg.stage1.field_weights == {"cat": 3.0}
     with pytest.raises(ValueError, match="stage1.gold_mask_fields / field_weights"):
-        RecipeConfig.from_dict({"stage1": {"field_weights": {"weight": 2.0}}})
+        RecipeConfig.from_dict({"stage1": {"field_weights": {"weights": 2.0}}})
     with pytest.raises(ValueError, match="stage1.gold_mask_fields / field_weights"):
-        RecipeConfig.from_dict({"stage1": {"gold_mask_fields": ["seg"]}})
+        RecipeConfig.from_dict({"stage1": {"gold_mask_fields": ["query"]}})
     with pytest.raises(ValueError, match=">= 0"):
         RecipeConfig.from_dict({"stage2": {"field_weights": {"cat": -1.0}}})
     with pytest.raises(ValueError, match="stage2.gold_mask_fields"):

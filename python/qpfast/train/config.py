@@ -19,9 +19,9 @@ from typing import Any, Mapping
 
 from .model_init import ModelSpec
 
-#: Target fields an SFT stage can leave out of its loss (`SFTStageConfig.mask_fields`): the
-#: string-valued ones of qp-json/1.
-MASKABLE_FIELDS = ("cat", "intent")
+#: Target fields an SFT stage can leave out of its loss or weigh (`SFTStageConfig.mask_fields`,
+#: `field_weights`): every field of qp-json/1.
+MASKABLE_FIELDS = ("ner", "seg", "weight", "cat", "intent")
 
 __all__ = ["DataConfig", "TokenizerConfig", "SFTStageConfig", "GRPOStageConfig", "EvalConfig", "RecipeConfig",
            "CONFIG_DIR", "config_path"]

@@ -17,6 +17,7 @@ the instruction token: ~190-550 of a ~250-630-token example) about a third of th
 """
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -48,7 +49,8 @@ def sft_dataset(tokenizer: Any, pairs: Sequence[tuple], schema: Schema | None = 
     pairs, or (query, target, fields) triples whose `fields` are masked in that example only.
 
     `mask_fields` (names from `MASKABLE_FIELDS`): the tokens of those fields' values get label
-    -100, so the stage teaches everything but them (the field's key and quotes still count).
+    -100, so the stage teaches everything but them (the field's key and its quotes or brackets
+    still count; `field_value_tokens`).
     `field_weights` (field -> weight, names from `MASKABLE_FIELDS`): a ``loss_weights``
     column, 1.0 per token except the value tokens of those fields (masked ones excepted), which
     weigh as given in the loss (`PrefixSFTTrainer`)."""
@@ -84,18 +86,15 @@ def sft_dataset(tokenizer: Any, pairs: Sequence[tuple], schema: Schema | None = 
 
 def field_value_tokens(tokenizer: Any, target: str, fields: Sequence[str],
                        ids: Optional[Sequence[int]] = None) -> list[int]:
-    """Indices of the target tokens that overlap the value of any of `fields` (string
-    fields of a qp-json/1 target, e.g. ``"cat":"美妆>护肤"`` -> the tokens of 美妆>护肤).
-    `ids`: the target's canonical ids (`qpfast.prompt.target_ids`) when the caller has them."""
+    """Indices of the target tokens that overlap the value of any of `fields` of a qp-json/1
+    target: inside the quotes of a string field (``"cat":"美妆>护肤"`` -> the tokens of
+    美妆>护肤), inside the brackets of a list field (``"seg":["兰蔻","小黑瓶"]`` -> the tokens
+    of ``"兰蔻","小黑瓶"``, separators included). `ids`: the target's canonical ids
+    (`qpfast.prompt.target_ids`) when the caller has them."""
     bad = [f for f in fields if f not in MASKABLE_FIELDS]
     if bad:
         raise ValueError(f"fields: {bad} cannot be masked; maskable: {list(MASKABLE_FIELDS)}")
-    spans = []
-    for f in fields:
-        m = re.search(r'"%s":"((?:[^"\\]|\\.)*)"' % re.escape(f), target)
-        if m is None:
-            raise ValueError(f"target: no string field {f!r} in {target[:80]!r}")
-        spans.append(m.span(1))
+    spans = [_value_span(target, f) for f in fields]
     enc = tokenizer(target, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
     if ids is None:
         ids = target_ids(tokenizer, target)
@@ -103,6 +102,24 @@ def field_value_tokens(tokenizer: Any, target: str, fields: Sequence[str],
         raise RuntimeError("tokenizer: offsets do not describe the canonical target ids")
     return [i for i, (a, b) in enumerate(enc["offset_mapping"])
             if any(a < e and s < b for s, e in spans)]
+
+
+_LIST_FIELDS = ("ner", "seg", "weight")
+_JSON = json.JSONDecoder()
+
+
+def _value_span(target: str, f: str) -> tuple[int, int]:
+    """[start, end) of field `f`'s value in `target` without its quotes or brackets. A key
+    pattern ``"f":`` cannot occur inside a JSON string (its quotes would be escaped)."""
+    kind = "list" if f in _LIST_FIELDS else "string"
+    m = re.search(r'"%s":' % re.escape(f), target)
+    try:
+        value, end = _JSON.raw_decode(target, m.end()) if m else (None, 0)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, list if kind == "list" else str):
+        raise ValueError(f"target: no {kind} field {f!r} in {target[:80]!r}")
+    return m.end() + 1, end - 1
 
 
 def mix_stage1(pseudo: Sequence[tuple[str, str]], gold: Sequence[tuple[str, str]], n_examples: int,
