@@ -84,6 +84,8 @@ def py_parse(text: str, query: str, schema: Schema = DEFAULT_SCHEMA) -> QPResult
                 if type(s) is not str or not s or " " in s or not qs.startswith(s, qi):
                     raise PyParseError("seg: does not continue the query")
                 terms.append(Term(s, None, qs_to_q[qi], qs_to_q[qi + len(s) - 1] + 1))
+                if schema.seg_breaks_at_spaces and " " in q[terms[-1].start:terms[-1].end]:
+                    raise PyParseError("seg: spans a space of the query")
                 qi += len(s)
             if qi != len(qs):
                 raise PyParseError("seg: does not cover the query")

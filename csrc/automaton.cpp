@@ -25,6 +25,7 @@ const char* reject_message(Reject r) {
     case R_INTENT_UTF8: return "intent is not valid UTF-8";
     case R_INTENT_ESCAPE: return "unsupported escape (only \\\" and \\\\ occur in canonical qp-json/1)";
     case R_TRAILING: return "text after the closing brace";
+    case R_SEG_SPACE: return "segment spans a space of the query (the schema breaks segments at spaces)";
     default: return "rejected";
   }
 }
@@ -179,6 +180,7 @@ StepResult Automaton::step(GState& st, uint8_t b) const {
         return r;
       }
       if (st.spos < S.bytes.size() && static_cast<uint8_t>(S.bytes[st.spos]) == b) {
+        if (st.m > 0 && s_.spec.seg_breaks_at_spaces && q_.space_before[st.spos]) return {R_SEG_SPACE};
         ++st.spos;
         ++st.m;
         return {};

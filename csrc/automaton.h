@@ -36,6 +36,7 @@ enum Reject : uint8_t {
   R_INTENT_UTF8,
   R_INTENT_ESCAPE,
   R_TRAILING,          // text after the closing brace
+  R_SEG_SPACE,         // segment goes on past a space of the query (schema.seg_breaks_at_spaces)
   R_COUNT
 };
 

@@ -44,7 +44,8 @@ PYBIND11_MODULE(_C, m) {
   py::class_<CompiledSchema, std::shared_ptr<CompiledSchema>>(m, "CompiledSchema")
       .def(py::init([](std::vector<std::string> fields, std::vector<std::string> keys,
                        std::vector<std::string> entity_types, int weight_levels,
-                       std::vector<std::string> categories, int intent_max_chars, int max_query_chars) {
+                       std::vector<std::string> categories, int intent_max_chars, int max_query_chars,
+                       bool seg_breaks_at_spaces) {
              SchemaSpec s;
              s.fields = std::move(fields);
              s.keys = std::move(keys);
@@ -53,10 +54,12 @@ PYBIND11_MODULE(_C, m) {
              s.categories = std::move(categories);
              s.intent_max_chars = intent_max_chars;
              s.max_query_chars = max_query_chars;
+             s.seg_breaks_at_spaces = seg_breaks_at_spaces;
              return std::make_shared<CompiledSchema>(std::move(s));
            }),
            py::arg("fields"), py::arg("keys"), py::arg("entity_types"), py::arg("weight_levels"),
-           py::arg("categories"), py::arg("intent_max_chars"), py::arg("max_query_chars"))
+           py::arg("categories"), py::arg("intent_max_chars"), py::arg("max_query_chars"),
+           py::arg("seg_breaks_at_spaces") = false)
       .def("glue", [](const CompiledSchema& s) {
         py::list out;
         for (int g = 0; g < G_COUNT; ++g) {

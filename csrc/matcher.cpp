@@ -153,7 +153,7 @@ std::vector<int> Matcher::forced_tokens() const {
 void Matcher::ensure_costs() const {
   if (costs_ready_) return;
   const QueryCtx& q = *query_;
-  g_->suffix_costs(q.qs.bytes, seg_dp_);
+  seg_costs(q);
   // Cheapest single non-space character at or after char i.
   char_min_.assign(q.n + 1, kInf);
   for (int i = q.n - 1; i >= 0; --i) {
@@ -171,6 +171,32 @@ void Matcher::ensure_costs() const {
     else if (j < nb && next_end_[j + 1] != 0xFFFF) next_end_[j] = static_cast<uint16_t>(next_end_[j + 1] + 1);
   }
   costs_ready_ = true;
+}
+
+// seg_dp_[i]: tokens for q'[i:] as the fewest segments: one, or with
+// schema.seg_breaks_at_spaces one per space-free piece (the current one runs from i to the
+// next space of q), plus the `","` glue between them; seg_pieces_[i]: how many segments.
+void Matcher::seg_costs(const QueryCtx& q) const {
+  const std::string& S = q.qs.bytes;
+  const size_t n = S.size();
+  const bool breaks = g_->schema().spec.seg_breaks_at_spaces;
+  seg_sep_ = g_->schema().groups[G_SEG_MORE].empty() ? 0 : g_->glue_cost(G_SEG_MORE, 0, 0);
+  seg_dp_.assign(n + 1, 0);
+  seg_pieces_.assign(n + 1, 0);
+  std::vector<int> piece;
+  size_t end = n;
+  while (end > 0) {
+    size_t start = end - 1;
+    while (start > 0 && !(breaks && q.space_before[start])) --start;
+    g_->suffix_costs(S.substr(start, end - start), piece);
+    const int rest = end < n ? seg_sep_ + seg_dp_[end] : 0;
+    const int rest_pieces = end < n ? seg_pieces_[end] : 0;
+    for (size_t i = start; i < end; ++i) {
+      seg_dp_[i] = (piece[i - start] >= kInf || rest >= kInf) ? kInf : piece[i - start] + rest;
+      seg_pieces_[i] = static_cast<uint16_t>(1 + rest_pieces);
+    }
+    end = start;
+  }
 }
 
 int Matcher::group_cost(int g, Counters c, uint8_t alive_mask) const {
@@ -203,7 +229,7 @@ int Matcher::enter_cost(Node n, Counters c) const {
     case N_SEG: {
       Counters c2 = c;
       c2.spos = static_cast<uint16_t>(query_->qs.bytes.size());
-      c2.nseg = static_cast<uint16_t>(c.nseg + 1);
+      c2.nseg = static_cast<uint16_t>(c.nseg + seg_pieces_[c.spos]);
       return add(seg_dp_[c.spos], group_cost(G_SEG_DONE, c2, all));
     }
     case N_NUM: {
@@ -253,9 +279,14 @@ int Matcher::cost(const GState& st) const {
     case N_TYPE: return add(g_->type_cost(st.trie), group_cost(G_TYPE_END, c, all));
     case N_SEG: {
       if (st.m == 0) return enter_cost(N_SEG, c);
+      if (g_->schema().spec.seg_breaks_at_spaces && query_->space_before[st.spos]) {
+        Counters c1 = c;   // the segment must close here: its quote, the comma, the next ones
+        c1.nseg = static_cast<uint16_t>(c.nseg + 1);
+        return add(seg_sep_, enter_cost(N_SEG, c1));
+      }
       Counters c2 = c;
       c2.spos = static_cast<uint16_t>(query_->qs.bytes.size());
-      c2.nseg = static_cast<uint16_t>(c.nseg + 1);
+      c2.nseg = static_cast<uint16_t>(c.nseg + seg_pieces_[st.spos]);
       return add(seg_dp_[st.spos], group_cost(G_SEG_DONE, c2, all));
     }
     case N_NUM: {
@@ -317,7 +348,9 @@ int next_bytes(const Automaton& a, const GState& st, uint8_t* out) {
     }
     case N_SEG:
       add('"');
-      if (st.spos < q.qs.bytes.size()) add(static_cast<uint8_t>(q.qs.bytes[st.spos]));
+      if (st.spos < q.qs.bytes.size() &&
+          !(st.m > 0 && s.spec.seg_breaks_at_spaces && q.space_before[st.spos]))
+        add(static_cast<uint8_t>(q.qs.bytes[st.spos]));
       return n;
     case N_NUM:
       if (st.after_digit) { add(','); add(']'); }

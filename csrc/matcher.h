@@ -52,6 +52,7 @@ class Matcher {
   bool budget_ok(const GState& after) const;
   void dfs(int node, const GState& st, const TokCtx& tc, uint32_t* row) const;
   void ensure_costs() const;
+  void seg_costs(const QueryCtx& q) const;
 
   std::shared_ptr<const Grammar> g_;
   std::unique_ptr<QueryCtx> query_;
@@ -65,7 +66,9 @@ class Matcher {
   std::string raw_;  // all accepted bytes (incl. a leading space)
   // Per-query cost tables (built on first use when there is a budget).
   mutable bool costs_ready_ = false;
-  mutable std::vector<int> seg_dp_;        // tokens for q'[i:] as one segment
+  mutable std::vector<int> seg_dp_;        // tokens for q'[i:] as the fewest segments
+  mutable std::vector<uint16_t> seg_pieces_;  // ... how many (1 unless segments break at spaces)
+  mutable int seg_sep_ = 0;                // tokens of the `","` between two segments
   mutable std::vector<int> char_min_;      // min tokens of one non-space char at >= i
   mutable std::vector<uint16_t> next_end_; // bytes from E[j] to the nearest valid entity end
 };

@@ -207,6 +207,7 @@ ParseResult parse_lenient(const std::string& text, const std::string& normalized
         }
       // The items must spell out q' exactly.
       std::vector<PTerm> terms;
+      bool spans_space = false;  // schema.seg_breaks_at_spaces: a segment goes on over a space
       size_t qi = 0;  // char index into q'
       std::vector<uint32_t> qs_cps;
       for (int i = 0; i < q.n; ++i) if (q.cps[i] != ' ') qs_cps.push_back(q.cps[i]);
@@ -218,13 +219,15 @@ ParseResult parse_lenient(const std::string& text, const std::string& normalized
         t.text = s;
         t.start = q.qs_to_q[qi];
         t.end = q.qs_to_q[qi + c.size() - 1] + 1;
+        if (schema.spec.seg_breaks_at_spaces && t.end - t.start != static_cast<int>(c.size())) spans_space = true;
         terms.push_back(t);
         qi += c.size();
       }
-      if (good && qi == qs_cps.size() && !terms.empty()) {
+      if (good && qi == qs_cps.size() && !terms.empty() && !spans_space) {
         res.terms = std::move(terms);
       } else {
-        notes.push_back("dropped seg: it does not partition the query");
+        notes.push_back(spans_space ? "dropped seg: a segment spans a space of the query"
+                                    : "dropped seg: it does not partition the query");
       }
     }
   }

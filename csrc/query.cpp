@@ -42,6 +42,9 @@ QueryCtx::QueryCtx(const std::string& normalized) : text(normalized) {
     qs_to_q.push_back(static_cast<uint16_t>(i));
   }
   build_escaped(ns, qs);
+  space_before.assign(qs.bytes.size() + 1, 0);
+  for (size_t i = 1; i < qs_to_q.size(); ++i)
+    if (qs_to_q[i] != qs_to_q[i - 1] + 1) space_before[qs.char_off[i]] = 1;
 }
 
 }  // namespace qpfast

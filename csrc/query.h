@@ -25,6 +25,8 @@ struct QueryCtx {
   EscapedText q;                // escaped query
   EscapedText qs;               // escaped query without spaces (q')
   std::vector<uint16_t> qs_to_q;  // char i of q' is char qs_to_q[i] of q
+  // space_before[j] (size qs.bytes + 1): byte j of q' starts a char that follows a space in q.
+  std::vector<uint8_t> space_before;
 };
 
 }  // namespace qpfast

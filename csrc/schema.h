@@ -28,6 +28,7 @@ struct SchemaSpec {
   std::vector<std::string> categories;
   int intent_max_chars = 32;
   int max_query_chars = 64;
+  bool seg_breaks_at_spaces = false;  // no segment spans a space of the query
 };
 
 // A byte trie over JSON-escaped labels.

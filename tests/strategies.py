@@ -193,7 +193,8 @@ def _valid(draw, schema: Schema, as_dict: bool):
         p_cut = rng.choice([0.0, 0.1, 0.3, 0.5, 0.8, 1.0])
         i = 0
         for j in range(1, len(idx) + 1):
-            if j == len(idx) or rng.random() < p_cut:
+            at_space = schema.seg_breaks_at_spaces and j < len(idx) and idx[j] != idx[j - 1] + 1
+            if j == len(idx) or at_space or rng.random() < p_cut:
                 text = "".join(q[k] for k in idx[i:j])
                 w = rng.randrange(schema.weight_levels) if "weight" in schema.fields else None
                 terms.append(Term(text, w, idx[i], idx[j - 1] + 1))
@@ -271,6 +272,7 @@ def schemas(draw) -> Schema:
         categories=_label_set(draw),
         intent_max_chars=draw(_INTENT_MAX),
         max_query_chars=draw(_QUERY_MAX),
+        seg_breaks_at_spaces="seg" in fields and draw(_BOOL),
     )
 
 
@@ -290,6 +292,8 @@ SCHEMA_POOL: tuple[Schema, ...] = (
            entity_types=("品", "品牌"), weight_levels=10, max_query_chars=16),
     Schema(fields=("ner", "seg", "weight", "cat", "intent"), max_query_chars=256, intent_max_chars=64),
     Schema(fields=("seg", "intent", "weight"), intent_max_chars=2, weight_levels=3),
+    Schema(seg_breaks_at_spaces=True),
+    Schema(fields=("seg", "weight"), seg_breaks_at_spaces=True, max_query_chars=24),
 )
 
 

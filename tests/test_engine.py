@@ -300,3 +300,33 @@ def test_module_generate_default_model_error_and_engine_cache(monkeypatch, tmp_p
         assert get_engine(llama_dir(), None, "cpu") is e1
     finally:
         clear_engines()
+
+
+def test_a_checkpoint_schema_file_is_served_when_no_schema_is_given(tmp_path):
+    import shutil
+
+    from qpfast.schema import MODEL_SCHEMA_FILE, model_schema, save_model_schema
+    d = tmp_path / "ckpt"
+    shutil.copytree(llama_dir(), d)
+    breaks = qpfast.Schema(seg_breaks_at_spaces=True)
+    save_model_schema(breaks, d)
+    assert model_schema(d) == breaks and model_schema(llama_dir()) == qpfast.DEFAULT_SCHEMA
+    qs = ["a b c d", "iphone 15 pro 和 华为", "兰蔻 小黑瓶"]
+    eng = Engine(str(d), device="cpu", max_new_tokens=200)
+    assert eng.schema == breaks
+    res = eng.generate(qs)
+    _check_strict(qs, res, breaks)
+    for r in res:                                  # a space of the query always ends a segment
+        assert all(" " not in r.normalized[t.start:t.end] for t in r.terms), r.raw
+    try:
+        assert get_engine(str(d), None, "cpu").schema == breaks
+        assert [r.to_dict() for r in generate(qs, model=str(d), device="cpu", max_new_tokens=200)] == \
+            [r.to_dict() for r in res]
+    finally:
+        clear_engines()
+    assert Engine(str(d), schema=qpfast.DEFAULT_SCHEMA, device="cpu").schema == qpfast.DEFAULT_SCHEMA  # explicit wins
+    save_model_schema(qpfast.DEFAULT_SCHEMA, d)    # the default needs no file
+    assert not (d / MODEL_SCHEMA_FILE).exists() and model_schema(d) == qpfast.DEFAULT_SCHEMA
+    (d / MODEL_SCHEMA_FILE).write_text('{"fields": ["nope"]}', encoding="utf-8")
+    with pytest.raises(ValueError, match="model: .*qpfast_schema.json is not a valid qpfast schema"):
+        Engine(str(d), device="cpu")

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import qpfast
-from qpfast import _C, Matcher, Vocab, fill_bitmasks, normalize, parse, render
+from qpfast import _C, Matcher, Schema, Vocab, fill_bitmasks, normalize, parse, render
 from qpfast.testing import qwen_tokenizer, sp_tokenizer
 from strategies import SCHEMA_POOL, hostile_queries, valid_results
 
@@ -196,6 +196,49 @@ def test_remaining_min_tokens_along_the_canonical_path(vocab):
             assert left <= len(ids) - k
         assert m.accept(i)
     assert m.remaining_min_tokens() == 0
+
+
+SPACED = ["三星 galaxy z flip6 值得买吗", "a b c", "switch oled 还是 steam deck", "ab  cd e", "x", "兰蔻 小黑瓶",
+          'c++ "pro" \\ x', "😀 👨\u200d👩 x1"]
+BREAKS = Schema(seg_breaks_at_spaces=True)
+
+
+def test_segments_break_at_spaces_in_the_mask():
+    vocab = _vocab("qwen")
+    tok = vocab.tokenizer
+    m = Matcher(vocab, "ab cd", Schema(fields=("seg",), seg_breaks_at_spaces=True))
+    for t in tok.encode('{"seg":["ab', add_special_tokens=False):
+        assert m.accept(t)
+    mask = np.zeros((1, vocab.words), dtype=np.int32)
+    m.fill_bitmask(mask)
+    texts = {tok.decode([i]) for i in allowed(mask[0])}
+    assert texts and all(t.startswith('"') for t in texts) and '","' in texts   # only the quote that closes it
+    assert not m.accept(tok.encode("c", add_special_tokens=False)[0])
+    # without the flag the segment may run on into "cd"
+    m2 = Matcher(vocab, "ab cd", Schema(fields=("seg",)))
+    for t in tok.encode('{"seg":["ab', add_special_tokens=False):
+        assert m2.accept(t)
+    assert m2.accept(tok.encode("c", add_special_tokens=False)[0])
+
+
+@pytest.mark.parametrize("q", SPACED)
+def test_segments_break_at_spaces_budget_minimum_is_exact(vocab, q):
+    """The minimum counts one segment per space-free piece: with exactly that budget every
+    random walk still finishes, strict-valid, with no segment across a space."""
+    need = Matcher(vocab, q, BREAKS).remaining_min_tokens()
+    assert need > Matcher(vocab, q).remaining_min_tokens() or " " not in normalize(q)
+    with pytest.raises(ValueError, match="max_tokens"):
+        Matcher(vocab, q, BREAKS, max_tokens=need - 1)
+    out = _C.random_walks(vocab.grammar(BREAKS), [normalize(q).encode()] * 30, [need] * 30, 5, 0.3)
+    for text, ntok, _, err in out:
+        assert not err and ntok <= need, err
+        res = parse(text.decode(), q, BREAKS)
+        assert all(" " not in res.normalized[t.start:t.end] for t in res.terms)
+
+
+def test_segments_break_at_spaces_random_walks(vocab):
+    queries, budgets = _walk_inputs(1500, seed=4)
+    assert run_walks(vocab, queries, budgets, seed=4, schema=BREAKS) > 1000
 
 
 def test_forced_tokens_are_the_canonical_literal_tokens():

@@ -290,3 +290,15 @@ def test_raw_is_kept(strict):
     assert r.raw == GOOD
     r = parse(GOOD.encode(), Q, strict=strict)
     assert r.raw == GOOD
+
+
+def test_segments_over_a_space_dropped_when_the_schema_breaks_at_spaces():
+    from qpfast import Schema
+    breaks = Schema(fields=("seg", "weight"), seg_breaks_at_spaces=True)
+    text = '{"seg":["ab","cd"],"weight":[1,2]}'
+    r = parse('{"seg":["abc","d"],"weight":[1,2]}', "ab cd", breaks, strict=False)
+    assert r.terms == [] and "spans a space" in r.error
+    r = parse(text, "ab cd", breaks, strict=False)
+    assert r.segments == ["ab", "cd"] and r.weights == [1, 2] and r.error is None
+    r = parse('{"seg":["abc","d"],"weight":[1,2]}', "ab cd", Schema(fields=("seg", "weight")), strict=False)
+    assert r.segments == ["abc", "d"] and r.error is None          # the default: q' is all that counts

@@ -145,6 +145,19 @@ def test_seg_item_does_not_continue_query():
     rejects('{"seg":["ab⟪ c"]}', "ab c", Schema(fields=("seg",)), reason="does not continue")
 
 
+def test_seg_spans_a_space_when_the_schema_breaks_at_spaces():
+    s = Schema(fields=("seg",), seg_breaks_at_spaces=True)
+    rejects('{"seg":["ab⟪c"]}', "ab c", s, reason="spans a space")
+    rejects('{"seg":["x","ab⟪cd"]}', "x ab  cd", s, reason="spans a space")
+    rejects('{"seg":["三星⟪galaxy","s24"]}', "三星 galaxy s24", s, reason="spans a space")
+    assert [t.text for t in parse('{"seg":["ab","c"]}', "ab c", s).terms] == ["ab", "c"]
+    assert [t.text for t in parse('{"seg":["a","b","c"]}', "a b c", s).terms] == ["a", "b", "c"]
+    # without the flag (DESIGN.md §1) a segment may span a space of q; never one inside q'
+    assert [t.text for t in parse('{"seg":["abc"]}', "ab c", Schema(fields=("seg",))).terms] == ["abc"]
+    # the default-schema example (no spaces) is unaffected
+    assert parse(GOOD, Q, Schema(seg_breaks_at_spaces=True)) == parse(GOOD, Q)
+
+
 def test_empty_seg_item():
     rejects(target(seg='"seg":["兰蔻","⟪","小黑瓶","适合","什么","肤质"]'), reason="segment is empty")
     rejects(target(seg='"seg":["⟪"]'), reason="segment is empty")

@@ -122,6 +122,9 @@ BAD = [
     (dict(max_query_chars=-1), ValueError, "max_query_chars"),
     (dict(max_query_chars="64"), TypeError, "max_query_chars"),
     (dict(max_query_chars=True), TypeError, "max_query_chars"),
+    (dict(seg_breaks_at_spaces=1), TypeError, "seg_breaks_at_spaces"),
+    (dict(seg_breaks_at_spaces="yes"), TypeError, "seg_breaks_at_spaces"),
+    (dict(fields=("ner", "cat"), seg_breaks_at_spaces=True), ValueError, "seg_breaks_at_spaces"),
 ]
 
 
@@ -142,6 +145,7 @@ def test_invalid_argument_names_the_field(kwargs, exc, name):
     dict(categories=("美妆", "美妆>护肤")),  # a label that is a prefix of another one
     dict(keys={"ner": "实体", "cat": "类目"}),
     dict(keys={"cat": "intent", "intent": "cat"}),  # swapped names are still distinct
+    dict(seg_breaks_at_spaces=True), dict(fields=("seg",), seg_breaks_at_spaces=True),
 ])
 def test_valid_edge_values(kwargs):
     s = Schema(**kwargs)
@@ -177,6 +181,15 @@ def test_json_round_trip_default():
     assert Schema.from_json(DEFAULT_SCHEMA.to_dict()) == DEFAULT_SCHEMA
     assert '"format":"qp-json/1"' in text
     assert "品牌" in text  # not \u-escaped
+
+
+def test_seg_breaks_at_spaces_is_serialized_only_when_on():
+    on = Schema(seg_breaks_at_spaces=True)
+    assert "seg_breaks_at_spaces" not in DEFAULT_SCHEMA.to_dict()   # the default hash stays pinned
+    assert on.to_dict()["seg_breaks_at_spaces"] is True
+    assert on != DEFAULT_SCHEMA and on.hash != DEFAULT_SCHEMA.hash
+    assert Schema.from_json(on.to_json()) == on
+    assert Schema.from_json({**DEFAULT_SCHEMA.to_dict(), "seg_breaks_at_spaces": False}) == DEFAULT_SCHEMA
 
 
 @settings(max_examples=80, deadline=None)

@@ -58,6 +58,9 @@ def test_exported_model_loads_in_the_decoder_and_the_engine(tiny_run):
         assert (model_dir / f).is_file(), f
     cfg = AutoConfig.from_pretrained(str(model_dir))
     assert cfg.model_type == "qwen3" and cfg.tie_word_embeddings and cfg.use_cache
+    breaks = qpfast.Schema(seg_breaks_at_spaces=True)           # tiny.toml's [schema] overrides
+    for d in ("stage1", "stage2", "stage3", "model"):
+        assert qpfast.model_schema(tiny_run / d) == breaks, d
     assert str(cfg.dtype).endswith("bfloat16")
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     vocab = qpfast.Vocab.from_tokenizer(tok, vocab_size=cfg.vocab_size)
@@ -66,10 +69,11 @@ def test_exported_model_loads_in_the_decoder_and_the_engine(tiny_run):
     with torch_threads(1):
         from qpfast.engine import Engine
         eng = Engine(model=str(model_dir))
+        assert eng.schema == breaks
         queries = ["兰蔻小黑瓶适合什么肤质", "周末 上海 去哪玩", "iphone 15 pro max 和 华为 mate60 哪个好"]
         for q, r in zip(queries, eng.generate(queries)):
             assert r.error is None
-            assert qpfast.parse(r.raw, q, strict=True).to_dict() == r.to_dict()
+            assert qpfast.parse(r.raw, q, breaks, strict=True).to_dict() == r.to_dict()
     card = (model_dir / "README.md").read_text(encoding="utf-8")
     assert "| legacy pipeline" in card and "after stage 3" in card and "## Limits" in card
     assert "jieba's 2000 most frequent words" in card          # the tiny stream swaps in dictionary words
@@ -183,6 +187,16 @@ def test_configs_load_and_reject_typos(tmp_path):
     with pytest.raises(ValueError, match="data.keyword_context: needs data.keyword_share"):
         RecipeConfig.from_dict({"data": {"keyword_context": 0.5}})
     assert RecipeConfig.from_dict({"data": {"keyword_context": 0.5, "keyword_share": 0.2}}).data.keyword_context == 0.5
+    assert RecipeConfig.from_dict({}).output_schema() == qpfast.DEFAULT_SCHEMA
+    assert RecipeConfig.from_dict({"schema": {"seg_breaks_at_spaces": True}}).output_schema() == \
+        qpfast.Schema(seg_breaks_at_spaces=True)
+    assert RecipeConfig.from_dict({"schema": {"weight_levels": 3}}).output_schema().weight_levels == 3
+    with pytest.raises(ValueError, match="schema: schema JSON has unknown keys"):
+        RecipeConfig.from_dict({"schema": {"seg_breaks_at_space": True}})
+    with pytest.raises(ValueError, match="schema: seg_breaks_at_spaces: expected bool"):
+        RecipeConfig.from_dict({"schema": {"seg_breaks_at_spaces": "yes"}})
+    with pytest.raises(ValueError, match="schema: expected a table"):
+        RecipeConfig.from_dict({"schema": 1})
     with pytest.raises(FileNotFoundError):
         config_path(tmp_path / "nope.toml")
     p = tmp_path / "c.json"

@@ -5,13 +5,13 @@ from .normalize import NormalizedQuery, normalize
 from .parse import ParseError, parse
 from .render import render
 from .result import Entity, QPResult, Term
-from .schema import DEFAULT_SCHEMA, Schema
+from .schema import DEFAULT_SCHEMA, Schema, model_schema
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_SCHEMA", "Entity", "NormalizedQuery", "ParseError", "QPResult", "Schema", "Term",
-    "normalize", "parse", "render", "__version__",
+    "model_schema", "normalize", "parse", "render", "__version__",
 ]
 
 from .matcher import Matcher, fill_bitmasks  # noqa: E402

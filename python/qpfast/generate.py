@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from .result import QPResult
-from .schema import DEFAULT_SCHEMA, Schema
+from .schema import Schema, model_schema
 
 __all__ = ["generate", "default_model_dir", "clear_engines", "get_engine"]
 
@@ -39,12 +39,12 @@ def get_engine(model: Any = None, schema: Optional[Schema] = None, device: Any =
     """The cached Engine for (model, schema, device), created on first use."""
     from .engine import Engine
 
-    if schema is None:
-        schema = DEFAULT_SCHEMA
-    if not isinstance(schema, Schema):
-        raise TypeError(f"schema: expected qpfast.Schema, got {type(schema).__name__}")
     if model is None:
         model = default_model_dir()
+    if schema is None:
+        schema = model_schema(model)           # the checkpoint's own schema file, else the default
+    if not isinstance(schema, Schema):
+        raise TypeError(f"schema: expected qpfast.Schema, got {type(schema).__name__}")
     if not isinstance(model, (str, os.PathLike)) and not hasattr(model, "forward"):
         raise TypeError(f"model: expected a checkpoint directory, a loaded model or None, got {type(model).__name__}")
     if device is None:

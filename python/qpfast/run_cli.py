@@ -32,7 +32,7 @@ def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="token budget per output, end token included (default: from the schema)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default: auto)")
-    p.add_argument("--schema", default=None, help="schema JSON file (default: qpfast.DEFAULT_SCHEMA)")
+    p.add_argument("--schema", default=None, help="schema JSON file (default: the model directory's qpfast_schema.json, else qpfast.DEFAULT_SCHEMA)")
     p.add_argument("--rules", default=None, help="text file of business rules added to the prompt")
     p.add_argument("--context", default=None, help="text file of context added to the prompt")
     p.add_argument("--chunk", type=int, default=1024, help="queries read and written per engine call")
@@ -55,7 +55,7 @@ def _read_text(path: Optional[str], what: str) -> Optional[str]:
 
 def run_main(args: argparse.Namespace) -> int:
     """Runs `qpfast run`; returns the exit status."""
-    from .schema import DEFAULT_SCHEMA, Schema
+    from .schema import Schema, model_schema
 
     for name in ("batch_size", "max_new_tokens"):
         v = getattr(args, name, None)
@@ -75,7 +75,7 @@ def run_main(args: argparse.Namespace) -> int:
     if not os.path.isfile(os.path.join(model, "config.json")):
         return _err(f"--model {model!r}: not a Hugging Face checkpoint (no config.json)")
     try:
-        schema = DEFAULT_SCHEMA
+        schema = model_schema(model)            # the checkpoint's own schema file, else the default
         if args.schema:
             with open(args.schema, encoding="utf-8") as f:
                 schema = Schema.from_json(f.read())

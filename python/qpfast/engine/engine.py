@@ -47,7 +47,7 @@ from ..normalize import normalize
 from ..parse import ParseError, parse
 from ..prompt import prompt_template
 from ..result import QPResult
-from ..schema import DEFAULT_SCHEMA, Schema
+from ..schema import Schema, model_schema
 from ..vocab import Vocab
 from .model_runner import HFRunner, NativeRunner, lm_head_rows, native_support
 from .sampler import pick_dense, pick_sparse, split_rows
@@ -155,7 +155,8 @@ class Engine:
     model: a checkpoint directory (loaded offline with AutoModelForCausalLM/AutoTokenizer) or
         an already-loaded model (then pass its `tokenizer` too, unless the model's
         `name_or_path` is a local directory holding one).
-    schema: the output schema (`qpfast.DEFAULT_SCHEMA`).
+    schema: the output schema; None: the checkpoint directory's own (`qpfast_schema.json`,
+        `qpfast.model_schema`) when it has one, else `qpfast.DEFAULT_SCHEMA`.
     device: "auto" (CUDA when available; a loaded model's own device), "cpu", "cuda:0", ...
     dtype: "auto" (float32 on CPU, the checkpoint's bf16/fp16 on GPUs), "float32", "bfloat16",
         "float16".
@@ -176,13 +177,13 @@ class Engine:
     output token ids of each query (None for a query that got an error result).
     """
 
-    def __init__(self, model: Any, tokenizer: Any = None, schema: Schema = DEFAULT_SCHEMA, device: Any = "auto",
+    def __init__(self, model: Any, tokenizer: Any = None, schema: Optional[Schema] = None, device: Any = "auto",
                  dtype: Any = "auto", *, batch_size: Optional[int] = None, max_new_tokens: Optional[int] = None,
                  jump_forward: bool = True, sparse_logits: int | bool = 64, reuse_prefix: bool = True,
                  overlap_masks: bool = False, attention: str = "auto", runner: str = "auto",
                  cuda_graphs: bool | str = "auto"):
         if schema is None:
-            schema = DEFAULT_SCHEMA
+            schema = model_schema(model)
         if not isinstance(schema, Schema):
             raise TypeError(f"schema: expected qpfast.Schema, got {type(schema).__name__}")
         if runner not in ("auto", "native", "hf"):

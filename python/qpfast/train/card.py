@@ -1,6 +1,7 @@
 """The model card (``README.md`` of an exported model): data, recipe, metrics and limits."""
 from __future__ import annotations
 
+import json
 from typing import Any, Mapping, Optional
 
 __all__ = ["metrics_table", "model_card"]
@@ -130,6 +131,13 @@ def model_card(cfg: Any, metrics: Mapping[str, Any], *, params: int, size_mb: fl
                  f"(anchor_decay {sp.anchor_decay:g}){' and no loss on ' + ', '.join(sp.mask_fields) if sp.mask_fields else ''}, "
                  f"then stage 3 as above; the shipped weights are {1 - sp.weight:g} x the averaged model + "
                  f"{sp.weight:g} x that branch's stage 3") if sp.weight else ""
+    schema_note = ""
+    if cfg.schema:
+        schema_note = ("\n\nServed (and trained in stage 3, and evaluated) with the default schema plus "
+                       + ", ".join(f"`{k} = {json.dumps(v)}`" for k, v in cfg.schema.items())
+                       + " (`qpfast_schema.json` in this directory: the engine reads it when no schema is given)"
+                       + ("; a space the user typed always ends a segment" if cfg.schema.get("seg_breaks_at_spaces")
+                          else "") + ".")
     return f"""---
 language: zh
 library_name: transformers
@@ -145,7 +153,7 @@ query-grounded output:
 ```python
 import qpfast
 qpfast.generate(["兰蔻小黑瓶适合什么肤质"])     # model=None loads this model
-```
+```{schema_note}
 
 ## Model
 - Architecture: `Qwen3ForCausalLM`, hidden size {m.hidden}, layers {m.layers}, attention heads {m.heads}
@@ -185,7 +193,7 @@ greedy decoding under qpfast's constraints:
 ## Limits
 - Trained only on synthetic queries of one style and domain mix; real traffic will have other entities,
   spellings and intents. Scores on the generated test split are not scores on real queries.
-- Only the default schema (`qpfast.DEFAULT_SCHEMA`): its fields, entity types, categories and limits.
+- Only the default schema's fields, entity types, categories and limits (`qpfast.DEFAULT_SCHEMA`).
 - The intent is a short paraphrase learned from templates: a rough signal, not a faithful summary.
 - Outputs are always valid (the decoder enforces the schema and the query), not always right.
 """

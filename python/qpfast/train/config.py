@@ -168,7 +168,20 @@ class RecipeConfig:
     rewards: dict[str, float] = field(default_factory=lambda: {"seg": 1.0, "ner": 1.0, "weight": 1.0, "cat": 1.0,
                                                                "intent": 0.2})
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # Overrides of DEFAULT_SCHEMA's fields (e.g. seg_breaks_at_spaces = true): the schema the
+    # model is trained, evaluated and served with (saved beside each checkpoint).
+    schema: dict = field(default_factory=dict)
     name: str = "qpfast-default"
+
+    def output_schema(self):
+        """DEFAULT_SCHEMA with `schema`'s overrides (a clear error naming a bad one)."""
+        from ..schema import DEFAULT_SCHEMA, Schema
+        if not self.schema:
+            return DEFAULT_SCHEMA
+        try:
+            return Schema.from_json({**DEFAULT_SCHEMA.to_dict(), **self.schema})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"schema: {e}") from None
 
     # -- loading ------------------------------------------------------------------------
     @classmethod
@@ -198,6 +211,7 @@ class RecipeConfig:
 
     def validate(self) -> "RecipeConfig":
         from .rewards import TASKS
+        self.output_schema()
         bad = set(self.rewards) - set(TASKS)
         if bad:
             raise ValueError(f"rewards: unknown task(s) {sorted(bad)}; tasks are {list(TASKS)}")
@@ -285,6 +299,10 @@ def _build(cls: type, d: dict, where: str):
             base = dataclasses.asdict(default)
             base.update(value)
             kwargs[name] = _build(type(default), base, f"{where}.{name}" if where else f".{name}")
+        elif name == "schema" and cls is RecipeConfig:
+            if not isinstance(value, Mapping):
+                raise ValueError(f"schema: expected a table of DEFAULT_SCHEMA overrides, got {value!r}")
+            kwargs[name] = dict(value)
         elif isinstance(default, dict) and isinstance(value, Mapping):
             kwargs[name] = {str(k): float(v) for k, v in value.items()}
         else:

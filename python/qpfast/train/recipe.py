@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from ..evaluate import REPORT_KEYS
-from ..schema import DEFAULT_SCHEMA
+from ..schema import save_model_schema
 from .config import RecipeConfig, SFTStageConfig
 
 __all__ = ["STAGES", "Recipe", "export_model", "run_recipe", "parse_stages"]
@@ -78,7 +78,7 @@ class Recipe:
         self.cfg = cfg.validate()
         self.export = export              # False: the branch stage trains and evaluates only
         self.out = Path(out_dir)
-        self.schema = DEFAULT_SCHEMA
+        self.schema = cfg.output_schema()
         self.export_to = Path(export_to) if export_to is not None else None
         self._t0 = time.perf_counter()
         self._print = log if log is not None else (lambda s: print(s, flush=True))
@@ -325,6 +325,7 @@ class Recipe:
         pairs, n_synth, n_aug = self._gold_mix(c.n_examples, c.synth_share, "stage2", aug_share=c.aug_share)
         extra = f", anchor_decay {c.anchor_decay:g}" if c.anchor_decay else ""
         extra += f", masked fields {list(c.mask_fields)}" if c.mask_fields else ""
+        extra += f", field loss weights {c.field_weights}" if c.field_weights else ""
         self.log(f"{label}: {len(pairs)} gold examples ({n_synth} with synthetic entity values, {n_aug} rewritten)"
                  f"{extra}")
         res = run_sft(model, tok, pairs, c, str(self.path("scratch", out)), seed=self.cfg.seed,
@@ -409,6 +410,7 @@ class Recipe:
         model.config.use_cache = True            # the trainers turn it off; generation wants it
         model.save_pretrained(str(p), safe_serialization=True)
         save_tokenizer(tok, p)
+        save_model_schema(self.schema, p)        # the engine serves (and evaluates) it with this schema
         shutil.rmtree(self.path("scratch", stage), ignore_errors=True)
         try:
             self.path("scratch").rmdir()
@@ -439,6 +441,7 @@ class Recipe:
         model.save_pretrained(str(dst), safe_serialization=True)
         tok = self._tokenizer(src)
         save_tokenizer(tok, dst)
+        save_model_schema(self.schema, dst)
         size = sum(f.stat().st_size for f in dst.glob("*.safetensors")) / 1e6
         self.log(f"exported {dst} ({self.cfg.model.dtype}, {size:.1f} MB of weights)")
         if size > MAX_SHIPPED_MB:
