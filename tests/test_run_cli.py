@@ -92,3 +92,25 @@ def test_run_as_a_process():
     p = subprocess.run([sys.executable, "-c", code, "run", "--model", "/nonexistent/dir", "-"], input="q\n",
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "no such model directory" in p.stderr
+
+
+def test_run_serves_the_checkpoint_schema_unless_told_otherwise(tmp_path, capsys):
+    import shutil
+
+    from qpfast.schema import save_model_schema
+    d = tmp_path / "ckpt"
+    shutil.copytree(llama_dir(), d)
+    own = qpfast.Schema(fields=("seg", "weight"), weight_levels=2, seg_breaks_at_spaces=True)
+    save_model_schema(own, d)
+    f = tmp_path / "q.txt"
+    f.write_text("兰蔻 小黑瓶\na b c\n", encoding="utf-8")
+    base = ["--model", str(d), str(f), "--no-progress", "--max-new-tokens", "120", "--device", "cpu"]
+    assert run_main(_args(base)) == 0
+    for line in capsys.readouterr().out.splitlines():
+        row = json.loads(line)
+        assert list(json.loads(row["raw"])) == ["seg", "weight"], row["raw"]   # the checkpoint's schema
+        assert qpfast.parse(row["raw"], row["query"], own).to_dict() == row
+    given = tmp_path / "schema.json"
+    given.write_text(qpfast.Schema(fields=("cat",)).to_json(), encoding="utf-8")
+    assert run_main(_args(base + ["--schema", str(given)])) == 0          # --schema wins
+    assert all(list(json.loads(json.loads(x)["raw"])) == ["cat"] for x in capsys.readouterr().out.splitlines())
