@@ -114,6 +114,9 @@ def model_card(cfg: Any, metrics: Mapping[str, Any], *, params: int, size_mb: fl
     if s2.mask_fields:
         s2_note = (f"\n- stage 2 carries no loss on {', '.join(s2.mask_fields)}: that field stays what stage 1 "
                     f"learned (stage 3's reward still scores it)")
+    if s2.field_weights:
+        s2_note += ("\n- stage 2 (and the soup branch's) weighs the value tokens of "
+                    + ", ".join(f"{f} x{w:g}" for f, w in s2.field_weights.items()) + " in its loss")
     freeze_note = ""
     if cfg.stage2.freeze_layers:
         freeze_note = (f"\n- stage 2 trains only the decoder layers above the lowest {cfg.stage2.freeze_layers} "
