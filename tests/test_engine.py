@@ -325,6 +325,13 @@ def test_a_checkpoint_schema_file_is_served_when_no_schema_is_given(tmp_path):
     finally:
         clear_engines()
     assert Engine(str(d), schema=qpfast.DEFAULT_SCHEMA, device="cpu").schema == qpfast.DEFAULT_SCHEMA  # explicit wins
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qpfast.hf import LogitsProcessor
+    tok = AutoTokenizer.from_pretrained(str(d))                  # loaded objects: their name_or_path
+    assert Engine(AutoModelForCausalLM.from_pretrained(str(d)), tok, device="cpu").schema == breaks
+    assert LogitsProcessor(tok, None, qs).schema == breaks
+    assert LogitsProcessor(tok, qpfast.DEFAULT_SCHEMA, qs).schema == qpfast.DEFAULT_SCHEMA
     save_model_schema(qpfast.DEFAULT_SCHEMA, d)    # the default needs no file
     assert not (d / MODEL_SCHEMA_FILE).exists() and model_schema(d) == qpfast.DEFAULT_SCHEMA
     (d / MODEL_SCHEMA_FILE).write_text('{"fields": ["nope"]}', encoding="utf-8")

@@ -23,7 +23,7 @@ from .matcher import Matcher, fill_bitmasks
 from .normalize import normalize
 from .parse import ParseError, parse
 from .result import QPResult
-from .schema import DEFAULT_SCHEMA, Schema
+from .schema import Schema, model_schema
 
 __all__ = ["LogitsProcessor"]
 
@@ -36,7 +36,8 @@ except Exception:  # pragma: no cover
 class LogitsProcessor(_HFBase):
     """Masks every token that would make a row's output invalid qp-json/1 for its query.
 
-    tokenizer: the model's Hugging Face tokenizer; schema: `qpfast.Schema` (None = default);
+    tokenizer: the model's Hugging Face tokenizer; schema: `qpfast.Schema` (None: the schema the
+    engine would serve, `qpfast.model_schema(tokenizer)`: its checkpoint's, else the default);
     queries: the raw queries, one per prompt in the batch (in batch order);
     max_new_tokens: the token budget (end token included) passed to each matcher.
     A query that is empty after normalization gets no matcher: its row may only emit an end
@@ -48,7 +49,7 @@ class LogitsProcessor(_HFBase):
         if tokenizer is None or not hasattr(tokenizer, "get_vocab"):
             raise TypeError(f"tokenizer: expected a Hugging Face tokenizer, got {type(tokenizer).__name__}")
         if schema is None:
-            schema = DEFAULT_SCHEMA
+            schema = model_schema(tokenizer)     # its checkpoint's qpfast_schema.json, else the default
         if not isinstance(schema, Schema):
             raise TypeError(f"schema: expected qpfast.Schema, got {type(schema).__name__}")
         if isinstance(queries, str) or not isinstance(queries, Sequence):

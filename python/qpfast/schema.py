@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
@@ -240,10 +241,12 @@ MODEL_SCHEMA_FILE = "qpfast_schema.json"
 
 def model_schema(model: Any) -> Schema:
     """The schema to serve `model` with when the caller gives none: the checkpoint
-    directory's `MODEL_SCHEMA_FILE` when it has one, else `DEFAULT_SCHEMA` (also for a loaded
-    model object). A file that is not a valid schema is a clear ValueError naming it."""
-    import os
-    if isinstance(model, (str, os.PathLike)):
+    directory's `MODEL_SCHEMA_FILE` when it has one, else `DEFAULT_SCHEMA`. `model` is a
+    directory, or a loaded model or tokenizer (its ``name_or_path`` directory is read). A file
+    that is not a valid schema is a clear ValueError naming it."""
+    if not isinstance(model, (str, os.PathLike)):
+        model = getattr(model, "name_or_path", None)
+    if isinstance(model, (str, os.PathLike)) and os.fspath(model):
         path = os.path.join(os.fspath(model), MODEL_SCHEMA_FILE)
         if os.path.isfile(path):
             try:
@@ -257,7 +260,6 @@ def model_schema(model: Any) -> Schema:
 def save_model_schema(schema: Schema, model_dir: Any) -> None:
     """Writes `schema` into a checkpoint directory (`MODEL_SCHEMA_FILE`), so that the engine
     serves the model with it; for `DEFAULT_SCHEMA` removes the file instead (nothing to say)."""
-    import os
     path = os.path.join(os.fspath(model_dir), MODEL_SCHEMA_FILE)
     if schema == DEFAULT_SCHEMA:
         if os.path.isfile(path):

@@ -155,8 +155,9 @@ class Engine:
     model: a checkpoint directory (loaded offline with AutoModelForCausalLM/AutoTokenizer) or
         an already-loaded model (then pass its `tokenizer` too, unless the model's
         `name_or_path` is a local directory holding one).
-    schema: the output schema; None: the checkpoint directory's own (`qpfast_schema.json`,
-        `qpfast.model_schema`) when it has one, else `qpfast.DEFAULT_SCHEMA`.
+    schema: the output schema; None: the checkpoint directory's own (`qpfast_schema.json`, also
+        read from a loaded model's ``name_or_path``: `qpfast.model_schema`) when it has one,
+        else `qpfast.DEFAULT_SCHEMA`.
     device: "auto" (CUDA when available; a loaded model's own device), "cpu", "cuda:0", ...
     dtype: "auto" (float32 on CPU, the checkpoint's bf16/fp16 on GPUs), "float32", "bfloat16",
         "float16".
