@@ -11,6 +11,8 @@ import qpfast
 from qpfast import cli, evaluate
 from qpfast.evaluate import REPORT_KEYS
 
+from bench_scripts import bench_module
+
 RECORDS = [
     ("兰蔻小黑瓶适合什么肤质", {"ner": [["兰蔻", "品牌"], ["小黑瓶", "产品"]], "seg": ["兰蔻", "小黑瓶", "适合", "什么", "肤质"],
                           "weight": [3, 3, 1, 0, 2], "cat": "美妆>护肤", "intent": "想了解兰蔻小黑瓶适合的肤质"}),
@@ -60,19 +62,10 @@ def test_load_predictions_names_the_bad_line(tmp_path):
         evaluate.load_predictions(path)
 
 
-def _bench_module(name):
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_category_breakdown_of_the_legacy_pipeline_matches_legacy(data_file, tmp_path, capsys):
     """bench/category_breakdown.py on the legacy pipeline's own predictions: the model and legacy
     columns agree, and the classes split on the legacy keyword table."""
-    mod = _bench_module("category_breakdown")
+    mod = bench_module("category_breakdown")
     assert mod.query_class("狗狗拉肚子怎么办") == mod.KEYWORD        # 狗狗: a 宠物>狗 keyword
     assert mod.query_class("台北产检医院推荐") == mod.KEYWORDS_MIXED   # 产检: 母婴>孕产, 医院: 健康>医疗
     assert mod.query_class("成都 周末") == mod.NO_KEYWORD
@@ -149,7 +142,7 @@ def test_paired_bootstrap_clusters_repeats_and_brackets_the_difference(tmp_path,
     """bench/paired_bootstrap.py: repeated queries (same q' after normalization) form one cluster whose
     counts add up; gold against itself is a difference of exactly 0 in every resample; gold
     against all-invalid output is a positive difference with a positive interval."""
-    mod = _bench_module("paired_bootstrap")
+    mod = bench_module("paired_bootstrap")
     queries = [q for q, _ in RECORDS] + ["兰蔻小黑瓶 适合什么肤质", "ＣＨＥＮＧＤＵ"]  # a repeat; a new query
     extra = {"ner": [], "seg": ["chengdu"], "weight": [3], "cat": "旅行>国内", "intent": "成都"}
     golds = [qpfast.render(d, query=q) for q, d in RECORDS] + [qpfast.render(RECORDS[0][1], query=queries[3]),

@@ -8,13 +8,12 @@ bytes with the expected one: `mid` says how many bytes in).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from bench_scripts import bench_module
 from strategies import schema_and_result, valid_results
 
 from qpfast import DEFAULT_SCHEMA, Entity, ParseError, Schema, Term, parse, render
@@ -33,15 +32,7 @@ def target(ner=NER, seg=SEG, weight=W, cat=CAT, intent=INTENT, close="}"):
     return "{" + ",".join([ner, seg, weight, cat, intent]) + close
 
 
-def _load_bench():
-    path = pathlib.Path(__file__).resolve().parent.parent / "bench" / "bench_parse.py"
-    spec = importlib.util.spec_from_file_location("bench_parse_ref", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-BENCH = _load_bench()
+BENCH = bench_module("bench_parse")
 py_parse = BENCH.py_parse
 
 

@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 
+from bench_scripts import bench_module
 from test_train_support import needs_trl, torch_threads
 
 needs_trl()
@@ -385,15 +386,9 @@ def test_average_weights_counts_tied_weights_once():
 def test_export_sweep_builds_the_recipe_average_and_scores_it(tiny_run, tmp_path, capsys):
     """bench/export_sweep.py: the candidate it builds is the recipe's own average of the
     run's checkpoints, and each candidate gets one scored row per data file."""
-    import importlib.util
-    from pathlib import Path
-
     import torch
     from safetensors.torch import load_file
-    spec = importlib.util.spec_from_file_location(
-        "export_sweep", Path(__file__).resolve().parents[1] / "bench" / "export_sweep.py")
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
+    sweep = bench_module("export_sweep")
     assert sweep.parse_w("0.5") == (0.5, []) and sweep.parse_w("0.2/0.3,0.1") == (0.2, [0.3, 0.1])
     out = sweep.build(tiny_run, 0.25, [], 0.0, tmp_path / "m")
     s1, s3 = load_file(str(tiny_run / "stage1" / "model.safetensors")), load_file(str(tiny_run / "stage3" / "model.safetensors"))
