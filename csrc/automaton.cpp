@@ -180,7 +180,7 @@ StepResult Automaton::step(GState& st, uint8_t b) const {
         return r;
       }
       if (st.spos < S.bytes.size() && static_cast<uint8_t>(S.bytes[st.spos]) == b) {
-        if (st.m > 0 && s_.spec.seg_breaks_at_spaces && q_.space_before[st.spos]) return {R_SEG_SPACE};
+        if (st.m > 0 && seg_break(st.spos)) return {R_SEG_SPACE};
         ++st.spos;
         ++st.m;
         return {};

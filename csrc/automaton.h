@@ -79,6 +79,9 @@ class Automaton {
   const QueryCtx& query() const { return q_; }
   // May another entity start after char `prev_end`?
   bool entity_room(uint16_t prev_end) const { return prev_end < q_.n; }
+  // Must a non-empty segment end before byte `spos` of q'? (schema.seg_breaks_at_spaces and a
+  // space of q there)
+  bool seg_break(uint16_t spos) const { return s_.spec.seg_breaks_at_spaces && q_.space_before[spos]; }
 
  private:
   void enter_group(GState& st, Group g) const;

@@ -179,7 +179,6 @@ void Matcher::ensure_costs() const {
 void Matcher::seg_costs(const QueryCtx& q) const {
   const std::string& S = q.qs.bytes;
   const size_t n = S.size();
-  const bool breaks = g_->schema().spec.seg_breaks_at_spaces;
   seg_sep_ = g_->schema().groups[G_SEG_MORE].empty() ? 0 : g_->glue_cost(G_SEG_MORE, 0, 0);
   seg_dp_.assign(n + 1, 0);
   seg_pieces_.assign(n + 1, 0);
@@ -187,7 +186,7 @@ void Matcher::seg_costs(const QueryCtx& q) const {
   size_t end = n;
   while (end > 0) {
     size_t start = end - 1;
-    while (start > 0 && !(breaks && q.space_before[start])) --start;
+    while (start > 0 && !auto_.seg_break(static_cast<uint16_t>(start))) --start;
     g_->suffix_costs(S.substr(start, end - start), piece);
     const int rest = end < n ? seg_sep_ + seg_dp_[end] : 0;
     const int rest_pieces = end < n ? seg_pieces_[end] : 0;
@@ -279,7 +278,7 @@ int Matcher::cost(const GState& st) const {
     case N_TYPE: return add(g_->type_cost(st.trie), group_cost(G_TYPE_END, c, all));
     case N_SEG: {
       if (st.m == 0) return enter_cost(N_SEG, c);
-      if (g_->schema().spec.seg_breaks_at_spaces && query_->space_before[st.spos]) {
+      if (auto_.seg_break(st.spos)) {
         Counters c1 = c;   // the segment must close here: its quote, the comma, the next ones
         c1.nseg = static_cast<uint16_t>(c.nseg + 1);
         return add(seg_sep_, enter_cost(N_SEG, c1));
@@ -348,8 +347,7 @@ int next_bytes(const Automaton& a, const GState& st, uint8_t* out) {
     }
     case N_SEG:
       add('"');
-      if (st.spos < q.qs.bytes.size() &&
-          !(st.m > 0 && s.spec.seg_breaks_at_spaces && q.space_before[st.spos]))
+      if (st.spos < q.qs.bytes.size() && !(st.m > 0 && a.seg_break(st.spos)))
         add(static_cast<uint8_t>(q.qs.bytes[st.spos]));
       return n;
     case N_NUM:

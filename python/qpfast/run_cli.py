@@ -55,7 +55,7 @@ def _read_text(path: Optional[str], what: str) -> Optional[str]:
 
 def run_main(args: argparse.Namespace) -> int:
     """Runs `qpfast run`; returns the exit status."""
-    from .schema import Schema, model_schema
+    from .schema import Schema
 
     for name in ("batch_size", "max_new_tokens"):
         v = getattr(args, name, None)
@@ -75,7 +75,7 @@ def run_main(args: argparse.Namespace) -> int:
     if not os.path.isfile(os.path.join(model, "config.json")):
         return _err(f"--model {model!r}: not a Hugging Face checkpoint (no config.json)")
     try:
-        schema = model_schema(model)            # the checkpoint's own schema file, else the default
+        schema = None                           # the Engine serves the checkpoint's own schema, else the default
         if args.schema:
             with open(args.schema, encoding="utf-8") as f:
                 schema = Schema.from_json(f.read())

@@ -5,9 +5,11 @@ the C++ core (`Schema.compiled()`), where the parser and the constrained decoder
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import stat
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
@@ -248,13 +250,23 @@ def model_schema(model: Any) -> Schema:
         model = getattr(model, "name_or_path", None)
     if isinstance(model, (str, os.PathLike)) and os.fspath(model):
         path = os.path.join(os.fspath(model), MODEL_SCHEMA_FILE)
-        if os.path.isfile(path):
-            try:
-                with open(path, encoding="utf-8") as f:
-                    return Schema.from_json(f.read())
-            except (ValueError, TypeError) as e:
-                raise ValueError(f"model: {path} is not a valid qpfast schema ({e})") from None
+        try:
+            st = os.stat(path)
+        except OSError:
+            return DEFAULT_SCHEMA
+        if stat.S_ISREG(st.st_mode):
+            return _schema_file(path, st.st_mtime_ns, st.st_size)
     return DEFAULT_SCHEMA
+
+
+@functools.lru_cache(maxsize=32)
+def _schema_file(path: str, mtime_ns: int, size: int) -> Schema:
+    """A schema file read once per version (`qpfast.generate` asks for it on every call)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return Schema.from_json(f.read())
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"model: {path} is not a valid qpfast schema ({e})") from None
 
 
 def save_model_schema(schema: Schema, model_dir: Any) -> None:
