@@ -4,6 +4,8 @@ Public functions (DESIGN.md §3)::
 
     prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None) -> o
     decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None) -> o
+        # both also take keyword-only prefix_k, prefix_v, prefix_len: a prefix shared by
+        # the whole batch and stored once (cascade attention, :mod:`.cascade`)
     apply_bitmask_(logits, bitmask) -> logits            # in place, disallowed -> -inf
     masked_argmax(logits, bitmask) -> LongTensor [B]     # -1 for a row with no allowed token
     masked_sample(logits, bitmask, temperature=1.0, top_p=1.0, generator=None) -> LongTensor [B]
@@ -92,28 +94,33 @@ def _kernel_module(name: str, tensor):
     return mod
 
 
-def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None):
+def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None, *, prefix_k=None,
+                      prefix_v=None, prefix_len=None):
     """Causal varlen GQA attention on a cached prefix; see
     :func:`qpfast.kernels.reference.prefill_attention`.
 
     q ``[total_q, Hq, D]``; k, v ``[total_k, Hkv, D]``; int32 cu_seqlens ``[B+1]``;
-    returns ``[total_q, Hq, D]``.
+    returns ``[total_q, Hq, D]``.  Optional shared prefix, stored once for the batch
+    (cascade attention): ``prefix_k/prefix_v [Hkv, P, D]``, int32 ``prefix_len [1]``.
     """
     mod = _kernel_module("prefill", q)
     impl = mod.prefill_attention if mod is not None else reference.prefill_attention
-    return impl(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale)
+    return impl(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale, prefix_k=prefix_k, prefix_v=prefix_v,
+                prefix_len=prefix_len)
 
 
-def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None):
+def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=None, prefix_v=None,
+                     prefix_len=None):
     """One-token attention against the KV cache; see
     :func:`qpfast.kernels.reference.decode_attention`.
 
     q ``[B, Hq, D]``; caches ``[B, Hkv, max_len, D]``; int32 seq_lens ``[B]``;
-    returns ``[B, Hq, D]``.
+    returns ``[B, Hq, D]``.  Optional shared prefix as in :func:`prefill_attention`.
     """
     mod = _kernel_module("decode", q)
     impl = mod.decode_attention if mod is not None else reference.decode_attention
-    return impl(q, k_cache, v_cache, seq_lens, sm_scale)
+    return impl(q, k_cache, v_cache, seq_lens, sm_scale, prefix_k=prefix_k, prefix_v=prefix_v,
+                prefix_len=prefix_len)
 
 
 def apply_bitmask_(logits, bitmask):

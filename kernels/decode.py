@@ -32,10 +32,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .cascade import prefix_partials, prefix_plan, shared_prefix
 from .common import cdiv, cut, online_softmax_step
 from .common import num_sms as _num_sms
 from .common import pow2 as _pow2
-from .reference import check_decode_args
+from .reference import check_decode_args, check_prefix_args
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64
@@ -58,6 +59,7 @@ def _decode_kernel(
     NUM_SPLITS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     FUSED_MERGE: tl.constexpr,                  # the last split merges (COUNTERS [B * Hkv])
+    PART_BASE: tl.constexpr,                    # shared-prefix partials in scratch slots 0..PART_BASE-1
 ):
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -96,15 +98,22 @@ def _decode_kernel(
             m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION)
 
         out = acc / l_i[:, None]
+        lse_own = m_i + tl.log2(l_i)
+        # scratch: PART_O [B, Hq, PART_BASE + NUM_SPLITS, BLOCK_D], PART_LSE [B, Hq, PART_BASE + NUM_SPLITS]
+        slots = (b.to(tl.int64) * (GROUP * tl.num_programs(1)) + head) * (PART_BASE + NUM_SPLITS)
+        o_ptrs = OUT + b.to(tl.int64) * stride_ob + head[:, None] * stride_oh + offs_d[None, :]
         if NUM_SPLITS == 1:
-            o_ptrs = OUT + b.to(tl.int64) * stride_ob + head[:, None] * stride_oh + offs_d[None, :]
+            if PART_BASE > 0:                           # fold in the shared prefix's partials
+                w_sum = tl.full([BLOCK_H], 1.0, tl.float32)
+                out, _, w_sum = _merge_partials(out, lse_own, w_sum, PART_O, PART_LSE, slots, 0, PART_BASE,
+                                                offs_d, h_ok, d_ok, BLOCK_D)
+                out = out / w_sum[:, None]
             tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=h_ok[:, None] & d_ok[None, :])
         else:
-            # scratch: PART_O [B, Hq, NUM_SPLITS, BLOCK_D], PART_LSE [B, Hq, NUM_SPLITS]
-            row = (b.to(tl.int64) * (GROUP * tl.num_programs(1)) + head) * NUM_SPLITS + split
+            row = slots + PART_BASE + split
             tl.store(PART_O + row[:, None] * BLOCK_D + offs_d[None, :], out,
                      mask=h_ok[:, None] & d_ok[None, :])
-            tl.store(PART_LSE + row, m_i + tl.log2(l_i), mask=h_ok)
+            tl.store(PART_LSE + row, lse_own, mask=h_ok)
             if FUSED_MERGE:
                 used = tl.cdiv(seq_len, split_len)          # splits that saw at least one key
                 tl.debug_barrier()                          # every thread's partials are out
@@ -112,23 +121,38 @@ def _decode_kernel(
                 arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
                 if arrived == used - 1:                     # the last split of this row merges
                     tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")   # ready for the next call
-                    rows = (b.to(tl.int64) * (GROUP * tl.num_programs(1)) + head) * NUM_SPLITS
+                    # own splits first (each saw a key: finite weights), then the prefix's
+                    merged = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
                     m_all = tl.full([BLOCK_H], float("-inf"), tl.float32)
                     w_sum = tl.zeros([BLOCK_H], tl.float32)
-                    merged = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-                    for j in range(0, used):
-                        lse = tl.load(PART_LSE + rows + j, mask=h_ok, other=0.0, cache_modifier=".cg")
-                        part = tl.load(PART_O + (rows + j)[:, None] * BLOCK_D + offs_d[None, :],
-                                       mask=h_ok[:, None] & d_ok[None, :], other=0.0, cache_modifier=".cg")
-                        m_new = tl.maximum(m_all, lse)
-                        alpha = tl.exp2(m_all - m_new)
-                        w = tl.exp2(lse - m_new)
-                        w_sum = w_sum * alpha + w
-                        merged = merged * alpha[:, None] + part * w[:, None]
-                        m_all = m_new
-                    o_ptrs = OUT + b.to(tl.int64) * stride_ob + head[:, None] * stride_oh + offs_d[None, :]
+                    merged, m_all, w_sum = _merge_partials(merged, m_all, w_sum, PART_O, PART_LSE, slots,
+                                                           PART_BASE, PART_BASE + used, offs_d, h_ok, d_ok,
+                                                           BLOCK_D)
+                    if PART_BASE > 0:
+                        merged, m_all, w_sum = _merge_partials(merged, m_all, w_sum, PART_O, PART_LSE, slots,
+                                                               0, PART_BASE, offs_d, h_ok, d_ok, BLOCK_D)
                     tl.store(o_ptrs, (merged / w_sum[:, None]).to(OUT.dtype.element_ty),
                              mask=h_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _merge_partials(merged, m_all, w_sum, PART_O, PART_LSE, slots, first, last, offs_d, h_ok, d_ok,
+                    BLOCK_D: tl.constexpr):
+    """Folds partial slots ``first .. last - 1`` of each row (base slot ``slots``) into a
+    running merge: ``merged`` = sum of weight x partial output, ``w_sum`` = sum of weights,
+    weights relative to ``2 ** m_all``.  ``m_all`` must be finite (or -inf with w_sum 0)
+    before a slot whose log-sum-exp is -inf (it then adds weight 0)."""
+    for j in range(first, last):
+        lse = tl.load(PART_LSE + slots + j, mask=h_ok, other=0.0, cache_modifier=".cg")
+        part = tl.load(PART_O + (slots + j)[:, None] * BLOCK_D + offs_d[None, :],
+                       mask=h_ok[:, None] & d_ok[None, :], other=0.0, cache_modifier=".cg")
+        m_new = tl.maximum(m_all, lse)
+        alpha = tl.exp2(m_all - m_new)
+        w = tl.exp2(lse - m_new)
+        w_sum = w_sum * alpha + w
+        merged = merged * alpha[:, None] + part * w[:, None]
+        m_all = m_new
+    return merged, m_all, w_sum
 
 
 @triton.jit
@@ -138,13 +162,14 @@ def _merge_splits_kernel(
     num_heads, split_len,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,                   # scratch slots per (row, head), prefix ones included
     BLOCK_S: tl.constexpr,                      # NUM_SPLITS rounded up to a power of two
+    PART_BASE: tl.constexpr,                    # leading slots every row uses (the shared prefix)
 ):
     b = tl.program_id(0)
     head = tl.program_id(1)
     seq_len = tl.load(SEQ_LENS + b)
-    used = tl.cdiv(seq_len, split_len)          # splits that saw at least one key
+    used = PART_BASE + tl.cdiv(seq_len, split_len)   # the prefix's slots + own splits that saw a key
     offs_s = tl.arange(0, BLOCK_S)
     s_ok = offs_s < used
     offs_d = tl.arange(0, BLOCK_D)
@@ -160,15 +185,18 @@ def _merge_splits_kernel(
              mask=d_ok)
 
 
-def merge_splits(out, part_o, part_lse, seq_lens, split_len: int) -> None:
+def merge_splits(out, part_o, part_lse, seq_lens, split_len: int, base: int = 0) -> None:
     """Combine split partials into ``out`` ``[R, H, D]``: row ``r`` (a sequence, or a
-    prefill token) used the splits holding its first ``seq_lens[r]`` keys; ``part_o``
-    ``[R, H, S, BLOCK_D]`` and ``part_lse`` ``[R, H, S]`` as the attention kernels write them."""
+    prefill token) used the ``base`` leading slots (a shared prefix's partials, some maybe
+    empty: log-sum-exp -inf) and, after them, the splits holding its first ``seq_lens[r]``
+    keys; ``part_o`` ``[R, H, S, BLOCK_D]`` and ``part_lse`` ``[R, H, S]`` as the attention
+    kernels write them."""
     rows, heads, d = out.shape
     num_splits, block_d = part_o.shape[2], part_o.shape[3]
     _merge_splits_kernel[(rows, heads)](
         out, part_o, part_lse, seq_lens, out.stride(0), out.stride(1), heads, split_len,
-        HEAD_DIM=d, BLOCK_D=block_d, NUM_SPLITS=num_splits, BLOCK_S=_pow2(num_splits), num_warps=4)
+        HEAD_DIM=d, BLOCK_D=block_d, NUM_SPLITS=num_splits, BLOCK_S=_pow2(num_splits), PART_BASE=base,
+        num_warps=4)
 
 
 def decode_num_splits(batch: int, num_kv_heads: int, max_len: int, num_sms: int) -> int:
@@ -230,8 +258,9 @@ def merge_counters(device: torch.device, rows: int) -> torch.Tensor | None:
     return buf
 
 
-def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, out=None, num_splits=None,
-                     block_n=None, num_stages=None, num_warps=None, fused_merge=None):
+def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=None, prefix_v=None,
+                     prefix_len=None, out=None, num_splits=None, block_n=None, num_stages=None,
+                     num_warps=None, fused_merge=None, prefix_splits=None):
     """Triton version of :func:`qpfast.kernels.reference.decode_attention`.
 
     ``out`` (optional, like q) receives the result; ``num_splits`` overrides
@@ -239,10 +268,16 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, out=None, 
     :func:`decode_launch` (tests, tuning); ``fused_merge=False`` merges the splits in a
     second kernel (by default the last split of each row merges them where
     :func:`merge_counters` has counters).  Head dims up to 256 are supported.
+
+    With a shared prefix (``prefix_k``/``prefix_v``, cascade attention) a first kernel
+    (:mod:`qpfast.kernels.cascade`) attends every row to it, cut into ``prefix_splits``
+    key splits (default :func:`qpfast.kernels.cascade.prefix_num_splits`), and this kernel
+    folds those partials into each row's result.
     """
     scale = check_decode_args(q, k_cache, v_cache, seq_lens, sm_scale)
     b, hq, d = q.shape
     hkv, max_len = k_cache.shape[1], k_cache.shape[2]
+    check_prefix_args(q, hkv, prefix_k, prefix_v, prefix_len)
     if d > 256:
         raise ValueError(f"the Triton decode kernel supports head dims up to 256, got {d}")
     if out is None:
@@ -263,17 +298,23 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, out=None, 
     auto_n, auto_stages, auto_warps = decode_launch(b * hkv * num_splits, sms, block_d)
     block_n = block_n or auto_n
     split_len, num_splits = cut(max_len, num_splits, block_n)
+    shared = shared_prefix(prefix_k, prefix_v, prefix_len)
+    plan = None if shared is None else prefix_plan(b, hkv, group, d, shared[0].shape[1], sms, prefix_splits)
+    base = 0 if plan is None else plan[2]
 
     counters = None
+    if num_splits > 1 or base:
+        part_o = torch.empty((b, hq, base + num_splits, block_d), dtype=torch.float32, device=q.device)
+        part_lse = torch.empty((b, hq, base + num_splits), dtype=torch.float32, device=q.device)
+    if plan is not None:
+        prefix_partials(q, *shared, scale, part_o, part_lse, plan)
     if num_splits > 1:
-        part_o = torch.empty((b, hq, num_splits, block_d), dtype=torch.float32, device=q.device)
-        part_lse = torch.empty((b, hq, num_splits), dtype=torch.float32, device=q.device)
         if fused_merge is None or fused_merge:
             counters = merge_counters(q.device, b * hkv)
             if counters is None and fused_merge:          # asked for: say why not; else merge apart
                 raise ValueError("fused_merge=True needs merge counters: at most "
                                  f"{COUNTER_SLOTS} sequences x KV heads, first used outside a graph capture")
-    else:
+    elif not base:
         part_o = part_lse = dst                  # unused
     dot_precision = "ieee" if q.dtype == torch.float32 else "tf32"
     _decode_kernel[(b, hkv, num_splits)](
@@ -284,11 +325,11 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, out=None, 
         split_len,
         GROUP=group, BLOCK_H=max(16, _pow2(group)), HEAD_DIM=d, BLOCK_D=block_d,
         BLOCK_N=block_n, NUM_SPLITS=num_splits, DOT_PRECISION=dot_precision,
-        FUSED_MERGE=counters is not None,
+        FUSED_MERGE=counters is not None, PART_BASE=base,
         num_warps=num_warps or auto_warps, num_stages=num_stages or auto_stages,
     )
     if num_splits > 1 and counters is None:
-        merge_splits(dst, part_o, part_lse, seq_lens, split_len)
+        merge_splits(dst, part_o, part_lse, seq_lens, split_len, base)
     if dst is not out:
         out.copy_(dst)
     return out

@@ -41,8 +41,9 @@ import triton.language as tl
 from .common import cdiv, fill_count, online_softmax_step, round_up
 from .common import num_sms as _num_sms
 from .common import pow2 as _pow2
+from .cascade import prefix_partials, prefix_plan, shared_prefix
 from .decode import merge_splits
-from .reference import check_prefill_args
+from .reference import check_prefill_args, check_prefix_args
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 32
@@ -64,6 +65,7 @@ def _prefill_kernel(
     BLOCK_M: tl.constexpr,                      # query positions per tile
     BLOCK_N: tl.constexpr,                      # keys per step
     DOT_PRECISION: tl.constexpr,                # "ieee" for float32 inputs
+    PART_BASE: tl.constexpr,                    # shared-prefix partials in scratch slots 0..PART_BASE-1
 ):
     ROWS: tl.constexpr = BLOCK_M * GROUP_PAD
     tile = tl.program_id(0)
@@ -141,17 +143,17 @@ def _prefill_kernel(
                         mask=key_ok[:, None] & d_ok[None, :], other=0.0)
             m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION)
 
-        if NUM_SPLITS == 1:
+        if (NUM_SPLITS == 1) & (PART_BASE == 0):
             out = acc / l_i[:, None]
             o_rows = pos * stride_ot + head * stride_oh
             tl.store(OUT + q_start.to(tl.int64) * stride_ot + o_rows[:, None] + offs_d[None, :],
                      out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
         else:
-            # scratch: PART_O [total_q, Hq, NUM_SPLITS, BLOCK_D], PART_LSE [total_q, Hq, NUM_SPLITS]
+            # scratch: PART_O [total_q, Hq, PART_BASE + NUM_SPLITS, BLOCK_D], PART_LSE [.., PART_BASE + NUM_SPLITS]
             seen = l_i > 0.0
             out = acc / tl.where(seen, l_i, 1.0)[:, None]
             token = q_start.to(tl.int64) + pos
-            row = (token * (GROUP * tl.num_programs(1)) + head) * NUM_SPLITS + split
+            row = (token * (GROUP * tl.num_programs(1)) + head) * (PART_BASE + NUM_SPLITS) + PART_BASE + split
             tl.store(PART_O + row[:, None] * BLOCK_D + offs_d[None, :], out, mask=row_ok[:, None])
             tl.store(PART_LSE + row, tl.where(seen, m_i + tl.log2(l_i), float("-inf")), mask=row_ok)
             if split == 0:
@@ -203,19 +205,25 @@ def split_plan(total_k: int, num_seqs: int, splits_per_seq: int, block_n: int) -
     return split_len, max(1, cdiv(total_k, split_len))
 
 
-def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None, *, out=None,
-                      block_m=None, block_n=None, num_splits=None):
+def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None, *, prefix_k=None,
+                      prefix_v=None, prefix_len=None, out=None, block_m=None, block_n=None,
+                      num_splits=None, prefix_splits=None):
     """Triton version of :func:`qpfast.kernels.reference.prefill_attention`.
 
     ``out`` (optional, ``[total_q, Hq, D]`` like q) receives the result; ``block_m`` /
     ``block_n`` override the tile sizes (tests use them to force several tiles and key
     blocks on tiny inputs); ``num_splits`` (splits per sequence) overrides
-    :func:`prefill_num_splits`.  Head dims
-    up to 256 are supported.
+    :func:`prefill_num_splits`.  Head dims up to 256 are supported.
+
+    With a shared prefix (``prefix_k``/``prefix_v``, cascade attention) every token first
+    attends to it in :mod:`qpfast.kernels.cascade` (``prefix_splits`` key splits, default
+    :func:`qpfast.kernels.cascade.prefix_num_splits`); this kernel then writes its own
+    keys' result as partials too, and the merge kernel combines both.
     """
     scale = check_prefill_args(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale)
     total_q, hq, d = q.shape
     hkv = k.shape[1]
+    check_prefix_args(q, hkv, prefix_k, prefix_v, prefix_len)
     if d > 256:
         raise ValueError(f"the Triton prefill kernel supports head dims up to 256, got {d}")
     if out is None:
@@ -244,22 +252,29 @@ def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None, *, out
         split_len, num_splits = split_plan(total_k, num_seqs, num_splits, bn)
     else:                                        # one split holds every key
         split_len = round_up(max(1, total_k), bn)
-    if num_splits > 1:
-        part_o = torch.empty((total_q, hq, num_splits, cfg["BLOCK_D"]), dtype=torch.float32, device=q.device)
-        part_lse = torch.empty((total_q, hq, num_splits), dtype=torch.float32, device=q.device)
+    shared = shared_prefix(prefix_k, prefix_v, prefix_len)
+    plan = None if shared is None else prefix_plan(total_q, hkv, group, d, shared[0].shape[1],
+                                                   _num_sms(q.device), prefix_splits)
+    base = 0 if plan is None else plan[2]
+    if num_splits > 1 or base:
+        part_o = torch.empty((total_q, hq, base + num_splits, cfg["BLOCK_D"]), dtype=torch.float32,
+                             device=q.device)
+        part_lse = torch.empty((total_q, hq, base + num_splits), dtype=torch.float32, device=q.device)
         visible = torch.empty(total_q, dtype=torch.int32, device=q.device)
     else:
         part_o = part_lse = visible = dst        # unused
+    if plan is not None:
+        prefix_partials(q, *shared, scale, part_o, part_lse, plan)
     _prefill_kernel[(tiles, hkv, num_splits)](
         q, k, v, dst, cu_seqlens_q, cu_seqlens_k, part_o, part_lse, visible, scale * LOG2E,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         dst.stride(0), dst.stride(1), num_seqs, split_len,
         NUM_SPLITS=num_splits, GROUP=group, HEAD_DIM=d,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", PART_BASE=base,
         **cfg,
     )
-    if num_splits > 1:
-        merge_splits(dst, part_o, part_lse, visible, split_len)
+    if num_splits > 1 or base:
+        merge_splits(dst, part_o, part_lse, visible, split_len, base)
     if dst is not out:
         out.copy_(dst)
     return out

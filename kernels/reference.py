@@ -14,6 +14,10 @@ Shapes (``B`` sequences, ``Hq`` query heads, ``Hkv`` key/value heads, ``D`` head
   cu_seqlens_k [B+1]) -> [total_q, Hq, D]``
 * ``decode_attention(q [B, Hq, D], k_cache/v_cache [B, Hkv, max_len, D],
   seq_lens [B]) -> [B, Hq, D]``
+* both attention functions take an optional shared prefix, stored once for the whole
+  batch (cascade attention): keyword-only ``prefix_k/prefix_v [Hkv, P, D]`` and
+  ``prefix_len`` (int32 ``[1]``, default ``P``); every query attends to those keys before
+  its own
 * ``apply_bitmask_(logits [B, V], bitmask int32 [B, W >= ceil(V/32)])`` in place
 * ``masked_argmax(logits, bitmask) -> int64 [B]``
 * ``masked_sample(logits, bitmask, temperature=1.0, top_p=1.0, generator=None)
@@ -178,6 +182,54 @@ def check_decode_args(q, k_cache, v_cache, seq_lens, sm_scale) -> float:
     return check_sm_scale(sm_scale, d)
 
 
+def check_prefix_args(q, hkv: int, prefix_k, prefix_v, prefix_len) -> int:
+    """Validate the optional shared prefix of the attention functions; returns how many
+    of its keys are given (``P``, its capacity; ``prefix_len`` may use fewer).
+
+    ``prefix_k``/``prefix_v`` are ``[Hkv, P, D]`` (given together, q's dtype and device);
+    ``prefix_len`` is None (all ``P`` keys) or an int32 tensor of one element on q's device
+    whose value lies in ``[0, P]`` (checked on the CPU only, as in
+    :func:`check_prefill_args`).
+    """
+    if prefix_k is None and prefix_v is None:
+        if prefix_len is not None:
+            raise ValueError("prefix_len needs prefix_k and prefix_v")
+        return 0
+    if prefix_k is None or prefix_v is None:
+        raise ValueError("prefix_k and prefix_v must be given together")
+    _tensor("prefix_k", prefix_k, 3)
+    _tensor("prefix_v", prefix_v, 3)
+    if prefix_k.dtype != q.dtype or prefix_v.dtype != q.dtype:
+        raise TypeError(f"prefix_k and prefix_v must have q's dtype {q.dtype}, got {prefix_k.dtype}, {prefix_v.dtype}")
+    if prefix_k.shape[0] != hkv or prefix_k.shape[2] != q.shape[-1]:
+        raise ValueError(f"prefix_k must be [Hkv={hkv}, P, D={q.shape[-1]}], got {tuple(prefix_k.shape)}")
+    if prefix_k.shape != prefix_v.shape:
+        raise ValueError(f"prefix_k and prefix_v must have the same shape, got {tuple(prefix_k.shape)} "
+                         f"and {tuple(prefix_v.shape)}")
+    _same_device("prefix_k", prefix_k, "q", q)
+    _same_device("prefix_v", prefix_v, "q", q)
+    cap = prefix_k.shape[1]
+    if prefix_len is not None:
+        _int32_vector("prefix_len", prefix_len, 1)
+        _same_device("prefix_len", prefix_len, "q", q)
+        if prefix_len.device.type == "cpu" and not 0 <= int(prefix_len[0]) <= cap:
+            raise ValueError(f"prefix_len must lie in [0, {cap}] (prefix_k.shape[1]), got {int(prefix_len[0])}")
+    return cap
+
+
+def _prefix_keys(prefix_k, prefix_v, prefix_len, rows: int):
+    """The shared prefix as float32 ``[rows, Hkv, P, D]`` keys and values (zeros past
+    ``prefix_len``) and its key mask ``[P]``, or Nones without a prefix."""
+    if prefix_k is None:
+        return None, None, None
+    cap = prefix_k.shape[1]
+    n = cap if prefix_len is None else int(prefix_len[0])
+    live = torch.arange(cap, device=prefix_k.device) < n
+    pk = torch.where(live[None, :, None], prefix_k.float(), 0.0)
+    pv = torch.where(live[None, :, None], prefix_v.float(), 0.0)
+    return pk[None].expand(rows, -1, -1, -1), pv[None].expand(rows, -1, -1, -1), live
+
+
 def check_bitmask_args(logits, bitmask) -> None:
     """Validate a ``logits [B, V]`` / ``bitmask int32 [B, W]`` pair (``W >= ceil(V/32)``).
 
@@ -215,7 +267,8 @@ def check_sampling_args(temperature, top_p) -> tuple[float, float]:
 # attention
 # --------------------------------------------------------------------------------------
 
-def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None):
+def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None, *, prefix_k=None,
+                      prefix_v=None, prefix_len=None):
     """Causal variable-length attention of new tokens on top of each sequence's cache.
 
     Args:
@@ -224,9 +277,14 @@ def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None):
             ``i`` holds its cached prefix first, then its own new tokens.
         cu_seqlens_q, cu_seqlens_k: int32 ``[B+1]`` offsets of each sequence in q / k.
         sm_scale: softmax scale, default ``1/sqrt(D)``.
+        prefix_k, prefix_v: optional ``[Hkv, P, D]``, a prefix shared by every sequence
+            and stored once (cascade attention): every query also attends to its first
+            ``prefix_len`` keys, which come before the sequence's own keys.
+        prefix_len: optional int32 ``[1]`` tensor, default ``P``.
 
     Query ``t`` of sequence ``i`` (0-based among its ``len_q(i)`` queries) sits at key
-    position ``len_k(i) - len_q(i) + t`` and attends to keys ``0..`` that position.
+    position ``len_k(i) - len_q(i) + t`` of its own keys and attends to own keys ``0..``
+    that position (and to the whole shared prefix, if given).
 
     Returns:
         ``[total_q, Hq, D]`` in q's dtype.
@@ -237,6 +295,7 @@ def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None):
     scale = check_prefill_args(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale)
     total_q, hq, d = q.shape
     hkv = k.shape[1]
+    check_prefix_args(q, hkv, prefix_k, prefix_v, prefix_len)
     nseq = cu_seqlens_q.numel() - 1
     if total_q == 0 or nseq == 0:
         return q.new_empty(q.shape)
@@ -259,13 +318,18 @@ def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None):
 
     qpos = (len_k - len_q)[:, None] + t[None, :]                         # [B, max_q]
     mask = k_valid[:, None, :] & (j[None, None, :] <= qpos[:, :, None])  # [B, max_q, max_k]
+    pk, pv, live = _prefix_keys(prefix_k, prefix_v, prefix_len, nseq)
+    if pk is not None:                                                  # shared keys first
+        kp, vp = torch.cat([pk, kp], 2), torch.cat([pv, vp], 2)
+        mask = torch.cat([live[None, None, :].expand(nseq, max_q, -1), mask], 2)
     out = F.scaled_dot_product_attention(
         qp, kp, vp, attn_mask=mask[:, None], scale=scale, enable_gqa=hq != hkv)
     out = out.transpose(1, 2).reshape(nseq * max_q, hq, d)[q_valid.reshape(-1)]
     return out.to(q.dtype)
 
 
-def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None):
+def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=None, prefix_v=None,
+                     prefix_len=None):
     """One new token per sequence attending to its KV cache.
 
     Args:
@@ -274,6 +338,9 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None):
             (the new token's own key/value already written at ``seq_lens[b] - 1``).
         seq_lens: int32 ``[B]``, each in ``[1, max_len]``.
         sm_scale: softmax scale, default ``1/sqrt(D)``.
+        prefix_k, prefix_v, prefix_len: optional shared prefix stored once, as in
+            :func:`prefill_attention`: every sequence attends to its first ``prefix_len``
+            keys, then to its own ``seq_lens[b]`` cached keys.
 
     Returns:
         ``[B, Hq, D]`` in q's dtype.
@@ -281,6 +348,7 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None):
     scale = check_decode_args(q, k_cache, v_cache, seq_lens, sm_scale)
     b, hq, d = q.shape
     hkv = k_cache.shape[1]
+    check_prefix_args(q, hkv, prefix_k, prefix_v, prefix_len)
     if b == 0:
         return q.new_empty(q.shape)
     lens = seq_lens.to(device=q.device, dtype=torch.long)
@@ -290,6 +358,10 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None):
     live = mask[:, None, :, None]
     kc = torch.where(live, k_cache[:, :, :n].float(), 0.0)
     vc = torch.where(live, v_cache[:, :, :n].float(), 0.0)
+    pk, pv, shared = _prefix_keys(prefix_k, prefix_v, prefix_len, b)
+    if pk is not None:                                                  # shared keys first
+        kc, vc = torch.cat([pk, kc], 2), torch.cat([pv, vc], 2)
+        mask = torch.cat([shared[None, :].expand(b, -1), mask], 1)
     out = F.scaled_dot_product_attention(
         q[:, :, None].float(), kc, vc, attn_mask=mask[:, None, None, :], scale=scale,
         enable_gqa=hq != hkv)

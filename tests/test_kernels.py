@@ -102,6 +102,39 @@ def make_decode(case: str, dtype=torch.float32, seed=0):
     return q, kc, vc, torch.tensor(lens, dtype=torch.int32)
 
 
+# name: (prefix capacity P, prefix_len or None for all P); keys past prefix_len are NaN
+PREFIX_CASES = {
+    "empty": (0, None),
+    "short": (5, None),
+    "long_partial": (150, 97),
+    "len_zero": (40, 0),
+}
+
+
+def make_prefix(case: str, hkv: int, d: int, dtype=torch.float32, seed=0):
+    """A shared prefix ``[Hkv, P, D]`` (NaN past its length, which kernels must not read
+    into their sums) and its ``prefix_len`` tensor (or None)."""
+    cap, n = PREFIX_CASES[case]
+    g = torch.Generator().manual_seed(seed)
+    pk = torch.randn(hkv, cap, d, generator=g).to(dtype)
+    pv = torch.randn(hkv, cap, d, generator=g).to(dtype)
+    if n is None:
+        return pk, pv, None
+    pk[:, n:] = float("nan")
+    pv[:, n:] = float("nan")
+    return pk, pv, torch.tensor([n], dtype=torch.int32)
+
+
+def prefix_copied(pk, pv, plen, kc, vc, lens):
+    """The decode inputs with the shared prefix copied in front of every sequence's cache
+    (the "kernels" cache layout): what a shared prefix must be equivalent to."""
+    n = pk.shape[1] if plen is None else int(plen[0])
+    b = kc.shape[0]
+    kc2 = torch.cat([pk[None, :, :n].expand(b, -1, -1, -1), kc], 2)
+    vc2 = torch.cat([pv[None, :, :n].expand(b, -1, -1, -1), vc], 2)
+    return kc2, vc2, lens + n
+
+
 def make_layer_inputs(dtype=torch.float32, seed=0, n=7, hq=8, hkv=2, d=32, hidden=48, qk_norm=True):
     """Inputs of the fused layer pieces: a qkv projection of n tokens, rope tables, a cache
     of 5 slots x 40 positions (random: untouched entries must stay), distinct (slot, pos)."""
@@ -288,6 +321,36 @@ def test_decode_equals_prefill_of_last_token():
     assert rel_err(R.decode_attention(q, kc, vc, lens), via_prefill) < 1e-6
 
 
+@pytest.mark.parametrize("prefix", list(PREFIX_CASES))
+@pytest.mark.parametrize("case", ["gqa2", "gqa8", "gqa2_d24"])
+def test_reference_decode_shared_prefix_equals_copied_prefix(case, prefix):
+    q, kc, vc, lens = make_decode(case, seed=seed_of("ref-prefix", case, prefix))
+    pk, pv, plen = make_prefix(prefix, kc.shape[1], kc.shape[3], seed=seed_of(prefix))
+    out = R.decode_attention(q, kc, vc, lens, prefix_k=pk, prefix_v=pv, prefix_len=plen)
+    kc2, vc2, lens2 = prefix_copied(pk, pv, plen, kc, vc, lens)
+    assert rel_err(out, naive_decode(q, kc2, vc2, lens2, 1 / math.sqrt(q.shape[-1]))) < 1e-5
+    if pk.shape[1] == 0 or plen is not None and int(plen[0]) == 0:
+        assert rel_err(out, R.decode_attention(q, kc, vc, lens)) < 1e-6
+
+
+@pytest.mark.parametrize("prefix", list(PREFIX_CASES))
+@pytest.mark.parametrize("case", ["gqa2_mixed", "gqa8_ragged", "empty_seq"])
+def test_reference_prefill_shared_prefix_equals_copied_prefix(case, prefix):
+    # the shared prefix sits before every sequence's own keys: the same as copying it there
+    q, k, v, cu_q, cu_k = make_prefill(case, seed=seed_of("ref-prefix", case, prefix))
+    pk, pv, plen = make_prefix(prefix, k.shape[1], k.shape[2], seed=seed_of(prefix))
+    out = R.prefill_attention(q, k, v, cu_q, cu_k, prefix_k=pk, prefix_v=pv, prefix_len=plen)
+    n = pk.shape[1] if plen is None else int(plen[0])
+    ks, vs, lens_k = [], [], []
+    for i in range(len(cu_k) - 1):
+        a, b = int(cu_k[i]), int(cu_k[i + 1])
+        ks += [pk[:, :n].transpose(0, 1), k[a:b]]
+        vs += [pv[:, :n].transpose(0, 1), v[a:b]]
+        lens_k.append(n + b - a)
+    want = naive_prefill(q, torch.cat(ks), torch.cat(vs), cu_q, cumsum0(lens_k), 1 / math.sqrt(q.shape[-1]))
+    assert rel_err(out, want) < 1e-5
+
+
 @pytest.mark.parametrize("vocab", [1, 31, 32, 33, 1000])
 def test_reference_bitmask_matches_naive(vocab):
     bm = make_bitmask(5, vocab, seed=vocab, extra_words=2)
@@ -423,6 +486,24 @@ DECODE_BAD = [
     ("sm_scale", lambda a: float("nan"), ValueError, "sm_scale must be a positive"),
 ]
 
+def _with_prefix(args, cap=6):
+    hkv, d = (args["k_cache"].shape[1], args["k_cache"].shape[3]) if "k_cache" in args else args["k"].shape[1:]
+    return dict(args, prefix_k=torch.randn(hkv, cap, d), prefix_v=torch.randn(hkv, cap, d))
+
+
+PREFIX_BAD = [
+    ("prefix_v", lambda a: None, ValueError, "prefix_k and prefix_v must be given together"),
+    ("prefix_k", lambda a: a["prefix_k"][0], ValueError, "prefix_k must have 3 dimensions"),
+    ("prefix_v", lambda a: a["prefix_v"].half(), TypeError, "prefix_k and prefix_v must have q's dtype"),
+    ("prefix_v", lambda a: a["prefix_v"][:, :3], ValueError, "prefix_k and prefix_v must have the same shape"),
+    ("prefix_k", lambda a: torch.cat([a["prefix_k"]] * 2), ValueError, "prefix_k must be [Hkv="),
+    ("prefix_len", lambda a: torch.tensor([2], dtype=torch.int64), TypeError, "prefix_len must be int32"),
+    ("prefix_len", lambda a: torch.tensor([1, 2], dtype=torch.int32), ValueError, "prefix_len must have 1 elements"),
+    ("prefix_len", lambda a: torch.tensor([7], dtype=torch.int32), ValueError, "prefix_len must lie in [0, 6]"),
+    ("prefix_len", lambda a: torch.tensor([-1], dtype=torch.int32), ValueError, "prefix_len must lie in [0, 6]"),
+]
+
+
 BITMASK_BAD = [
     ("logits", lambda a: a["logits"][0], ValueError, "logits must have 2 dimensions"),
     ("logits", lambda a: a["logits"].long(), TypeError, "logits must be float16"),
@@ -470,6 +551,21 @@ def test_decode_validation(where, arg, change, exc, msg):
     args[arg] = change(args)
     with pytest.raises(exc, match=re.escape(msg)):
         _impl(where, "decode").decode_attention(**args)
+
+
+@pytest.mark.parametrize("where", IMPLS)
+@pytest.mark.parametrize("fn", ["prefill", "decode"])
+@pytest.mark.parametrize("arg,change,exc,msg", PREFIX_BAD, ids=[b[3][:40] for b in PREFIX_BAD])
+def test_shared_prefix_validation(where, fn, arg, change, exc, msg):
+    args = _with_prefix(_prefill_args() if fn == "prefill" else _decode_args())
+    args[arg] = change(args)
+    with pytest.raises(exc, match=re.escape(msg)):
+        getattr(_impl(where, fn), f"{fn}_attention")(**args)
+
+
+def test_prefix_len_needs_a_prefix():
+    with pytest.raises(ValueError, match="prefix_len needs prefix_k and prefix_v"):
+        K.decode_attention(**_decode_args(), prefix_len=torch.tensor([1], dtype=torch.int32))
 
 
 @pytest.mark.parametrize("where", IMPLS)
@@ -751,6 +847,62 @@ def test_interp_decode_cache_views_and_dispatch():
     poisoned = torch.full_like(q, float("nan"))
     decode.decode_attention(q, kv, vv, lens, out=poisoned, num_splits=2)
     assert rel_err(poisoned, out) < 1e-5
+
+
+@interp_only
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("prefix", list(PREFIX_CASES))
+@pytest.mark.parametrize("case", ["mha", "gqa2", "gqa8", "gqa2_d24"])
+def test_interp_decode_shared_prefix(case, prefix, dtype):
+    # cascade decode: the prefix kernel's partials (in one or several key splits, some past
+    # the prefix's end) folded in by the decode kernel itself (one own split), by the last
+    # own split (fused merge) or by the merge kernel; caches and prefix NaN past their lengths
+    from qpfast.kernels import decode
+    q, kc, vc, lens = make_decode(case, dtype, seed=seed_of("prefix", case, prefix, str(dtype)))
+    pk, pv, plen = make_prefix(prefix, kc.shape[1], kc.shape[3], dtype, seed=seed_of(prefix, case))
+    ref = R.decode_attention(q, kc, vc, lens, prefix_k=pk, prefix_v=pv, prefix_len=plen)
+    kc, vc = poison_past_lens(kc, vc, lens)
+    for kw in (dict(num_splits=1, prefix_splits=1), dict(num_splits=1, prefix_splits=3),
+               dict(num_splits=3, prefix_splits=2), dict(num_splits=2, prefix_splits=1, fused_merge=False)):
+        out = torch.full_like(q, float("nan"))
+        decode.decode_attention(q, kc, vc, lens, prefix_k=pk, prefix_v=pv, prefix_len=plen, out=out,
+                                block_n=16, **kw)
+        assert rel_err(out, ref) < TOL[dtype], kw
+    assert int(decode.merge_counters(q.device, 1).abs().sum()) == 0
+
+
+@interp_only
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("case,prefix", [("gqa2_mixed", "long_partial"), ("gqa2_mixed", "len_zero"),
+                                         ("empty_seq", "short"), ("group3", "empty")])
+def test_interp_prefill_shared_prefix(case, prefix, dtype):
+    # cascade prefill (multi-token steps): prefix partials + the own keys' partials (one or
+    # several splits and key blocks) combined by the merge kernel
+    from qpfast.kernels import prefill
+    q, k, v, cu_q, cu_k = make_prefill(case, dtype, seed=seed_of("prefix", case, prefix, str(dtype)))
+    pk, pv, plen = make_prefix(prefix, k.shape[1], k.shape[2], dtype, seed=seed_of(prefix, case))
+    ref = R.prefill_attention(q, k, v, cu_q, cu_k, prefix_k=pk, prefix_v=pv, prefix_len=plen)
+    for kw in (dict(), dict(block_n=16, num_splits=3, prefix_splits=2)):
+        out = torch.full_like(q, float("nan"))
+        prefill.prefill_attention(q, k, v, cu_q, cu_k, prefix_k=pk, prefix_v=pv, prefix_len=plen, out=out, **kw)
+        assert rel_err(out, ref) < TOL[dtype], kw
+
+
+@interp_only
+def test_interp_shared_prefix_dispatch_and_views():
+    # the public entry points pass the prefix through; the engine's static prefix buffer is
+    # a view [Hkv, :P, D] of a bigger one, with the length on the device
+    q, kc, vc, lens = make_decode("gqa4", seed=21)
+    big = torch.randn(2, kc.shape[1], 300, kc.shape[3])
+    pk, pv = big[0, :, :200], big[1, :, :200]
+    plen = torch.tensor([173], dtype=torch.int32)
+    out = K.decode_attention(q, kc, vc, lens, prefix_k=pk, prefix_v=pv, prefix_len=plen)
+    ref = R.decode_attention(q, kc, vc, lens, prefix_k=pk.contiguous(), prefix_v=pv.contiguous(), prefix_len=plen)
+    assert rel_err(out, ref) < 1e-5
+    qp, k, v, cu_q, cu_k = make_prefill("gqa4_long_prefix", seed=22)
+    pk2, pv2 = big[0, :2, :64, :32], big[1, :2, :64, :32]
+    out = K.prefill_attention(qp, k, v, cu_q, cu_k, prefix_k=pk2, prefix_v=pv2)
+    assert rel_err(out, R.prefill_attention(qp, k, v, cu_q, cu_k, prefix_k=pk2, prefix_v=pv2)) < 1e-5
 
 
 @interp_only
