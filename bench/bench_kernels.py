@@ -584,12 +584,39 @@ def _profile_engine(eng, queries, path: str) -> None:
                 continue
 
 
+def _time_engine(eng, queries: list[str], repeats: int, weight_bytes: int, hbm) -> tuple[dict, list]:
+    """Median wall time of ``eng.generate(queries)`` after a warm-up (compile, capture,
+    caches), its counters and, with the datasheet bandwidth, the time to read the weights
+    once per forward pass; returns (that row, the output token ids)."""
+    eng.generate(queries)
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        results = eng.generate(queries)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    stats = dict(getattr(eng, "last_stats", {}) or {})
+    wall = sorted(times)[len(times) // 2]
+    steps = int(stats.get("decode_forward_passes", 0)) + int(stats.get("prefill_forward_passes", 0))
+    cfg = dict(wall_s=wall, wall_s_all=times, forward_passes=steps,
+               errors=sum(r.error is not None for r in results),
+               stats={k: v for k, v in stats.items() if isinstance(v, (int, float, str))})
+    if steps and hbm:
+        floor = steps * weight_bytes / hbm
+        cfg.update(weights_floor_s=floor, wall_over_floor=wall / floor)
+    return cfg, list(eng.last_token_ids)
+
+
 def engine_benchmark(batch: int = 64, repeats: int = 3, profile_path: str | None = None) -> dict:
     """End to end: ``qpfast.Engine`` on a random 0.6B Qwen3-shaped model, ``batch`` queries
     at once, greedy, against the time to read the weights once per decode step (the issue's
     target: ≤ 3×) and, when ``xgrammar`` is installed, ``model.generate`` constrained by
     xgrammar's built-in JSON grammar (a looser constraint than qp-json/1, so a lower bound
-    on that baseline's cost).  Skipped with a note when ``qpfast.Engine`` is unavailable.
+    on that baseline's cost).  Three engine configurations: the default ("kernels" cache
+    layout, CUDA-graph decode steps), the same without graphs, and the "cascade" layout
+    (prompt prefix stored once, the shared-prefix kernels) with graphs.  Skipped with a
+    note when ``qpfast.Engine`` is unavailable.
     """
     import qpfast
     engine_cls = getattr(qpfast, "Engine", None)
@@ -613,27 +640,18 @@ def engine_benchmark(batch: int = 64, repeats: int = 3, profile_path: str | None
             elif not graphs:
                 eng.runner.graphs = None
                 eng.runner.cache = None
-            eng.generate(queries)                                 # warm-up: compile, capture, caches
-            times = []
-            for _ in range(repeats):
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                results = eng.generate(queries)
-                torch.cuda.synchronize()
-                times.append(time.perf_counter() - t0)
-            ids[name] = list(eng.last_token_ids)
-            stats = dict(getattr(eng, "last_stats", {}) or {})
-            wall = sorted(times)[len(times) // 2]
-            steps = int(stats.get("decode_forward_passes", 0)) + int(stats.get("prefill_forward_passes", 0))
-            cfg = dict(wall_s=wall, wall_s_all=times, forward_passes=steps,
-                       errors=sum(r.error is not None for r in results),
-                       stats={k: v for k, v in stats.items() if isinstance(v, (int, float, str))})
-            if steps and hbm:
-                floor = steps * weight_bytes / hbm
-                cfg.update(weights_floor_s=floor, wall_over_floor=wall / floor)
-            out["configs"][name] = cfg
+            out["configs"][name], ids[name] = _time_engine(eng, queries, repeats, weight_bytes, hbm)
         out["same_tokens_graphs_vs_eager"] = ids["graphs"] == ids["eager"]
         eng.runner.enable_graphs()
+        casc = None
+        try:
+            casc = engine_cls(model_dir, device="cuda", dtype="bfloat16", attention="cascade")
+            out["configs"]["cascade"], ids["cascade"] = _time_engine(casc, queries, repeats, weight_bytes, hbm)
+            # bf16: the two layouts sum in different orders, so a near-tie may pick differently
+            out["cascade_same_rows_vs_graphs"] = sum(a == b for a, b in zip(ids["cascade"], ids["graphs"]))
+        except Exception as exc:
+            traceback.print_exc()
+            out["configs"]["cascade"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
         if profile_path:
             try:
                 eng.generate(queries)
@@ -641,13 +659,19 @@ def engine_benchmark(batch: int = 64, repeats: int = 3, profile_path: str | None
             except Exception:
                 traceback.print_exc()
         out["xgrammar_baseline"] = _xgrammar_baseline(eng, queries)
-        try:
-            out["step_ms"] = _step_times(eng)
-        except Exception as exc:
-            traceback.print_exc()
-            out["step_ms"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        for key, e in (("step_ms", eng), ("cascade_step_ms", casc)):
+            if e is None:
+                continue
+            try:
+                out[key] = _step_times(e)
+            except Exception as exc:
+                traceback.print_exc()
+                out[key] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     print("\n== engine (0.6B Qwen3-shaped, random weights, bf16, batch %d)" % batch)
     for name, cfg in out["configs"].items():
+        if "error" in cfg:
+            print(f"  {name:>7}: {cfg['error']}")
+            continue
         st = cfg["stats"]
         print(f"  {name:>7}: wall {cfg['wall_s']:.3f} s  forward passes {cfg['forward_passes']}"
               f"  ({st.get('decode_forward_passes')} decode)  output tokens {st.get('output_tokens')}"
@@ -655,13 +679,17 @@ def engine_benchmark(batch: int = 64, repeats: int = 3, profile_path: str | None
               f"  logits {st.get('time_logits', 0):.3f} s  floor {cfg.get('weights_floor_s', 0):.3f} s"
               f"  errors {cfg['errors']}")
     print(f"  same tokens graphs vs eager: {out['same_tokens_graphs_vs_eager']}")
-    for row in out["step_ms"] if isinstance(out.get("step_ms"), list) else [out.get("step_ms")]:
-        print(f"  step {row}")
+    if "cascade_same_rows_vs_graphs" in out:
+        print(f"  cascade rows with the same tokens as graphs: {out['cascade_same_rows_vs_graphs']} / {batch}")
+    for key in ("step_ms", "cascade_step_ms"):
+        for row in out[key] if isinstance(out.get(key), list) else [out.get(key)]:
+            print(f"  {key} {row}")
     print(f"  xgrammar: {out['xgrammar_baseline']}")
     base = out["xgrammar_baseline"].get("wall_s") if isinstance(out["xgrammar_baseline"], dict) else None
     if base:
         for name, cfg in out["configs"].items():
-            print(f"  speedup {name} vs HF generate + xgrammar: {base / cfg['wall_s']:.2f}x")
+            if "wall_s" in cfg:
+                print(f"  speedup {name} vs HF generate + xgrammar: {base / cfg['wall_s']:.2f}x")
     return out
 
 
@@ -716,15 +744,22 @@ def _xgrammar_baseline(eng, queries: list[str]) -> dict:
 
 # --------------------------------------------------------------------------------------
 
+def _cascade_section(quick: bool, on_row) -> list[dict]:
+    """bench_cascade.py's rows (imported here: it imports this module's helpers)."""
+    from bench_cascade import bench_cascade
+    return bench_cascade(quick, on_row=on_row)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", help="write all results as JSON here")
     ap.add_argument("--quick", action="store_true", help="fewer shapes (a smoke run)")
     ap.add_argument("--no-engine", action="store_true", help="skip the end-to-end engine benchmark")
-    ap.add_argument("--sections", default="engine,prefill,decode,bitmask",
+    ap.add_argument("--sections", default="engine,prefill,decode,cascade,bitmask",
                     help="comma-separated sections to run: engine, prefill, decode, decode_tune (launch "
-                         "configurations), bitmask or bitmask_lite (bf16, 1%% allowed only); default: "
-                         "engine, prefill, decode, bitmask")
+                         "configurations), cascade (bench_cascade.py: shared-prefix decode vs the prefix "
+                         "copied per sequence), bitmask or bitmask_lite (bf16, 1%% allowed only); default: "
+                         "engine, prefill, decode, cascade, bitmask")
     ap.add_argument("--profile", metavar="PATH", help="also profile one engine run (CUDA graphs) into PATH")
     ap.add_argument("--tune-configs", help="decode_tune: launch configurations to try, as block_n/stages/warps "
                                             "separated by commas (default: DECODE_TUNE_CONFIGS)")
@@ -814,6 +849,9 @@ def main(argv=None) -> int:
                 print(f"  {r['heads']} b={r['batch']} len={r['seq_len']}: cold ms by splits "
                       + " ".join(f"{k}:{_fmt(v, '.4f')}" for k, v in (r.get("cold_ms_by_splits") or {}).items())
                       + f"  (auto {r['splits']})")
+        if key == "cascade" and isinstance(results.get("cascade"), list):
+            from bench_cascade import print_cascade
+            print_cascade(results["cascade"])
         if key.startswith("bitmask") and isinstance(results.get(key), list):
             print_table(f"bitmask ops (V={VOCAB})", results[key], [
                 ("op", "op", ""), ("batch", "batch", "d"), ("dtype", "dtype", ""), ("allowed", "allowed", ".2f"),
@@ -831,6 +869,7 @@ def main(argv=None) -> int:
                  ("decode_tune", lambda q: bench_decode_tune(q, on_row=partial("decode_tune"), configs=tune_configs,
                                                              min_bytes=args.tune_min_mb * 1e6,
                                                              merges=tune_merges, max_bytes=args.tune_max_mb * 1e6)),
+                 ("cascade", lambda q: _cascade_section(q, partial("cascade"))),
                  ("bitmask", lambda q: hbm_frac(bench_bitmask(q))),
                  ("bitmask_lite", lambda q: hbm_frac(bench_bitmask(q, lite=True)))]
     wanted = {x.strip() for x in args.sections.split(",") if x.strip()}

@@ -25,6 +25,12 @@ group; the ``G`` rows are padded to 16 so the products run on tensor cores).
 
 :func:`decode_num_splits` picks the split count from the batch, the head count, the cache
 capacity and the number of multiprocessors.
+
+With a shared prefix (cascade attention, :mod:`qpfast.kernels.cascade`) the caches hold
+each sequence's own keys only; the prefix kernel runs first and leaves its partials in
+scratch slots ``0 .. PART_BASE - 1`` of each (sequence, head); this kernel's own splits
+take the slots after them, and whoever writes ``o`` (the program itself when unsplit, the
+last split, or the merge kernel) folds the prefix slots in.
 """
 from __future__ import annotations
 

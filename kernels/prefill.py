@@ -31,6 +31,11 @@ Grid: ``(total_q // BLOCK_M + B, Hkv, num_splits)``.  Sequence ``i``'s tiles are
 binary search over ``cu_seqlens_q`` and the host never reads sequence lengths (no device
 synchronization; the launch can be captured in a CUDA graph).  Programs that land past
 their sequence's last tile exit at once.
+
+With a shared prefix (cascade attention, :mod:`qpfast.kernels.cascade`) the prefix
+kernel's partials take scratch slots ``0 .. PART_BASE - 1`` of every (token, head), this
+kernel writes its own keys' result as partials after them (even unsplit), and the merge
+kernel combines them.
 """
 from __future__ import annotations
 
@@ -66,6 +71,7 @@ def _prefill_kernel(
     BLOCK_N: tl.constexpr,                      # keys per step
     DOT_PRECISION: tl.constexpr,                # "ieee" for float32 inputs
     PART_BASE: tl.constexpr,                    # shared-prefix partials in scratch slots 0..PART_BASE-1
+    DIRECT: tl.constexpr,                       # one split, no prefix: write o (no partials)
 ):
     ROWS: tl.constexpr = BLOCK_M * GROUP_PAD
     tile = tl.program_id(0)
@@ -143,7 +149,7 @@ def _prefill_kernel(
                         mask=key_ok[:, None] & d_ok[None, :], other=0.0)
             m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION)
 
-        if (NUM_SPLITS == 1) & (PART_BASE == 0):
+        if DIRECT:
             out = acc / l_i[:, None]
             o_rows = pos * stride_ot + head * stride_oh
             tl.store(OUT + q_start.to(tl.int64) * stride_ot + o_rows[:, None] + offs_d[None, :],
@@ -271,6 +277,7 @@ def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None, *, pre
         dst.stride(0), dst.stride(1), num_seqs, split_len,
         NUM_SPLITS=num_splits, GROUP=group, HEAD_DIM=d,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", PART_BASE=base,
+        DIRECT=num_splits == 1 and not base,
         **cfg,
     )
     if num_splits > 1 or base:

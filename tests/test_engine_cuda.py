@@ -50,6 +50,30 @@ def test_cuda_graphs_on_vs_off_same_tokens_fp32():
     assert on.last_token_ids == cpu.last_token_ids
 
 
+def test_cuda_cascade_layout_same_tokens_fp32():
+    """The cascade layout on CUDA (prefix stored once, the shared-prefix kernels, graphs on
+    and off) gives the kernels layout's tokens and the CPU engine's."""
+    kern = _engine("float32")
+    casc = _engine("float32", attention="cascade")
+    casc_eager = _engine("float32", attention="cascade", cuda_graphs=False)
+    assert casc.runner.cascade_kernels and casc.runner.graphs is not None
+    for bs in (16, 5):
+        kern.generate(QUERIES16, max_new_tokens=96, batch_size=bs)
+        casc.generate(QUERIES16, max_new_tokens=96, batch_size=bs)
+        casc_eager.generate(QUERIES16, max_new_tokens=96, batch_size=bs)
+        assert casc.last_token_ids == kern.last_token_ids == casc_eager.last_token_ids, bs
+    assert casc.runner.graphs.captured >= 1
+    assert casc.runner.cache.shared_capacity == casc.runner.prefix_len
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_cuda_cascade_half_precision_outputs_parse_strictly(dtype):
+    eng = _engine(dtype, attention="cascade")
+    res = eng.generate(ADVERSARIAL * 3, max_new_tokens=128, batch_size=24)
+    _strict(ADVERSARIAL * 3, res)
+    assert sum(r.error is None for r in res) >= len(ADVERSARIAL * 3) - 6
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_cuda_half_precision_outputs_parse_strictly(dtype):
     eng = _engine(dtype)

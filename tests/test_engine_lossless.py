@@ -116,6 +116,48 @@ def test_decode_graph_step_gives_the_same_tokens(baseline):
     assert _ids(eng, batch_size=3) == ids
 
 
+def test_decode_graph_step_cascade_layout(baseline):
+    """The graph step in the cascade layout (own tokens in the slots, the prompt prefix in
+    the cache's shared buffers with its length on the device), run eagerly on CPU through
+    the kernels' references: the same tokens, full batch and with slot refills."""
+    ids, _ = baseline
+    eng = Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", attention="cascade",
+                 cuda_graphs=True)
+    assert eng.runner.graphs is not None and eng.runner.attention == "cascade"
+    assert _ids(eng) == ids
+    cache = eng.runner.cache
+    assert cache.shared_capacity == eng.runner.prefix_len > 0
+    assert int(cache.shared_len[0]) == eng.runner.prefix_len
+    assert _ids(eng, batch_size=5) == ids
+
+
+def test_cascade_graph_step_with_a_new_shorter_prefix():
+    """A shorter prefix is copied into the same shared buffers (no new tensors, so captured
+    graphs stay valid) and the step attends to its length only; a longer one grows them."""
+    eng = Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", attention="cascade",
+                 cuda_graphs=True)
+    r = eng.runner
+    r.use_prefix(r.compute_prefix([1, 2, 3, 4, 5, 6]))
+    r.reserve(4, 20)
+    buf = r.cache.shared_k[0]
+    for prefix_ids in ([7, 8, 9], [1, 2, 3, 4, 5, 6], [11, 12, 13, 14, 15, 16, 17, 18]):
+        r.use_prefix(r.compute_prefix(prefix_ids))
+        r.reserve(4, 20)
+        assert int(r.cache.shared_len[0]) == len(prefix_ids)
+        assert (r.cache.shared_k[0] is buf) == (len(prefix_ids) <= 6)
+        r.forward(0, [[5, 6, 7]] * 3, [0, 0, 0])
+        before = [k.clone() for k in r.cache.k]
+        plain = r.forward(0, [[8], [9], [10]], [3, 3, 3])        # torch cascade path
+        for k, b in zip(r.cache.k, before):
+            k.copy_(b)
+        stepped = r.decode_step([8, 9, 10], [3, 3, 3])             # bucket 4, shared buffers
+        torch.testing.assert_close(stepped, plain, rtol=1e-5, atol=1e-5)
+        last = r.cache.capacity - 1
+        for k, b in zip(r.cache.k, before):
+            changed = (k != b).any(dim=(1, 3)).nonzero().tolist()
+            assert all(pos == last or (slot < 3 and pos == 3) for slot, pos in changed), changed
+
+
 def test_decode_graph_buckets_and_padding_rows_leave_real_rows_alone():
     from qpfast.engine.cuda_graph import BUCKETS
     eng = Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", attention="kernels",
@@ -146,9 +188,8 @@ def test_decode_graph_buckets_and_padding_rows_leave_real_rows_alone():
 def test_cuda_graphs_argument_errors():
     with pytest.raises(ValueError, match="cuda_graphs"):
         Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", cuda_graphs="yes")
-    with pytest.raises(ValueError, match="cuda_graphs"):
-        Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", attention="cascade",
-               cuda_graphs=True)
+    with pytest.raises(ValueError, match="cuda_graphs: needs the native runner"):
+        Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", runner="hf", cuda_graphs=True)
     eng = Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu")
     assert eng.runner.graphs is None              # "auto" is off on CPU
 
@@ -188,14 +229,20 @@ def test_llama_all_switches_off_vs_on():
 
 @pytest.mark.slow
 def test_triton_kernels_in_the_interpreter_give_the_same_tokens():
-    """The "kernels" attention layout with the real Triton kernels (TRITON_INTERPRET=1, set
-    before triton is imported, hence a subprocess) == the cascade layout."""
+    """Both attention layouts with the real Triton kernels (TRITON_INTERPRET=1, set before
+    triton is imported, hence a subprocess; the cascade layout then runs the shared-prefix
+    kernels, plain and in the bucketed graph step) == the torch cascade path here."""
+    import json
     import os
     import subprocess
     import sys
     pytest.importorskip("triton")
+    qs = [QUERIES16[0], QUERIES16[9], QUERIES16[15]]
+    ref = Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", attention="cascade")
+    assert not ref.runner.cascade_kernels
+    ref.generate(qs, max_new_tokens=48)
     code = (
-        "import os, sys, torch\n"
+        "import json, os, sys, torch\n"
         "sys.path.insert(0, sys.argv[1])\n"
         "torch.set_num_threads(1)\n"
         "from qpfast import kernels\n"
@@ -204,12 +251,14 @@ def test_triton_kernels_in_the_interpreter_give_the_same_tokens():
         "from test_engine_support import qwen3_model, QUERIES16\n"
         "assert kernels.backend(torch.zeros(1)) == 'interpreter'\n"
         "qs = [QUERIES16[0], QUERIES16[9], QUERIES16[15]]\n"
-        "a = Engine(qwen3_model(), qwen_tokenizer(), device='cpu', attention='kernels')\n"
-        "a.generate(qs, max_new_tokens=48)\n"
-        "b = Engine(qwen3_model(), qwen_tokenizer(), device='cpu', attention='cascade')\n"
-        "b.generate(qs, max_new_tokens=48)\n"
-        "sys.exit(0 if a.last_token_ids == b.last_token_ids else 1)\n")
+        "want = json.loads(sys.argv[2])\n"
+        "for kw in (dict(attention='kernels'), dict(attention='cascade'), dict(attention='cascade', cuda_graphs=True)):\n"
+        "    e = Engine(qwen3_model(), qwen_tokenizer(), device='cpu', **kw)\n"
+        "    assert e.runner.cascade_kernels == (kw['attention'] == 'cascade')\n"
+        "    e.generate(qs, max_new_tokens=48)\n"
+        "    assert e.last_token_ids == want, kw\n")
     env = dict(os.environ, TRITON_INTERPRET="1")
     tests_dir = os.path.dirname(os.path.abspath(__file__))
-    p = subprocess.run([sys.executable, "-c", code, tests_dir], env=env, capture_output=True, text=True, timeout=900)
+    p = subprocess.run([sys.executable, "-c", code, tests_dir, json.dumps(ref.last_token_ids)], env=env,
+                       capture_output=True, text=True, timeout=1500)
     assert p.returncode == 0, p.stderr[-3000:]

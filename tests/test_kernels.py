@@ -672,6 +672,23 @@ def test_prefill_config_tiles(group, mean_q, head_dim):
     assert cfg["BLOCK_D"] >= head_dim
 
 
+@pytest.mark.parametrize("script,args", [("bench_kernels.py", ["--sections", "cascade,decode"]),
+                                         ("bench_cascade.py", ["--quick"])])
+def test_gpu_benchmark_scripts_skip_cleanly_without_cuda(tmp_path, script, args):
+    # the device session runs them as they are: at least they must import and parse their
+    # arguments here (bench_cascade.py imports bench_kernels.py's helpers)
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the scripts would run the benchmark")
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+    out = tmp_path / "out.json"
+    res = subprocess.run([sys.executable, os.path.join(bench, script), *args, "--out", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "skipped" in res.stdout
+    if script == "bench_kernels.py":
+        assert "CUDA is not available" in out.read_text()
+
+
 def test_cpu_uses_reference_without_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     q = torch.zeros(1, 1, 16)

@@ -14,8 +14,9 @@ import torch
 import qpfast.kernels as K
 from qpfast.kernels import reference as R
 
-from test_kernels import (DECODE_CASES, PREFILL_CASES, SENTINEL, check_layer_kernels, cumsum0, make_bitmask,
-                          make_decode, make_layer_inputs, make_prefill, rel_err, seed_of, special_rows)
+from test_kernels import (DECODE_CASES, PREFILL_CASES, PREFIX_CASES, SENTINEL, check_layer_kernels, cumsum0,
+                          make_bitmask, make_decode, make_layer_inputs, make_prefill, make_prefix, poison_past_lens,
+                          rel_err, seed_of, special_rows)
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and K.HAS_TRITON),
                                 reason="needs CUDA and triton")
@@ -30,8 +31,9 @@ def _ref64(fn, *tensors, **kw):
     """The reference on float32 copies (on the GPU, IEEE fp32 matmuls), as float64."""
     old = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
+    f32 = lambda t: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
     try:
-        return fn(*(t.float() if t.is_floating_point() else t for t in tensors), **kw).double()
+        return fn(*(f32(t) for t in tensors), **{k: f32(v) for k, v in kw.items()}).double()
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
 
@@ -72,7 +74,6 @@ def test_cuda_decode_fused_merge(case, dtype):
     the merge kernel, on caches that hold NaN past every sequence's length, three rounds
     (the counters must be reset by each call)."""
     from qpfast.kernels import decode
-    from test_kernels import poison_past_lens
     q, kc, vc, lens = _cuda(*make_decode(case, dtype, seed=seed_of("cuda-fused", case, str(dtype))))
     ref = _ref64(R.decode_attention, q, kc, vc, lens)
     kc, vc = poison_past_lens(kc, vc, lens)
@@ -107,6 +108,78 @@ def test_cuda_decode_fused_merge_qp_shape_in_graph():
         graph.replay()
         torch.cuda.synchronize()
         assert rel_err(out, _ref64(R.decode_attention, q, kc, vc, lens)) < TOL[torch.bfloat16]
+
+
+def _prefix(case, hkv, d, dtype, seed):
+    pk, pv, plen = make_prefix(case, hkv, d, dtype, seed=seed)
+    return dict(prefix_k=pk.cuda(), prefix_v=pv.cuda(), prefix_len=None if plen is None else plen.cuda())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("prefix", list(PREFIX_CASES))
+@pytest.mark.parametrize("case", list(DECODE_CASES))
+def test_cuda_decode_shared_prefix(case, prefix, dtype):
+    """Cascade decode: the prefix kernel's partials (own choice of splits, or forced) folded
+    in by the decode kernel, the fused merge or the merge kernel; caches and prefix NaN past
+    their lengths; the merge counters back at zero after."""
+    from qpfast.kernels import decode
+    q, kc, vc, lens = _cuda(*make_decode(case, dtype, seed=seed_of("cuda-prefix", case, prefix, str(dtype))))
+    pre = _prefix(prefix, kc.shape[1], kc.shape[3], dtype, seed_of(prefix, case))
+    ref = _ref64(R.decode_attention, q, kc, vc, lens, **pre)
+    kc, vc = poison_past_lens(kc, vc, lens)
+    for kw in (dict(), dict(num_splits=1, prefix_splits=3), dict(num_splits=3, prefix_splits=2),
+               dict(num_splits=4, prefix_splits=1, fused_merge=False), dict(num_splits=8, block_n=16)):
+        out = torch.full_like(q, float("nan"))
+        decode.decode_attention(q, kc, vc, lens, out=out, **pre, **kw)
+        torch.cuda.synchronize()
+        assert rel_err(out, ref) < TOL[dtype], kw
+    assert int(decode.merge_counters(q.device, 1).abs().sum()) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("prefix", list(PREFIX_CASES))
+@pytest.mark.parametrize("case", list(PREFILL_CASES))
+def test_cuda_prefill_shared_prefix(case, prefix, dtype):
+    from qpfast.kernels import prefill
+    q, k, v, cu_q, cu_k = _cuda(*make_prefill(case, dtype, seed=seed_of("cuda-prefix", case, prefix, str(dtype))))
+    pre = _prefix(prefix, k.shape[1], k.shape[2], dtype, seed_of(prefix, case))
+    ref = _ref64(R.prefill_attention, q, k, v, cu_q, cu_k, **pre)
+    for kw in (dict(), dict(num_splits=3, block_n=16, prefix_splits=2), dict(num_splits=1, prefix_splits=4)):
+        out = torch.full_like(q, float("nan"))
+        prefill.prefill_attention(q, k, v, cu_q, cu_k, out=out, **pre, **kw)
+        torch.cuda.synchronize()
+        assert rel_err(out, ref) < TOL[dtype], kw
+
+
+@pytest.mark.parametrize("hq,hkv,batch", [(16, 8, 64), (16, 2, 1), (8, 1, 200)])
+def test_cuda_cascade_decode_qp_shape_in_graph(hq, hkv, batch):
+    """The engine's cascade decode step: a 512-key prefix buffer whose length lives on the
+    device, ragged own caches of up to 160 keys, captured once in a CUDA graph and replayed
+    with new queries and new prefix lengths (the graph stays valid)."""
+    from qpfast.kernels import decode
+    g = torch.Generator().manual_seed(hq * 1000 + hkv * 10 + batch)
+    dt = torch.bfloat16
+    q = torch.randn(batch, hq, 128, generator=g).to(dt).cuda()
+    kc = torch.randn(batch, hkv, 160, 128, generator=g).to(dt).cuda()
+    vc = torch.randn(batch, hkv, 160, 128, generator=g).to(dt).cuda()
+    lens = torch.randint(1, 161, (batch,), generator=g, dtype=torch.int32).cuda()
+    pk = torch.randn(hkv, 512, 128, generator=g).to(dt).cuda()
+    pv = torch.randn(hkv, 512, 128, generator=g).to(dt).cuda()
+    plen = torch.tensor([400], dtype=torch.int32).cuda()
+    out = torch.full_like(q, float("nan"))
+    kw = dict(prefix_k=pk, prefix_v=pv, prefix_len=plen, out=out)
+    decode.decode_attention(q, kc, vc, lens, **kw)          # warm-up: compiles, makes the counters
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        decode.decode_attention(q, kc, vc, lens, **kw)
+    for n in (400, 137, 512, 0, 1):
+        q.normal_()
+        plen.fill_(n)
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        ref = _ref64(R.decode_attention, q, kc, vc, lens, prefix_k=pk, prefix_v=pv, prefix_len=plen)
+        assert rel_err(out, ref) < TOL[dt], n
 
 
 @pytest.mark.parametrize("block_n,num_stages,num_warps", [(32, 4, 4), (64, 3, 4), (64, 4, 4), (128, 2, 4), (128, 3, 8), (128, 1, 8)])

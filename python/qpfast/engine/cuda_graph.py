@@ -5,17 +5,20 @@ takes a few microseconds, so launching them one by one from Python costs more th
 work. `DecodeGraphs` captures the whole step (embedding, every layer with the KV write and
 `qpfast.kernels.decode_attention`, the final norm) once per batch bucket and replays it.
 
-Everything the step reads lives in static buffers: one `[3, slots]` int64 tensor of token
-ids, positions (rope position = KV write position in the "kernels" cache layout, where
-every slot starts with its copy of the shared prefix) and attended lengths, copied from a
-host buffer in one transfer per step. A batch of `b` rows runs in the smallest bucket
+Everything the step reads lives in static buffers: one `[4, slots]` int64 tensor of token
+ids, KV write positions, rotary positions and attended lengths, copied from a host buffer
+in one transfer per step. In the "kernels" cache layout every slot starts with its copy of
+the shared prefix (rotary position = write position, the prefix counted in the length); in
+the "cascade" layout slots hold own tokens only and the step also attends to the cache's
+shared prefix buffers, whose length lives on the device, so a new prefix of at most their
+capacity is copied in without recapturing. A batch of `b` rows runs in the smallest bucket
 `B >= b`; the `B - b` padding rows use the free slots `b..B-1` (active rows always occupy
 slots `0..n-1`), write their K/V at the last cache position, which the runner keeps free
 (`NativeRunner.reserve` adds one position when graphs are on), and attend to one key: no
 real row's cache is touched and every value stays finite.
 
-The graphs hold pointers into the runner's KV cache and rope table, so they are dropped
-whenever either is reallocated. With `capture=False` the same bucketed step runs eagerly
+The graphs hold pointers into the runner's KV cache (shared prefix buffers included) and
+rope table, so they are dropped whenever one of them is reallocated. With `capture=False` the same bucketed step runs eagerly
 (no CUDA needed): the tests check it against the plain forward on CPU.
 """
 from __future__ import annotations
@@ -35,11 +38,10 @@ BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320,
 
 
 class DecodeGraphs:
-    """Replays the one-token decode step of a `NativeRunner` ("kernels" attention)."""
+    """Replays the one-token decode step of a `NativeRunner` ("kernels" or "cascade"
+    attention; captured graphs need the kernels, i.e. a CUDA device)."""
 
     def __init__(self, runner: "NativeRunner", capture: bool = True):
-        if runner.attention != "kernels":
-            raise ValueError("cuda_graphs: needs the 'kernels' attention layout")
         if capture and runner.device.type != "cuda":
             raise ValueError(f"cuda_graphs: capture needs a CUDA device, got {runner.device}")
         self.runner = runner
@@ -59,14 +61,15 @@ class DecodeGraphs:
     def _prepare(self) -> None:
         r = self.runner
         cache = r.cache
-        r._rope_table(cache.capacity)
-        key = (id(cache), cache.slots, cache.capacity, id(r._cos))
+        r._rope_table(cache.capacity + cache.shared_capacity)
+        key = (id(cache), cache.slots, cache.capacity, id(r._cos),
+               id(cache.shared_k[0]) if cache.shared_k else None)
         if key == self._key:
             return
         self.reset()
         dev = r.device
-        self._idx = torch.zeros((3, cache.slots), dtype=torch.long, device=dev)
-        self._host = torch.zeros((3, cache.slots), dtype=torch.long, pin_memory=dev.type == "cuda")
+        self._idx = torch.zeros((4, cache.slots), dtype=torch.long, device=dev)
+        self._host = torch.zeros((4, cache.slots), dtype=torch.long, pin_memory=dev.type == "cuda")
         self._slots = torch.arange(cache.slots, dtype=torch.long, device=dev)
         self._key = key
 
@@ -90,15 +93,17 @@ class DecodeGraphs:
         plen = r.prefix_len
         last = r.cache.capacity - 1
         host = self._host.numpy()
-        pos = np.asarray(starts, dtype=np.int64) + plen
+        own = np.asarray(starts, dtype=np.int64)
+        pos = own + plen if r.attention == "kernels" else own          # where the new K/V goes
         if int(pos.max()) >= last:
             raise ValueError(f"decode step: position {int(pos.max())} is past the cache ({r.cache.capacity})")
         host[0, :b] = tokens
         host[1, :b] = pos
-        host[2, :b] = pos + 1
+        host[2, :b] = own + plen                                         # rotary position
+        host[3, :b] = pos + 1                                            # keys in the slot
         host[0, b:B] = 0
-        host[1, b:B] = last
-        host[2, b:B] = 1
+        host[1:3, b:B] = last
+        host[3, b:B] = 1
         self._idx[:, :B].copy_(self._host[:, :B], non_blocking=True)
         graph, out = self._graphs.get(B, (None, None))
         if out is None:
@@ -128,12 +133,17 @@ class DecodeGraphs:
 
     def _core(self, B: int) -> torch.Tensor:
         r = self.runner
+        cache = r.cache
         idx = self._idx[:, :B]
-        pos = idx[1]
-        seq_lens = idx[2].to(torch.int32)
+        seq_lens = idx[3].to(torch.int32)
+        shared = r.attention == "cascade" and cache.shared_capacity > 0
 
         def attend(li: int, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
+            if shared:
+                return kernels.decode_attention(q.to(kc.dtype), kc[:B], vc[:B], seq_lens, r.scale,
+                                                prefix_k=cache.shared_k[li], prefix_v=cache.shared_v[li],
+                                                prefix_len=cache.shared_len)
             return kernels.decode_attention(q.to(kc.dtype), kc[:B], vc[:B], seq_lens, r.scale)
 
-        h = r.layers_forward(r.embed[idx[0]], pos, r.cache, self._slots[:B], pos, attend)
+        h = r.layers_forward(r.embed[idx[0]], idx[2], cache, self._slots[:B], idx[1], attend)
         return r.final_norm(h)

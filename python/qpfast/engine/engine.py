@@ -167,8 +167,9 @@ class Engine:
     jump_forward (True), sparse_logits (64: the largest allowed set that gets gathered-row
     logits; 0 or False disables), reuse_prefix (True), overlap_masks (False: fill the masks
     in a worker thread during the forward pass instead of before it; cheaper fills, but
-    single-choice steps then cost a forward pass each), attention ("auto", "cascade",
-    "kernels"), runner ("auto": the own forward for Llama/Qwen2/Qwen3, else "hf": the
+    single-choice steps then cost a forward pass each), attention ("auto": "kernels" on
+    CUDA, "cascade" elsewhere; "kernels": every cache slot holds a copy of the shared prompt
+    prefix; "cascade": the prefix is stored once and read once per step), runner ("auto": the own forward for Llama/Qwen2/Qwen3, else "hf": the
     model's own forward), cuda_graphs ("auto": on for the native runner on CUDA; the
     decode step is replayed from CUDA graphs, one per batch bucket, and rows then take
     their forced tokens one per step instead of in one multi-token pass; True on CPU runs
@@ -210,10 +211,9 @@ class Engine:
             self.runner: Any = NativeRunner(self.model, self.device, attention)
         else:
             self.runner = HFRunner(self.model, self.device, self.vocab_size)
-        graphs_ok = runner == "native" and self.runner.attention == "kernels"
+        graphs_ok = runner == "native"
         if cuda_graphs is True and not graphs_ok:
-            raise ValueError("cuda_graphs: needs the native runner with attention='kernels' "
-                             f"(runner={self.runner.kind!r}, attention={getattr(self.runner, 'attention', None)!r})")
+            raise ValueError(f"cuda_graphs: needs the native runner (runner={self.runner.kind!r})")
         if cuda_graphs is True or (cuda_graphs == "auto" and graphs_ok and self.device.type == "cuda"):
             self.runner.enable_graphs(capture=self.device.type == "cuda")
         self.vocab = _vocab_for(self.tokenizer, self.vocab_size)

@@ -6,8 +6,11 @@ finishes, the last active slot is moved into the hole (`move`), so every step wo
 contiguous view `k[:n]` without copying the cache.
 
 Two attention layouts share this class:
-- "cascade": slots hold only each sequence's own tokens; the shared prefix KV lives once in
-  `PrefixKV` and every query attends to it in one batched matmul (no copy per sequence);
+- "cascade": slots hold only each sequence's own tokens; the shared prefix KV lives once
+  (`PrefixKV`, and a copy in the cache's static `shared_k`/`shared_v` buffers with its
+  length on the device, `shared_len`, for the cascade kernels and the CUDA graphs that
+  point into them) and every query attends to it in one batched product (no copy per
+  sequence);
 - "kernels": every slot starts with a copy of the prefix (written once when the prefix or
   the cache changes, never per batch), so the varlen/decode attention kernels see each
   sequence as one contiguous key range.
@@ -44,7 +47,11 @@ class KVCache:
         # zeros, not empty: padded query rows may read stale slots; they must stay finite
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.prefix: Optional[PrefixKV] = None   # the prefix copied into every slot (kernels layout)
+        self.prefix: Optional[PrefixKV] = None   # the prefix copied into every slot / the shared buffers
+        self.shared_k: list[torch.Tensor] = []   # cascade layout: per layer [kv_heads, shared_capacity, head_dim]
+        self.shared_v: list[torch.Tensor] = []
+        self.shared_len = torch.zeros(1, dtype=torch.int32, device=device)
+        self._n_layers, self._kv_heads, self._head_dim = n_layers, kv_heads, head_dim
 
     def fits(self, slots: int, capacity: int, dtype: torch.dtype, device: torch.device) -> bool:
         t = self.k[0]
@@ -59,6 +66,26 @@ class KVCache:
                 vc[:, :, :p] = pv.to(vc.dtype)[None]
         self.prefix = prefix
 
+    @property
+    def shared_capacity(self) -> int:
+        return self.shared_k[0].shape[1] if self.shared_k else 0
+
+    def write_shared(self, prefix: Optional[PrefixKV]) -> None:
+        """Copies the prefix into the shared buffers (cascade layout) and sets `shared_len`;
+        the buffers grow (new tensors) only when the prefix is longer than they are."""
+        p = prefix.length if prefix is not None else 0
+        if p > self.shared_capacity:
+            t = self.k[0]
+            shape = (self._kv_heads, p, self._head_dim)
+            self.shared_k = [torch.zeros(shape, dtype=t.dtype, device=t.device) for _ in range(self._n_layers)]
+            self.shared_v = [torch.zeros(shape, dtype=t.dtype, device=t.device) for _ in range(self._n_layers)]
+        if p:
+            for sk, sv, pk, pv in zip(self.shared_k, self.shared_v, prefix.k, prefix.v):
+                sk[:, :p] = pk.to(sk.dtype)
+                sv[:, :p] = pv.to(sv.dtype)
+        self.shared_len.fill_(p)
+        self.prefix = prefix
+
     def move(self, src: int, dst: int, start: int, end: int) -> None:
         """Copies positions [start, end) of slot `src` into slot `dst`."""
         if src == dst or end <= start:
@@ -68,4 +95,4 @@ class KVCache:
             vc[dst, :, start:end] = vc[src, :, start:end]
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+        return sum(t.numel() * t.element_size() for t in self.k + self.v + self.shared_k + self.shared_v)

@@ -14,8 +14,11 @@ Attention (`attention=`):
   `prefill_attention` (varlen) on slots that hold a copy of the shared prefix: the path the
   Triton kernels (and later CUDA graphs) plug into; on CPU they are the torch references;
 - "cascade": the shared prefix is stored once; all queries of a step attend to it in one
-  batched matmul, then to their own tokens, and the two softmax parts are merged by their
-  log-sum-exp. No per-sequence copy of the prefix is read: on CPU this is the fast path.
+  batched product, then to their own tokens, and the two softmax parts are merged by their
+  log-sum-exp. No per-sequence copy of the prefix is read. Where the Triton kernels run (CUDA,
+  or the interpreter) this goes through `decode_attention` / `prefill_attention` with their
+  shared-prefix arguments (the cache's static prefix buffers, so CUDA graphs work too);
+  elsewhere through torch matmuls, the fast path on CPU.
 "auto" = "kernels" on CUDA, "cascade" elsewhere.
 
 `HFRunner` calls the model's own forward (one row at a time, with the model's own cache when
@@ -177,6 +180,8 @@ class NativeRunner:
         self.prefix: Optional[PrefixKV] = None
         self._prefix_f32: Optional[tuple[list[torch.Tensor], list[torch.Tensor]]] = None
         self.graphs: Optional[DecodeGraphs] = None
+        # cascade attention through the kernels (Triton or its interpreter), else torch matmuls
+        self.cascade_kernels = attention == "cascade" and kernels.backend(self.embed) != "reference"
 
     def enable_graphs(self, capture: bool = True) -> None:
         """One-token decode steps (`decode_step`) replay CUDA graphs from now on; with
@@ -215,8 +220,15 @@ class NativeRunner:
             self.cache = None
             del old
             self.cache = KVCache(len(self.layers), slots, self.hkv, cap, self.d, self.dtype, self.device)
-        if self.attention == "kernels" and self.cache.prefix is not self.prefix:
+        if self.cache.prefix is not self.prefix:
+            self._write_prefix()
+
+    def _write_prefix(self) -> None:
+        """The current prefix into the cache: a copy per slot ("kernels") or the shared buffers."""
+        if self.attention == "kernels":
             self.cache.write_prefix(self.prefix)
+        else:
+            self.cache.write_shared(self.prefix)
 
     def compute_prefix(self, ids: Sequence[int]) -> PrefixKV:
         """The shared prefix's KV (one forward pass over the prefix tokens)."""
@@ -232,11 +244,11 @@ class NativeRunner:
             prefix = None
         self.prefix = prefix
         self._prefix_f32 = None if prefix is None else ([k.float() for k in prefix.k], [v.float() for v in prefix.v])
-        if self.attention == "kernels" and self.cache is not None:
-            if prefix is not None and self.cache.capacity < prefix.length + 1:
+        if self.cache is not None and self.cache.prefix is not prefix:
+            if self.attention == "kernels" and prefix is not None and self.cache.capacity < prefix.length + 1:
                 self.cache = None
             else:
-                self.cache.write_prefix(prefix)
+                self._write_prefix()
 
     @property
     def prefix_len(self) -> int:
@@ -263,9 +275,14 @@ class NativeRunner:
         write_pos = inp.own_pos + (plen if attention == "kernels" else 0)
         meta = self._attn_meta(inp, plen, attention)
 
+        shared = attention == "cascade" and self.cascade_kernels and plen > 0
+        if shared and cache.prefix is not prefix:
+            raise RuntimeError("cascade attention: the cache's shared prefix buffers hold another prefix")
+
         def attend(li: int, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
-            if attention == "kernels":
-                return self._attn_kernels(q, kc, vc, inp, meta)
+            if attention == "kernels" or self.cascade_kernels:
+                pre = (cache.shared_k[li], cache.shared_v[li], cache.shared_len) if shared else None
+                return self._attn_kernels(q, kc, vc, inp, meta, pre)
             pk = pv = None
             if plen:
                 if prefix is self.prefix and self._prefix_f32 is not None:
@@ -321,7 +338,9 @@ class NativeRunner:
     def _attn_meta(self, inp: StepInputs, plen: int, attention: str) -> dict:
         meta: dict[str, Any] = {}
         own_after = inp.starts_t + inp.lens_t
-        if attention == "kernels":
+        if attention == "kernels" or self.cascade_kernels:
+            if attention != "kernels":
+                plen = 0                                   # slots hold own tokens only
             if inp.T == 1:
                 meta["seq_lens"] = (own_after + plen).to(torch.int32)
             else:
@@ -346,14 +365,17 @@ class NativeRunner:
             meta["mask"] = j[None, None, :] <= (inp.starts_t[:, None, None] + t[None, :, None])
         return meta
 
-    def _attn_kernels(self, q, kc, vc, inp: StepInputs, meta) -> torch.Tensor:
+    def _attn_kernels(self, q, kc, vc, inp: StepInputs, meta, shared=None) -> torch.Tensor:
+        """Attention through `qpfast.kernels` over the slots' cached keys, plus the shared
+        prefix `(prefix_k, prefix_v, prefix_len)` in the cascade layout."""
         s0, b = inp.slot0, inp.b
+        pre = {} if shared is None else dict(zip(("prefix_k", "prefix_v", "prefix_len"), shared))
         if inp.T == 1:
             return kernels.decode_attention(q.to(kc.dtype), kc[s0:s0 + b], vc[s0:s0 + b], meta["seq_lens"],
-                                            self.scale)
+                                            self.scale, **pre)
         kp = kc[meta["k_slot"], :, meta["k_pos"]]
         vp = vc[meta["k_slot"], :, meta["k_pos"]]
-        return kernels.prefill_attention(q.to(kc.dtype), kp, vp, meta["cu_q"], meta["cu_k"], self.scale)
+        return kernels.prefill_attention(q.to(kc.dtype), kp, vp, meta["cu_q"], meta["cu_k"], self.scale, **pre)
 
     def _attn_cascade(self, q, kc, vc, pk, pv, inp: StepInputs, meta) -> torch.Tensor:
         N, hq, d = q.shape
