@@ -923,6 +923,34 @@ def test_interp_shared_prefix_dispatch_and_views():
 
 
 @interp_only
+def test_interp_engine_cascade_forward():
+    # the engine's cascade layout through the kernels (the prefix in the cache's shared
+    # buffers, own tokens in the slots) == its torch path: prefill rows of several lengths,
+    # a decode step, a multi-token (jump-forward) step, the bucketed graph step with a
+    # padding row; then a shorter prefix swapped into the same buffers
+    from qpfast.engine.model_runner import NativeRunner
+    from test_engine_support import qwen3_model
+    model = qwen3_model()
+    a = NativeRunner(model, "cpu", "cascade")
+    b = NativeRunner(model, "cpu", "cascade")
+    b.cascade_kernels = False                    # the CPU path: torch matmuls
+    assert a.cascade_kernels
+    a.enable_graphs(capture=False)
+    close = dict(rtol=1e-4, atol=1e-5)
+    for prefix in ([11, 12, 13, 14, 15, 16, 17], [30, 31, 32]):
+        for r in (a, b):
+            r.use_prefix(r.compute_prefix(prefix))
+            r.reserve(4, 24)
+        assert int(a.cache.shared_len[0]) == len(prefix) and a.cache.shared_capacity == 7
+        steps = [([[1, 2, 3, 4, 5], [6, 7, 8], [9]], [0, 0, 0]), ([[10], [11], [12]], [5, 3, 1]),
+                 ([[13, 14], [15], [16, 17, 18]], [6, 4, 2])]
+        for toks, starts in steps:
+            torch.testing.assert_close(a.forward(0, toks, starts), b.forward(0, toks, starts), **close)
+        torch.testing.assert_close(a.decode_step([19, 20, 21], [8, 5, 5]),
+                                   b.forward(0, [[19], [20], [21]], [8, 5, 5]), **close)
+
+
+@interp_only
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
 @pytest.mark.parametrize("shape", [dict(hq=8, hkv=2, d=32), dict(hq=4, hkv=4, d=16, qk_norm=False),
                                    dict(hq=6, hkv=1, d=24, hidden=100, n=1)])
