@@ -1,4 +1,4 @@
-"""The attention kernels compiled for a Hopper GPU (sm_90) without one.
+"""The Triton kernels compiled for a Hopper GPU (sm_90) without one.
 
 Triton's interpreter (test_kernels.py) runs the kernels as numpy code: it accepts things the
 GPU compiler rejects (types that change in a loop, unsupported constructs, shapes the
@@ -66,9 +66,41 @@ VARIANTS = {
                                   DIRECT=False, **HEADS), 4),
 }
 
+# the layer pieces and the bitmask ops (Qwen3-0.6B sizes, bf16 logits)
+L64 = "*i64"
+VARIANTS.update({
+    "add_rms_norm": ("layers", "_add_rms_kernel",
+                     dict(X=P, RES=P, W=P, OUT=P, H_OUT=P, n_cols=I, stride_x=I, stride_r=I, stride_o=I, stride_h=I,
+                          eps=F), dict(HAS_RES=True, BLOCK=1024), 4),
+    "qk_norm_rope_store": ("layers", "_qk_norm_rope_kernel",
+                           dict(QKV=P, QN=P, KN=P, COS=P, SIN=P, ROPE_POS=L64, KC=P, VC=P, SLOT=L64, WPOS=L64,
+                                Q_OUT=P, stride_qkv=I, stride_cos=I, stride_kb=I, stride_kh=I, stride_kt=I,
+                                stride_vb=I, stride_vh=I, stride_vt=I, stride_qo=I, stride_qh=I, eps=F),
+                           dict(HQ=16, HKV=8, HALF=64, BLOCK=64, HAS_QN=True, HAS_KN=True), 1),
+    "silu_mul": ("layers", "_silu_mul_kernel", dict(GU=P, OUT=P, n_inter=I, stride_gu=I, stride_o=I),
+                 dict(BLOCK=1024), 4),
+    "apply_bitmask": ("bitmask", "_apply_bitmask_kernel",
+                      dict(LOGITS=P, BITMASK="*i32", vocab=I, stride_l=I, stride_m=I), dict(BLOCK_V=1024), 4),
+    "masked_sample_chunks": ("bitmask", "_pick_kernel",
+                             dict(LOGITS=P, BITMASK="*i32", OUT=L64, PART_VAL="*fp32", PART_IDX="*i32",
+                                  PART_FIRST="*i32", SEED=L64, THRESH="*fp32", vocab=I, stride_l=I, stride_m=I,
+                                  inv_temp=F, chunk_len=I),
+                             dict(SAMPLE=True, USE_THRESH=True, NUM_CHUNKS=4, BLOCK_V=1024), 4),
+    "masked_argmax": ("bitmask", "_pick_kernel",
+                      dict(LOGITS=P, BITMASK="*i32", OUT=L64, PART_VAL=L64, PART_IDX=L64, PART_FIRST=L64, SEED=L64,
+                           THRESH=L64, vocab=I, stride_l=I, stride_m=I, inv_temp=F, chunk_len=I),
+                      dict(SAMPLE=False, USE_THRESH=False, NUM_CHUNKS=1, BLOCK_V=2048), 8),
+    "reduce_picks": ("bitmask", "_reduce_picks_kernel",
+                     dict(OUT=L64, PART_VAL="*fp32", PART_IDX="*i32", PART_FIRST="*i32", vocab=I),
+                     dict(NUM_CHUNKS=6, BLOCK_C=8), 1),
+    "top_p_threshold": ("bitmask", "_top_p_threshold_kernel",
+                        dict(LOGITS=P, BITMASK="*i32", THRESH="*fp32", vocab=I, stride_l=I, stride_m=I, inv_temp=F,
+                             top_p=F, search_width=F), None, 8),
+})
+
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_attention_kernels_compile_for_sm90(variant):
+def test_kernels_compile_for_sm90(variant):
     import importlib
 
     import triton
@@ -76,7 +108,10 @@ def test_attention_kernels_compile_for_sm90(variant):
     from triton.compiler import ASTSource
 
     module, name, args, consts, warps = VARIANTS[variant]
-    fn = getattr(importlib.import_module(f"qpfast.kernels.{module}"), name)
+    mod = importlib.import_module(f"qpfast.kernels.{module}")
+    fn = getattr(mod, name)
+    if consts is None:                            # the module's own constants
+        consts = dict(CANDIDATES=mod.TOP_P_CANDIDATES, ROUNDS=mod.TOP_P_ROUNDS, BLOCK_V=1024)
     signature = {**args, **{k: "constexpr" for k in consts}}
     assert sorted(signature) == sorted(fn.arg_names), "the test's argument list is out of date"
     signature = {n: signature[n] for n in fn.arg_names}
