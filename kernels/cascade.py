@@ -37,6 +37,11 @@ from .common import cdiv, cut, online_softmax_step
 
 LOG2E = 1.4426950408889634
 MIN_PREFIX_SPLIT = 128          # keys per prefix split at least
+# Query rows per tile (BLOCK_M x GROUP_PAD) at most: at head dim 128 a 128-row tile spills
+# registers on sm_90 even with 8 warps (88-96 bytes of stack, ptxas resource usage of the
+# cubins tests/test_kernels_compile.py builds) and a 64-row one does not (215-243 registers);
+# it also gives a decode batch twice the programs (the prefix then comes from L2 once more).
+MAX_TILE_ROWS = 64
 
 
 @triton.jit
@@ -119,10 +124,11 @@ def prefix_plan(rows: int, hkv: int, group: int, head_dim: int, prefix_cap: int,
                 block_n: int | None = None) -> tuple[dict, int, int]:
     """``(launch config, split_len, num_splits)`` of :func:`prefix_partials` for ``rows``
     query rows; the overrides are for tests and tuning."""
-    from .prefill import prefill_config      # the prefill kernel's tile rules, one sequence of `rows`
+    from .prefill import prefill_config, tile_warps   # the prefill kernel's tile rules, one sequence of `rows`
     cfg = prefill_config(rows, 1, group, head_dim)
-    if block_m is not None:
-        cfg["BLOCK_M"] = block_m
+    gp = cfg["GROUP_PAD"]
+    cfg["BLOCK_M"] = block_m or max(1, min(cfg["BLOCK_M"], MAX_TILE_ROWS // gp), 16 // gp)
+    cfg["num_warps"] = tile_warps(cfg["BLOCK_M"] * gp, cfg["BLOCK_D"])
     if block_n is not None:
         cfg["BLOCK_N"] = block_n
     if num_splits is None:

@@ -178,10 +178,15 @@ def prefill_config(total_q: int, num_seqs: int, group: int, head_dim: int) -> di
     rows = 128 if block_d <= 128 else 64
     mean_q = max(1, cdiv(total_q, max(1, num_seqs)))
     block_m = max(1, min(_pow2(mean_q), rows // group_pad), 16 // group_pad)
-    # 4 warps spill registers (sm_90 resource report) from 64x64 / 32x128 tiles upwards
-    big = block_m * group_pad * block_d >= 32 * 128
     return dict(GROUP_PAD=group_pad, BLOCK_D=block_d, BLOCK_M=block_m,
-                BLOCK_N=64 if block_d <= 128 else 32, num_warps=8 if big else 4, num_stages=2)
+                BLOCK_N=64 if block_d <= 128 else 32, num_warps=tile_warps(block_m * group_pad, block_d),
+                num_stages=2)
+
+
+def tile_warps(rows: int, block_d: int) -> int:
+    """Warps for a ``rows x block_d`` query tile: 4 warps spill registers (sm_90 resource
+    report) from 64x64 / 32x128 tiles upwards, so those get 8."""
+    return 8 if rows * block_d >= 32 * 128 else 4
 
 
 def prefill_num_splits(programs: int, keys_per_seq: int, block_n: int, num_sms: int) -> int:

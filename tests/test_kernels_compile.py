@@ -33,12 +33,10 @@ PREFILL_ARGS = dict(Q=P, K=P, V=P, OUT=P, CU_Q="*i32", CU_K="*i32", PART_O="*fp3
 HEADS = dict(HEAD_DIM=128, BLOCK_D=128, DOT_PRECISION="tf32")
 
 VARIANTS = {
-    # the shared-prefix kernel: length on the device (engine) or the buffer's (plain calls);
-    # Qwen3-0.6B's 16:8 heads with a 64-row tile, 8:1 with the smallest one
-    "prefix_device_len": ("cascade", "_prefix_kernel", PREFIX_ARGS,
-                          dict(HAS_PLEN=True, GROUP=2, GROUP_PAD=2, BLOCK_M=64, BLOCK_N=64, **HEADS), 8),
-    "prefix_fixed_len_gqa8": ("cascade", "_prefix_kernel", PREFIX_ARGS,
-                              dict(HAS_PLEN=False, GROUP=8, GROUP_PAD=8, BLOCK_M=2, BLOCK_N=64, **HEADS), 4),
+    # the shared-prefix kernel as prefix_plan launches it: length on the device (engine) or
+    # the buffer's (plain calls); Qwen3-0.6B's 16:8 heads at batch 64, 8:1 at batch 1
+    "prefix_device_len": ("cascade", "_prefix_kernel", PREFIX_ARGS, dict(HAS_PLEN=True), (64, 8, 2)),
+    "prefix_fixed_len_gqa8": ("cascade", "_prefix_kernel", PREFIX_ARGS, dict(HAS_PLEN=False), (1, 1, 8)),
     # decode: unsplit, unsplit + prefix partials folded in, split with the fused merge (with
     # and without a prefix), split for the merge kernel
     "decode": ("decode", "_decode_kernel", DECODE_ARGS,
@@ -112,6 +110,12 @@ def test_kernels_compile_for_sm90(variant):
     fn = getattr(mod, name)
     if consts is None:                            # the module's own constants
         consts = dict(CANDIDATES=mod.TOP_P_CANDIDATES, ROUNDS=mod.TOP_P_ROUNDS, BLOCK_V=1024)
+    if isinstance(warps, tuple):                  # (rows, Hkv, group): the wrapper's own launch plan
+        rows, hkv, group = warps
+        cfg = dict(mod.prefix_plan(rows, hkv, group, 128, 512, 132)[0])
+        warps = cfg.pop("num_warps")
+        cfg.pop("num_stages")
+        consts = dict(consts, GROUP=group, HEAD_DIM=128, DOT_PRECISION="tf32", **cfg)
     signature = {**args, **{k: "constexpr" for k in consts}}
     assert sorted(signature) == sorted(fn.arg_names), "the test's argument list is out of date"
     signature = {n: signature[n] for n in fn.arg_names}
