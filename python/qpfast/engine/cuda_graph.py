@@ -18,8 +18,9 @@ slots `0..n-1`), write their K/V at the last cache position, which the runner ke
 real row's cache is touched and every value stays finite.
 
 The graphs hold pointers into the runner's KV cache (shared prefix buffers included) and
-rope table, so they are dropped whenever one of them is reallocated. With `capture=False` the same bucketed step runs eagerly
-(no CUDA needed): the tests check it against the plain forward on CPU.
+rope table, so they are dropped whenever one of them is reallocated. With `capture=False`
+the same bucketed step runs eagerly (no CUDA needed): the tests check it against the plain
+forward on CPU.
 """
 from __future__ import annotations
 

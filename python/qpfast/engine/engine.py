@@ -169,11 +169,12 @@ class Engine:
     in a worker thread during the forward pass instead of before it; cheaper fills, but
     single-choice steps then cost a forward pass each), attention ("auto": "kernels" on
     CUDA, "cascade" elsewhere; "kernels": every cache slot holds a copy of the shared prompt
-    prefix; "cascade": the prefix is stored once and read once per step), runner ("auto": the own forward for Llama/Qwen2/Qwen3, else "hf": the
-    model's own forward), cuda_graphs ("auto": on for the native runner on CUDA; the
-    decode step is replayed from CUDA graphs, one per batch bucket, and rows then take
-    their forced tokens one per step instead of in one multi-token pass; True on CPU runs
-    the same bucketed step without capture, for tests).
+    prefix; "cascade": the prefix is stored once and read once per step), runner ("auto":
+    the own forward for Llama/Qwen2/Qwen3, else "hf": the model's own forward), cuda_graphs
+    ("auto": on for the native runner on CUDA, in either attention layout; the decode step
+    is replayed from CUDA graphs, one per batch bucket, and rows then take their forced
+    tokens one per step instead of in one multi-token pass; True on CPU runs the same
+    bucketed step without capture, for tests).
 
     After each `generate`, `last_stats` holds counters and timings and `last_token_ids` the
     output token ids of each query (None for a query that got an error result).
