@@ -23,12 +23,11 @@ import argparse
 import json
 import os
 import sys
-import traceback
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_kernels import HEAD_DIM, bench_graph_cold, print_table, rel_err  # noqa: E402
+from bench_kernels import HEAD_DIM, add_shape_row, bench_graph_cold, print_table, rel_err  # noqa: E402
 
 OWN = 100
 
@@ -50,69 +49,67 @@ def _bytes(hq: int, hkv: int, bsz: int, keys_per_seq: int, shared: int = 0, part
 
 
 def bench_cascade(quick: bool = False, on_row=None) -> list[dict]:
+    """One row per shape of :func:`_shapes` (see the module docstring); ``on_row(rows)``
+    after each shape."""
+    from qpfast.kernels.common import num_sms
+    sms = num_sms(torch.device("cuda"))
+    rows = []
+    for (hq, hkv), bsz, plen in _shapes(quick):
+        add_shape_row(rows, dict(heads=f"{hq}:{hkv}", batch=bsz, prefix=plen),
+                      lambda: _cascade_shape(hq, hkv, bsz, plen, sms), on_row)
+    return rows
+
+
+def _cascade_shape(hq: int, hkv: int, bsz: int, plen: int, sms: int) -> dict:
     import qpfast.kernels as K
     from qpfast.kernels import decode as D
     from qpfast.kernels import reference as R
     from qpfast.kernels.cascade import prefix_plan
-    from qpfast.kernels.common import num_sms
-    sms = num_sms(torch.device("cuda"))
     dt = torch.bfloat16
-    rows = []
-    for (hq, hkv), bsz, plen in _shapes(quick):
-        try:
-            g = torch.Generator(device="cuda").manual_seed(bsz * 1000 + plen)
-            mk = lambda *shape: torch.randn(*shape, device="cuda", dtype=dt, generator=g)  # noqa: E731
-            q = mk(bsz, hq, HEAD_DIM)
-            pk, pv = mk(hkv, plen, HEAD_DIM), mk(hkv, plen, HEAD_DIM)
-            kc, vc = mk(bsz, hkv, OWN, HEAD_DIM), mk(bsz, hkv, OWN, HEAD_DIM)
-            lens = torch.full((bsz,), OWN, device="cuda", dtype=torch.int32)
-            plen_t = torch.tensor([plen], device="cuda", dtype=torch.int32)
-            full_k = torch.cat([pk[None].expand(bsz, -1, -1, -1), kc], 2)
-            full_v = torch.cat([pv[None].expand(bsz, -1, -1, -1), vc], 2)
-            full_lens = lens + plen
-            ref = R.decode_attention(q, full_k, full_v, full_lens)
-            casc = K.decode_attention(q, kc, vc, lens, prefix_k=pk, prefix_v=pv, prefix_len=plen_t)
-            copied = K.decode_attention(q, full_k, full_v, full_lens)
-            del full_k, full_v
-            auto_splits = prefix_plan(bsz, hkv, hq // hkv, HEAD_DIM, plen, sms)[2]
-            own_splits = D.decode_num_splits(bsz, hkv, OWN, sms)
-            b_copied = _bytes(hq, hkv, bsz, plen + OWN)
-            b_casc = _bytes(hq, hkv, bsz, OWN, shared=plen, partial_slots=auto_splits)
+    g = torch.Generator(device="cuda").manual_seed(bsz * 1000 + plen)
+    mk = lambda *shape: torch.randn(*shape, device="cuda", dtype=dt, generator=g)  # noqa: E731
+    q = mk(bsz, hq, HEAD_DIM)
+    pk, pv = mk(hkv, plen, HEAD_DIM), mk(hkv, plen, HEAD_DIM)
+    kc, vc = mk(bsz, hkv, OWN, HEAD_DIM), mk(bsz, hkv, OWN, HEAD_DIM)
+    lens = torch.full((bsz,), OWN, device="cuda", dtype=torch.int32)
+    plen_t = torch.tensor([plen], device="cuda", dtype=torch.int32)
+    full_k = torch.cat([pk[None].expand(bsz, -1, -1, -1), kc], 2)
+    full_v = torch.cat([pv[None].expand(bsz, -1, -1, -1), vc], 2)
+    full_lens = lens + plen
+    ref = R.decode_attention(q, full_k, full_v, full_lens)
+    casc = K.decode_attention(q, kc, vc, lens, prefix_k=pk, prefix_v=pv, prefix_len=plen_t)
+    copied = K.decode_attention(q, full_k, full_v, full_lens)
+    del full_k, full_v
+    auto_splits = prefix_plan(bsz, hkv, hq // hkv, HEAD_DIM, plen, sms)[2]
+    b_copied = _bytes(hq, hkv, bsz, plen + OWN)
+    b_casc = _bytes(hq, hkv, bsz, OWN, shared=plen, partial_slots=auto_splits)
 
-            def copied_call(i):
-                qi = torch.randn_like(q)
-                ki = torch.randn(bsz, hkv, plen + OWN, HEAD_DIM, device="cuda", dtype=dt)
-                vi = torch.randn_like(ki)
-                return lambda: D.decode_attention(qi, ki, vi, full_lens)
+    def copied_call(i):
+        qi = torch.randn_like(q)
+        ki = torch.randn(bsz, hkv, plen + OWN, HEAD_DIM, device="cuda", dtype=dt)
+        vi = torch.randn_like(ki)
+        return lambda: D.decode_attention(qi, ki, vi, full_lens)
 
-            def cascade_call(i, splits=None):
-                qi = torch.randn_like(q)
-                pki, pvi = torch.randn_like(pk), torch.randn_like(pv)
-                ki, vi = torch.randn_like(kc), torch.randn_like(vc)
-                return lambda: D.decode_attention(qi, ki, vi, lens, prefix_k=pki, prefix_v=pvi, prefix_len=plen_t,
-                                                  prefix_splits=splits)
+    def cascade_call(i, splits=None):
+        qi = torch.randn_like(q)
+        pki, pvi = torch.randn_like(pk), torch.randn_like(pv)
+        ki, vi = torch.randn_like(kc), torch.randn_like(vc)
+        return lambda: D.decode_attention(qi, ki, vi, lens, prefix_k=pki, prefix_v=pvi, prefix_len=plen_t,
+                                          prefix_splits=splits)
 
-            cold_copied = bench_graph_cold(copied_call, b_copied)
-            cold_casc = bench_graph_cold(cascade_call, b_casc)
-            sweep = ({ps: bench_graph_cold(lambda i, ps=ps: cascade_call(i, ps), b_casc) for ps in (1, 2, 4, 8)}
-                     if bsz * hkv < sms else {})
-            rows.append(dict(
-                heads=f"{hq}:{hkv}", batch=bsz, prefix=plen, own=OWN, prefix_splits=auto_splits,
-                own_splits=own_splits, rel_err_cascade=rel_err(casc, ref), rel_err_copied=rel_err(copied, ref),
-                cold_copied_ms=cold_copied, cold_cascade_ms=cold_casc,
-                speedup=(cold_copied / cold_casc) if (cold_copied and cold_casc) else None,
-                bytes_copied=b_copied, bytes_cascade=b_casc, mb_copied=b_copied / 1e6, mb_cascade=b_casc / 1e6,
-                copied_tb_s=b_copied / (cold_copied * 1e-3) / 1e12 if cold_copied else None,
-                cascade_tb_s=b_casc / (cold_casc * 1e-3) / 1e12 if cold_casc else None,
-                cold_cascade_ms_by_prefix_splits=sweep))
-        except Exception as exc:                 # one shape failing keeps the others
-            traceback.print_exc()
-            torch.cuda.synchronize()
-            rows.append(dict(heads=f"{hq}:{hkv}", batch=bsz, prefix=plen, error=f"{type(exc).__name__}: {exc}"[:300]))
-        torch.cuda.empty_cache()
-        if on_row is not None:
-            on_row(rows)
-    return rows
+    cold_copied = bench_graph_cold(copied_call, b_copied)
+    cold_casc = bench_graph_cold(cascade_call, b_casc)
+    sweep = ({ps: bench_graph_cold(lambda i, ps=ps: cascade_call(i, ps), b_casc) for ps in (1, 2, 4, 8)}
+             if bsz * hkv < sms else {})
+    return dict(
+        heads=f"{hq}:{hkv}", batch=bsz, prefix=plen, own=OWN, prefix_splits=auto_splits,
+        own_splits=D.decode_num_splits(bsz, hkv, OWN, sms), rel_err_cascade=rel_err(casc, ref),
+        rel_err_copied=rel_err(copied, ref), cold_copied_ms=cold_copied, cold_cascade_ms=cold_casc,
+        speedup=(cold_copied / cold_casc) if (cold_copied and cold_casc) else None,
+        bytes_copied=b_copied, bytes_cascade=b_casc, mb_copied=b_copied / 1e6, mb_cascade=b_casc / 1e6,
+        copied_tb_s=b_copied / (cold_copied * 1e-3) / 1e12 if cold_copied else None,
+        cascade_tb_s=b_casc / (cold_casc * 1e-3) / 1e12 if cold_casc else None,
+        cold_cascade_ms_by_prefix_splits=sweep)
 
 
 def print_cascade(rows: list[dict]) -> None:

@@ -392,18 +392,26 @@ def bench_decode_tune(quick: bool, on_row=None, configs=None, min_bytes: float =
     for (hq, hkv), bsz, seq in ((h, b, n) for h in heads for b in batches for n in lens):
         if not min_bytes <= _decode_bytes(hq, hkv, bsz, seq) <= max_bytes:
             continue
-        try:
-            rows.append(_tune_decode_shape(hq, hkv, bsz, seq, num_sms(torch.device("cuda")), l2,
-                                           configs or DECODE_TUNE_CONFIGS,
-                                           DECODE_TUNE_MERGES if merges is None else merges))
-        except Exception as exc:                 # one shape failing keeps the others
-            traceback.print_exc()
-            torch.cuda.synchronize()
-            rows.append(dict(heads=f"{hq}:{hkv}", batch=bsz, seq_len=seq, error=f"{type(exc).__name__}: {exc}"[:300]))
-        torch.cuda.empty_cache()
-        if on_row is not None:
-            on_row(rows)
+        add_shape_row(rows, dict(heads=f"{hq}:{hkv}", batch=bsz, seq_len=seq),
+                      lambda: _tune_decode_shape(hq, hkv, bsz, seq, num_sms(torch.device("cuda")), l2,
+                                                 configs or DECODE_TUNE_CONFIGS,
+                                                 DECODE_TUNE_MERGES if merges is None else merges), on_row)
     return rows
+
+
+def add_shape_row(rows: list, shape: dict, measure, on_row=None) -> None:
+    """Appends ``measure()``'s row for one shape, or ``shape`` with the error when it fails
+    (one shape failing keeps the others); then frees the cached GPU memory and hands the
+    rows so far to ``on_row`` (the caller saves partial results)."""
+    try:
+        rows.append(measure())
+    except Exception as exc:
+        traceback.print_exc()
+        torch.cuda.synchronize()
+        rows.append(dict(shape, error=f"{type(exc).__name__}: {exc}"[:300]))
+    torch.cuda.empty_cache()
+    if on_row is not None:
+        on_row(rows)
 
 
 def _tune_decode_shape(hq: int, hkv: int, bsz: int, seq: int, sms: int, l2: int, configs, merges) -> dict:
