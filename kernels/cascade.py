@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import cdiv, cut, online_softmax_step
+from .common import attend_key_range, cdiv, cut
 
 LOG2E = 1.4426950408889634
 MIN_PREFIX_SPLIT = 128          # keys per prefix split at least
@@ -85,16 +85,8 @@ def _prefix_kernel(
     m_i = tl.full([ROWS], float("-inf"), tl.float32)
     l_i = tl.zeros([ROWS], tl.float32)
     acc = tl.zeros([ROWS, BLOCK_D], tl.float32)
-    for n in range(start, end, BLOCK_N):
-        keys = n + offs_n
-        key_ok = keys < end
-        k = tl.load(k_base + keys[:, None] * stride_kt + offs_d[None, :],
-                    mask=key_ok[:, None] & d_ok[None, :], other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        s = tl.where(key_ok[None, :], s, float("-inf"))
-        v = tl.load(v_base + keys[:, None] * stride_vt + offs_d[None, :],
-                    mask=key_ok[:, None] & d_ok[None, :], other=0.0)
-        m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION)
+    m_i, l_i, acc = attend_key_range(q, k_base, v_base, stride_kt, stride_vt, start, end, qk_scale,
+                                     m_i, l_i, acc, offs_n, offs_d, d_ok, BLOCK_N, DOT_PRECISION)
 
     # a split past the prefix's end saw no key: output 0, log-sum-exp -inf (weight 0)
     seen = l_i > 0.0

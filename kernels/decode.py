@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from .cascade import prefix_partials, prefix_plan, shared_prefix
-from .common import cdiv, cut, online_softmax_step
+from .common import attend_key_range, cdiv, cut
 from .common import num_sms as _num_sms
 from .common import pow2 as _pow2
 from .reference import check_decode_args, check_prefix_args
@@ -92,16 +92,8 @@ def _decode_kernel(
         l_i = tl.zeros([BLOCK_H], tl.float32)
         acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
         # The first block holds key `start` < seq_len, so no row is ever fully masked.
-        for n in range(start, end, BLOCK_N):
-            keys = n + offs_n
-            key_ok = keys < end
-            k = tl.load(k_base + keys[:, None] * stride_kt + offs_d[None, :],
-                        mask=key_ok[:, None] & d_ok[None, :], other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-            s = tl.where(key_ok[None, :], s, float("-inf"))
-            v = tl.load(v_base + keys[:, None] * stride_vt + offs_d[None, :],
-                        mask=key_ok[:, None] & d_ok[None, :], other=0.0)
-            m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION)
+        m_i, l_i, acc = attend_key_range(q, k_base, v_base, stride_kt, stride_vt, start, end, qk_scale,
+                                         m_i, l_i, acc, offs_n, offs_d, d_ok, BLOCK_N, DOT_PRECISION)
 
         out = acc / l_i[:, None]
         lse_own = m_i + tl.log2(l_i)
