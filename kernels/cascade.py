@@ -15,9 +15,9 @@ Each part is a partial result: its normalized output and base-2 log-sum-exp in f
 scratch ``PART_O [R, Hq, S, BLOCK_D]`` / ``PART_LSE [R, Hq, S]``.  The prefix takes slots
 ``0 .. prefix_splits - 1`` (it may be cut into key splits when the batch is too small to
 fill the GPU), the sequence's own keys the slots after them; the own-key kernel (or the
-merge kernel after it) folds the prefix slots into its result.  A slot that saw no key
-(the prefix is empty, or shorter than the split's start) holds output 0 and log-sum-exp
-``-inf``, which the merges weigh by zero.
+merge kernel after it, when the own keys are split too) folds the prefix slots into its
+result.  A slot that saw no key (the prefix is empty, or shorter than the split's start)
+holds output 0 and log-sum-exp ``-inf``, which the merges weigh by zero.
 
 The prefix length may live on the device (``prefix_len``, an int32 tensor of one element,
 at most the buffer's ``P``) so that a CUDA graph captured once stays valid while the
@@ -99,8 +99,8 @@ def _prefix_kernel(
 def prefix_num_splits(programs: int, prefix_cap: int, num_sms: int) -> int:
     """Key splits of the shared prefix for ``programs`` (row tile, KV head) programs.
 
-    Decode batches give few programs (one tile of up to 128 rows per KV head: 8 programs
-    for a batch of 16 on 8 KV heads), each walking the whole prefix alone; cutting the
+    Decode batches give few programs (tiles of up to ``MAX_TILE_ROWS`` rows per KV head: 8
+    programs for a batch of 16 on 8 KV heads), each walking the whole prefix alone; cutting the
     prefix into splits of at least ``MIN_PREFIX_SPLIT`` keys gives about one program per
     multiprocessor, once the programs fill less than half of them.  Each extra split costs
     one more float32 partial per (row, head) to write and merge.  Not yet fitted on a GPU.

@@ -83,3 +83,24 @@ def attend_key_range(q, k_base, v_base, stride_kt, stride_vt, start, end, qk_sca
                     mask=key_ok[:, None] & d_ok[None, :], other=0.0)
         m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION)
     return m_i, l_i, acc
+
+
+@triton.jit
+def merge_partials(merged, m_all, w_sum, PART_O, PART_LSE, slots, first, last, offs_d, h_ok, d_ok,
+                    BLOCK_D: tl.constexpr):
+    """Folds partial slots ``first .. last - 1`` of each row (base slot ``slots``) into a
+    running merge: ``merged`` = sum of weight x partial output, ``w_sum`` = sum of weights,
+    weights relative to ``2 ** m_all``, for the rows of the vector ``slots`` (``h_ok``
+    masks rows that do not exist).  A slot whose log-sum-exp is -inf (it saw no key) adds
+    weight 0 once ``m_all`` is finite: fold a slot that saw a key first."""
+    for j in range(first, last):
+        lse = tl.load(PART_LSE + slots + j, mask=h_ok, other=0.0, cache_modifier=".cg")
+        part = tl.load(PART_O + (slots + j)[:, None] * BLOCK_D + offs_d[None, :],
+                       mask=h_ok[:, None] & d_ok[None, :], other=0.0, cache_modifier=".cg")
+        m_new = tl.maximum(m_all, lse)
+        alpha = tl.exp2(m_all - m_new)
+        w = tl.exp2(lse - m_new)
+        w_sum = w_sum * alpha + w
+        merged = merged * alpha[:, None] + part * w[:, None]
+        m_all = m_new
+    return merged, m_all, w_sum

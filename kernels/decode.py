@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from .cascade import prefix_partials, prefix_plan, shared_prefix
-from .common import attend_key_range, cdiv, cut
+from .common import attend_key_range, cdiv, cut, merge_partials
 from .common import num_sms as _num_sms
 from .common import pow2 as _pow2
 from .reference import check_decode_args, check_prefix_args
@@ -103,7 +103,7 @@ def _decode_kernel(
         if NUM_SPLITS == 1:
             if PART_BASE > 0:                           # fold in the shared prefix's partials
                 w_sum = tl.full([BLOCK_H], 1.0, tl.float32)
-                out, _, w_sum = _merge_partials(out, lse_own, w_sum, PART_O, PART_LSE, slots, 0, PART_BASE,
+                out, _, w_sum = merge_partials(out, lse_own, w_sum, PART_O, PART_LSE, slots, 0, PART_BASE,
                                                 offs_d, h_ok, d_ok, BLOCK_D)
                 out = out / w_sum[:, None]
             tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=h_ok[:, None] & d_ok[None, :])
@@ -123,34 +123,14 @@ def _decode_kernel(
                     merged = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
                     m_all = tl.full([BLOCK_H], float("-inf"), tl.float32)
                     w_sum = tl.zeros([BLOCK_H], tl.float32)
-                    merged, m_all, w_sum = _merge_partials(merged, m_all, w_sum, PART_O, PART_LSE, slots,
+                    merged, m_all, w_sum = merge_partials(merged, m_all, w_sum, PART_O, PART_LSE, slots,
                                                            PART_BASE, PART_BASE + used, offs_d, h_ok, d_ok,
                                                            BLOCK_D)
                     if PART_BASE > 0:
-                        merged, m_all, w_sum = _merge_partials(merged, m_all, w_sum, PART_O, PART_LSE, slots,
+                        merged, m_all, w_sum = merge_partials(merged, m_all, w_sum, PART_O, PART_LSE, slots,
                                                                0, PART_BASE, offs_d, h_ok, d_ok, BLOCK_D)
                     tl.store(o_ptrs, (merged / w_sum[:, None]).to(OUT.dtype.element_ty),
                              mask=h_ok[:, None] & d_ok[None, :])
-
-
-@triton.jit
-def _merge_partials(merged, m_all, w_sum, PART_O, PART_LSE, slots, first, last, offs_d, h_ok, d_ok,
-                    BLOCK_D: tl.constexpr):
-    """Folds partial slots ``first .. last - 1`` of each row (base slot ``slots``) into a
-    running merge: ``merged`` = sum of weight x partial output, ``w_sum`` = sum of weights,
-    weights relative to ``2 ** m_all``.  ``m_all`` must be finite (or -inf with w_sum 0)
-    before a slot whose log-sum-exp is -inf (it then adds weight 0)."""
-    for j in range(first, last):
-        lse = tl.load(PART_LSE + slots + j, mask=h_ok, other=0.0, cache_modifier=".cg")
-        part = tl.load(PART_O + (slots + j)[:, None] * BLOCK_D + offs_d[None, :],
-                       mask=h_ok[:, None] & d_ok[None, :], other=0.0, cache_modifier=".cg")
-        m_new = tl.maximum(m_all, lse)
-        alpha = tl.exp2(m_all - m_new)
-        w = tl.exp2(lse - m_new)
-        w_sum = w_sum * alpha + w
-        merged = merged * alpha[:, None] + part * w[:, None]
-        m_all = m_new
-    return merged, m_all, w_sum
 
 
 @triton.jit

@@ -33,9 +33,9 @@ synchronization; the launch can be captured in a CUDA graph).  Programs that lan
 their sequence's last tile exit at once.
 
 With a shared prefix (cascade attention, :mod:`qpfast.kernels.cascade`) the prefix
-kernel's partials take scratch slots ``0 .. PART_BASE - 1`` of every (token, head), this
-kernel writes its own keys' result as partials after them (even unsplit), and the merge
-kernel combines them.
+kernel's partials take scratch slots ``0 .. PART_BASE - 1`` of every (token, head); unsplit,
+this kernel folds them into its result before writing it; split, it writes its own partials
+after them and the merge kernel combines all.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import cdiv, fill_count, online_softmax_step, round_up
+from .common import cdiv, fill_count, merge_partials, online_softmax_step, round_up
 from .common import num_sms as _num_sms
 from .common import pow2 as _pow2
 from .cascade import prefix_partials, prefix_plan, shared_prefix
@@ -154,6 +154,18 @@ def _prefill_kernel(
             o_rows = pos * stride_ot + head * stride_oh
             tl.store(OUT + q_start.to(tl.int64) * stride_ot + o_rows[:, None] + offs_d[None, :],
                      out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+        elif NUM_SPLITS == 1:
+            # one split after a shared prefix: fold the prefix's partials in here (every row
+            # saw key 0, so its own part has a finite weight to start from)
+            out = acc / l_i[:, None]
+            token = q_start.to(tl.int64) + pos
+            slots = (token * (GROUP * tl.num_programs(1)) + head) * (PART_BASE + NUM_SPLITS)
+            w_sum = tl.full([ROWS], 1.0, tl.float32)
+            out, _, w_sum = merge_partials(out, m_i + tl.log2(l_i), w_sum, PART_O, PART_LSE, slots, 0, PART_BASE,
+                                           offs_d, row_ok, d_ok, BLOCK_D)
+            o_rows = pos * stride_ot + head * stride_oh
+            tl.store(OUT + q_start.to(tl.int64) * stride_ot + o_rows[:, None] + offs_d[None, :],
+                     (out / w_sum[:, None]).to(OUT.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
         else:
             # scratch: PART_O [total_q, Hq, PART_BASE + NUM_SPLITS, BLOCK_D], PART_LSE [.., PART_BASE + NUM_SPLITS]
             seen = l_i > 0.0
@@ -228,8 +240,8 @@ def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None, *, pre
 
     With a shared prefix (``prefix_k``/``prefix_v``, cascade attention) every token first
     attends to it in :mod:`qpfast.kernels.cascade` (``prefix_splits`` key splits, default
-    :func:`qpfast.kernels.cascade.prefix_num_splits`); this kernel then writes its own
-    keys' result as partials too, and the merge kernel combines both.
+    :func:`qpfast.kernels.cascade.prefix_num_splits`); this kernel folds those partials into
+    its result, or (split) the merge kernel does.
     """
     scale = check_prefill_args(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale)
     total_q, hq, d = q.shape
@@ -271,9 +283,9 @@ def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None, *, pre
         part_o = torch.empty((total_q, hq, base + num_splits, cfg["BLOCK_D"]), dtype=torch.float32,
                              device=q.device)
         part_lse = torch.empty((total_q, hq, base + num_splits), dtype=torch.float32, device=q.device)
-        visible = torch.empty(total_q, dtype=torch.int32, device=q.device)
     else:
-        part_o = part_lse = visible = dst        # unused
+        part_o = part_lse = dst                  # unused
+    visible = torch.empty(total_q, dtype=torch.int32, device=q.device) if num_splits > 1 else dst
     if plan is not None:
         prefix_partials(q, *shared, scale, part_o, part_lse, plan)
     _prefill_kernel[(tiles, hkv, num_splits)](
@@ -285,7 +297,7 @@ def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None, *, pre
         DIRECT=num_splits == 1 and not base,
         **cfg,
     )
-    if num_splits > 1 or base:
+    if num_splits > 1:
         merge_splits(dst, part_o, part_lse, visible, split_len, base)
     if dst is not out:
         out.copy_(dst)
