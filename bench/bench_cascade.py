@@ -41,7 +41,8 @@ def _shapes(quick: bool):
 
 def _bytes(hq: int, hkv: int, bsz: int, keys_per_seq: int, shared: int = 0, partial_slots: int = 0) -> int:
     """Bytes a bf16 decode call must move: K/V read once, q read, o written, plus the
-    float32 partials (output + log-sum-exp, written then read) of the prefix part."""
+    float32 partials (output + log-sum-exp, written then read) in ``partial_slots`` scratch
+    slots (the prefix's splits, and the own splits when there are several)."""
     d = HEAD_DIM
     kv = 2 * 2 * (bsz * hkv * keys_per_seq + hkv * shared) * d
     part = 2 * 4 * bsz * hq * partial_slots * (d + 1)
@@ -81,8 +82,11 @@ def _cascade_shape(hq: int, hkv: int, bsz: int, plen: int, sms: int) -> dict:
     copied = K.decode_attention(q, full_k, full_v, full_lens)
     del full_k, full_v
     auto_splits = prefix_plan(bsz, hkv, hq // hkv, HEAD_DIM, plen, sms)[2]
-    b_copied = _bytes(hq, hkv, bsz, plen + OWN)
-    b_casc = _bytes(hq, hkv, bsz, OWN, shared=plen, partial_slots=auto_splits)
+    own_splits = D.decode_num_splits(bsz, hkv, OWN, sms)
+    copied_splits = D.decode_num_splits(bsz, hkv, plen + OWN, sms)
+    b_copied = _bytes(hq, hkv, bsz, plen + OWN, partial_slots=copied_splits if copied_splits > 1 else 0)
+    b_casc = _bytes(hq, hkv, bsz, OWN, shared=plen,
+                    partial_slots=auto_splits + (own_splits if own_splits > 1 else 0))
 
     def copied_call(i):
         qi = torch.randn_like(q)
@@ -103,7 +107,7 @@ def _cascade_shape(hq: int, hkv: int, bsz: int, plen: int, sms: int) -> dict:
              if bsz * hkv < sms else {})
     return dict(
         heads=f"{hq}:{hkv}", batch=bsz, prefix=plen, own=OWN, prefix_splits=auto_splits,
-        own_splits=D.decode_num_splits(bsz, hkv, OWN, sms), rel_err_cascade=rel_err(casc, ref),
+        own_splits=own_splits, copied_splits=copied_splits, rel_err_cascade=rel_err(casc, ref),
         rel_err_copied=rel_err(copied, ref), cold_copied_ms=cold_copied, cold_cascade_ms=cold_casc,
         speedup=(cold_copied / cold_casc) if (cold_copied and cold_casc) else None,
         bytes_copied=b_copied, bytes_cascade=b_casc, mb_copied=b_copied / 1e6, mb_cascade=b_casc / 1e6,

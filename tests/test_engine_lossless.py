@@ -140,6 +140,7 @@ def test_cascade_graph_step_with_a_new_shorter_prefix():
     r.use_prefix(r.compute_prefix([1, 2, 3, 4, 5, 6]))
     r.reserve(4, 20)
     buf = r.cache.shared_k[0]
+    keys = []
     for prefix_ids in ([7, 8, 9], [1, 2, 3, 4, 5, 6], [11, 12, 13, 14, 15, 16, 17, 18]):
         r.use_prefix(r.compute_prefix(prefix_ids))
         r.reserve(4, 20)
@@ -152,10 +153,23 @@ def test_cascade_graph_step_with_a_new_shorter_prefix():
             k.copy_(b)
         stepped = r.decode_step([8, 9, 10], [3, 3, 3])             # bucket 4, shared buffers
         torch.testing.assert_close(stepped, plain, rtol=1e-5, atol=1e-5)
+        keys.append(r.graphs._key)
         last = r.cache.capacity - 1
         for k, b in zip(r.cache.k, before):
             changed = (k != b).any(dim=(1, 3)).nonzero().tolist()
             assert all(pos == last or (slot < 3 and pos == 3) for slot, pos in changed), changed
+    # the graphs are kept while the prefix fits the buffers and dropped when they grow
+    assert keys[0] == keys[1] != keys[2]
+
+
+def test_torch_cascade_path_keeps_no_shared_buffers():
+    # without the kernels and without graphs nothing reads the cache's prefix buffers
+    eng = Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", attention="cascade")
+    r = eng.runner
+    assert not r.cascade_kernels and r.graphs is None
+    r.use_prefix(r.compute_prefix([1, 2, 3]))
+    r.reserve(2, 8)
+    assert r.cache.prefix is r.prefix and r.cache.shared_capacity == 0
 
 
 def test_decode_graph_buckets_and_padding_rows_leave_real_rows_alone():

@@ -63,8 +63,7 @@ class DecodeGraphs:
         r = self.runner
         cache = r.cache
         r._rope_table(cache.capacity + cache.shared_capacity)
-        key = (id(cache), cache.slots, cache.capacity, id(r._cos),
-               id(cache.shared_k[0]) if cache.shared_k else None)
+        key = (cache.stamp, r.rope_stamp)
         if key == self._key:
             return
         self.reset()

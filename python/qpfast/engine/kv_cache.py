@@ -17,10 +17,19 @@ Two attention layouts share this class:
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
+
+# Stamps for buffers that CUDA graphs point into (caches, shared prefix buffers, rope
+# tables): unlike id(), a stamp is never reused by a later buffer at the same address.
+_stamps = itertools.count(1)
+
+
+def new_stamp() -> int:
+    return next(_stamps)
 
 
 @dataclass
@@ -52,6 +61,7 @@ class KVCache:
         self.shared_v: list[torch.Tensor] = []
         self.shared_len = torch.zeros(1, dtype=torch.int32, device=device)
         self._n_layers, self._kv_heads, self._head_dim = n_layers, kv_heads, head_dim
+        self.stamp = new_stamp()                 # changes whenever buffers are (re)allocated
 
     def fits(self, slots: int, capacity: int, dtype: torch.dtype, device: torch.device) -> bool:
         t = self.k[0]
@@ -79,6 +89,7 @@ class KVCache:
             shape = (self._kv_heads, p, self._head_dim)
             self.shared_k = [torch.zeros(shape, dtype=t.dtype, device=t.device) for _ in range(self._n_layers)]
             self.shared_v = [torch.zeros(shape, dtype=t.dtype, device=t.device) for _ in range(self._n_layers)]
+            self.stamp = new_stamp()
         if p:
             for sk, sv, pk, pv in zip(self.shared_k, self.shared_v, prefix.k, prefix.v):
                 sk[:, :p] = pk.to(sk.dtype)

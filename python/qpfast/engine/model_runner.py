@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from .. import kernels
 from .cuda_graph import DecodeGraphs
-from .kv_cache import KVCache, PrefixKV
+from .kv_cache import KVCache, PrefixKV, new_stamp
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 
@@ -176,6 +176,7 @@ class NativeRunner:
         self.vocab_size = int(self.lm_head.shape[0])
         self._rotary = getattr(base, "rotary_emb", None) or getattr(model, "rotary_emb")
         self._cos = self._sin = None
+        self.rope_stamp = 0                      # kv_cache.new_stamp() of the current rope table
         self.cache: Optional[KVCache] = None
         self.prefix: Optional[PrefixKV] = None
         self._prefix_f32: Optional[tuple[list[torch.Tensor], list[torch.Tensor]]] = None
@@ -206,6 +207,7 @@ class NativeRunner:
             with torch.no_grad():
                 cos, sin = self._rotary(dummy, pos)
             self._cos, self._sin = cos[0].to(self.dtype), sin[0].to(self.dtype)
+            self.rope_stamp = new_stamp()
         return self._cos, self._sin
 
     # -- cache management --------------------------------------------------------------
@@ -224,11 +226,15 @@ class NativeRunner:
             self._write_prefix()
 
     def _write_prefix(self) -> None:
-        """The current prefix into the cache: a copy per slot ("kernels") or the shared buffers."""
+        """The current prefix into the cache: a copy per slot ("kernels") or the shared
+        buffers (cascade through the kernels or the graph step; the torch cascade path reads
+        the prefix itself)."""
         if self.attention == "kernels":
             self.cache.write_prefix(self.prefix)
-        else:
+        elif self.cascade_kernels or self.graphs is not None:
             self.cache.write_shared(self.prefix)
+        else:
+            self.cache.prefix = self.prefix
 
     def compute_prefix(self, ids: Sequence[int]) -> PrefixKV:
         """The shared prefix's KV (one forward pass over the prefix tokens)."""
