@@ -640,6 +640,37 @@ def test_decode_num_splits():
     assert decode_num_splits(3, 2, 4096, 1) == 1
 
 
+@needs_triton
+@pytest.mark.parametrize("rows", [1, 5, 16, 64, 200, 256, 1000])
+@pytest.mark.parametrize("hkv,group", [(8, 2), (2, 8), (1, 8), (4, 1), (2, 16)])
+@pytest.mark.parametrize("cap", [1, 100, 389, 512])
+def test_prefix_plan(rows, hkv, group, cap):
+    from qpfast.kernels.cascade import MAX_TILE_ROWS, MIN_PREFIX_SPLIT, prefix_num_splits, prefix_plan
+    from qpfast.kernels.common import cdiv
+    cfg, split_len, splits = prefix_plan(rows, hkv, group, 128, cap, 132)
+    tile = cfg["BLOCK_M"] * cfg["GROUP_PAD"]
+    assert cfg["GROUP_PAD"] >= group and 16 <= tile and (tile <= MAX_TILE_ROWS or cfg["BLOCK_M"] == 1)
+    assert split_len % cfg["BLOCK_N"] == 0 and splits * split_len >= cap > (splits - 1) * split_len
+    programs = cdiv(rows, cfg["BLOCK_M"]) * hkv
+    assert splits <= prefix_num_splits(programs, cap, 132)
+    if 2 * programs >= 132 or cap <= MIN_PREFIX_SPLIT:
+        assert splits == 1                                # the batch fills the GPU, or nothing to cut
+    # overrides are taken as given (tests, tuning)
+    cfg2, split_len2, splits2 = prefix_plan(rows, hkv, group, 128, cap, 132, num_splits=3, block_m=2, block_n=16)
+    assert cfg2["BLOCK_M"] == 2 and cfg2["BLOCK_N"] == 16 and split_len2 % 16 == 0
+    assert splits2 == min(3, cdiv(cap, 16))
+
+
+def test_prefix_num_splits():
+    from qpfast.kernels.cascade import prefix_num_splits
+    assert prefix_num_splits(8, 512, 132) == 4               # a decode batch of 16 on 8 KV heads
+    assert prefix_num_splits(8, 389, 132) == 4
+    assert prefix_num_splits(64, 512, 132) == 3              # ~1 program per SM
+    assert prefix_num_splits(66, 512, 132) == 1              # half the SMs busy: no splits
+    assert prefix_num_splits(1, 100, 132) == 1               # under one split's worth of keys
+    assert prefix_num_splits(3, 512, 1) == 1                 # the interpreter: one "SM"
+
+
 def test_decode_launch():
     from qpfast.kernels.decode import decode_launch
     assert decode_launch(128, 132, 128) == (64, 3, 4)         # few programs: loads run two blocks ahead
