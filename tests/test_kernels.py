@@ -111,6 +111,14 @@ PREFIX_CASES = {
 }
 
 
+# (case, prefix) pairs for the kernel tests: every case shape and every prefix kind at least
+# once (all pairs would cost the interpreter, and a GPU's compiler, too much time)
+DECODE_PREFIX_PAIRS = [("mha", "long_partial"), ("gqa2", "short"), ("gqa8", "len_zero"), ("gqa2_d24", "empty"),
+                       ("gqa4", "long_partial"), ("gqa2_d24", "short")]
+PREFILL_PREFIX_PAIRS = [("gqa2_mixed", "long_partial"), ("gqa8_ragged", "short"), ("empty_seq", "len_zero"),
+                        ("group3", "empty")]
+
+
 def make_prefix(case: str, hkv: int, d: int, dtype=torch.float32, seed=0):
     """A shared prefix ``[Hkv, P, D]`` (NaN past its length, which kernels must not read
     into their sums) and its ``prefix_len`` tensor (or None)."""
@@ -661,6 +669,12 @@ def test_prefix_plan(rows, hkv, group, cap):
     assert splits2 == min(3, cdiv(cap, 16))
 
 
+def test_prefix_pairs_cover_every_case_and_prefix():
+    assert {p for _, p in DECODE_PREFIX_PAIRS} == set(PREFIX_CASES) == {p for _, p in PREFILL_PREFIX_PAIRS}
+    assert {c for c, _ in DECODE_PREFIX_PAIRS} == set(DECODE_CASES)
+    assert {c for c, _ in PREFILL_PREFIX_PAIRS} <= set(PREFILL_CASES)
+
+
 def test_prefix_num_splits():
     from qpfast.kernels.cascade import prefix_num_splits
     assert prefix_num_splits(8, 512, 132) == 4               # a decode batch of 16 on 8 KV heads
@@ -899,8 +913,7 @@ def test_interp_decode_cache_views_and_dispatch():
 
 @interp_only
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
-@pytest.mark.parametrize("prefix", list(PREFIX_CASES))
-@pytest.mark.parametrize("case", ["mha", "gqa2", "gqa8", "gqa2_d24"])
+@pytest.mark.parametrize("case,prefix", DECODE_PREFIX_PAIRS)
 def test_interp_decode_shared_prefix(case, prefix, dtype):
     # cascade decode: the prefix kernel's partials (in one or several key splits, some past
     # the prefix's end) folded in by the decode kernel itself (one own split), by the last
@@ -921,8 +934,7 @@ def test_interp_decode_shared_prefix(case, prefix, dtype):
 
 @interp_only
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
-@pytest.mark.parametrize("case,prefix", [("gqa2_mixed", "long_partial"), ("gqa2_mixed", "len_zero"),
-                                         ("empty_seq", "short"), ("group3", "empty")])
+@pytest.mark.parametrize("case,prefix", PREFILL_PREFIX_PAIRS)
 def test_interp_prefill_shared_prefix(case, prefix, dtype):
     # cascade prefill (multi-token steps): prefix partials + the own keys' partials (one or
     # several splits and key blocks) combined by the merge kernel

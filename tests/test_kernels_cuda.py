@@ -14,9 +14,9 @@ import torch
 import qpfast.kernels as K
 from qpfast.kernels import reference as R
 
-from test_kernels import (DECODE_CASES, PREFILL_CASES, PREFIX_CASES, SENTINEL, check_layer_kernels, cumsum0,
-                          make_bitmask, make_decode, make_layer_inputs, make_prefill, make_prefix, poison_past_lens,
-                          rel_err, seed_of, special_rows)
+from test_kernels import (DECODE_CASES, DECODE_PREFIX_PAIRS, PREFILL_CASES, PREFILL_PREFIX_PAIRS, SENTINEL,
+                          check_layer_kernels, cumsum0, make_bitmask, make_decode, make_layer_inputs, make_prefill,
+                          make_prefix, poison_past_lens, rel_err, seed_of, special_rows)
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and K.HAS_TRITON),
                                 reason="needs CUDA and triton")
@@ -113,15 +113,6 @@ def test_cuda_decode_fused_merge_qp_shape_in_graph():
 def _prefix(case, hkv, d, dtype, seed):
     pk, pv, plen = make_prefix(case, hkv, d, dtype, seed=seed)
     return dict(prefix_k=pk.cuda(), prefix_v=pv.cuda(), prefix_len=None if plen is None else plen.cuda())
-
-
-# (case, prefix) pairs: every decode/prefill case shape and every prefix kind at least once,
-# few enough that compiling their launch variants fits one device call
-DECODE_PREFIX_PAIRS = [("mha", "long_partial"), ("gqa2", "short"), ("gqa8", "len_zero"), ("gqa2_d24", "empty"),
-                       ("gqa4", "long_partial")]
-PREFILL_PREFIX_PAIRS = [("gqa2_mixed", "long_partial"), ("gqa8_ragged", "short"), ("empty_seq", "len_zero"),
-                        ("group3", "empty")]
-assert {p for _, p in DECODE_PREFIX_PAIRS} == set(PREFIX_CASES)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
