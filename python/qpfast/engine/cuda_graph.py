@@ -139,11 +139,8 @@ class DecodeGraphs:
         shared = r.attention == "cascade" and cache.shared_capacity > 0
 
         def attend(li: int, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
-            if shared:
-                return kernels.decode_attention(q.to(kc.dtype), kc[:B], vc[:B], seq_lens, r.scale,
-                                                prefix_k=cache.shared_k[li], prefix_v=cache.shared_v[li],
-                                                prefix_len=cache.shared_len)
-            return kernels.decode_attention(q.to(kc.dtype), kc[:B], vc[:B], seq_lens, r.scale)
+            return kernels.decode_attention(q.to(kc.dtype), kc[:B], vc[:B], seq_lens, r.scale,
+                                            **(cache.prefix_args(li) if shared else {}))
 
         h = r.layers_forward(r.embed[idx[0]], idx[2], cache, self._slots[:B], idx[1], attend)
         return r.final_norm(h)

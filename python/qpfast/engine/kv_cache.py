@@ -97,6 +97,10 @@ class KVCache:
         self.shared_len.fill_(p)
         self.prefix = prefix
 
+    def prefix_args(self, layer: int) -> dict:
+        """The shared prefix of `layer` as the attention kernels' keyword arguments."""
+        return dict(prefix_k=self.shared_k[layer], prefix_v=self.shared_v[layer], prefix_len=self.shared_len)
+
     def move(self, src: int, dst: int, start: int, end: int) -> None:
         """Copies positions [start, end) of slot `src` into slot `dst`."""
         if src == dst or end <= start:

@@ -278,17 +278,18 @@ class NativeRunner:
                  attention: str, return_all: bool = False) -> torch.Tensor:
         inp = StepInputs(token_lists, starts, slot0, plen, self.device)
         self._rope_table(plen + max(s + n for s, n in zip(inp.starts, inp.lens)))
-        write_pos = inp.own_pos + (plen if attention == "kernels" else 0)
-        meta = self._attn_meta(inp, plen, attention)
+        slot_plen = plen if attention == "kernels" else 0        # prefix keys each slot holds
+        via_kernels = attention == "kernels" or self.cascade_kernels
+        write_pos = inp.own_pos + slot_plen
+        meta = self._attn_meta(inp, slot_plen, via_kernels)
 
-        shared = attention == "cascade" and self.cascade_kernels and plen > 0
+        shared = via_kernels and attention == "cascade" and plen > 0
         if shared and cache.prefix is not prefix:
             raise RuntimeError("cascade attention: the cache's shared prefix buffers hold another prefix")
 
         def attend(li: int, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
-            if attention == "kernels" or self.cascade_kernels:
-                pre = (cache.shared_k[li], cache.shared_v[li], cache.shared_len) if shared else None
-                return self._attn_kernels(q, kc, vc, inp, meta, pre)
+            if via_kernels:
+                return self._attn_kernels(q, kc, vc, inp, meta, cache.prefix_args(li) if shared else {})
             pk = pv = None
             if plen:
                 if prefix is self.prefix and self._prefix_f32 is not None:
@@ -341,12 +342,12 @@ class NativeRunner:
         return h
 
     # -- attention ---------------------------------------------------------------------
-    def _attn_meta(self, inp: StepInputs, plen: int, attention: str) -> dict:
+    def _attn_meta(self, inp: StepInputs, plen: int, via_kernels: bool) -> dict:
+        """Index tensors of one step's attention: for the kernels (`plen` = prefix keys each
+        slot holds before its own), or for the torch cascade path."""
         meta: dict[str, Any] = {}
         own_after = inp.starts_t + inp.lens_t
-        if attention == "kernels" or self.cascade_kernels:
-            if attention != "kernels":
-                plen = 0                                   # slots hold own tokens only
+        if via_kernels:
             if inp.T == 1:
                 meta["seq_lens"] = (own_after + plen).to(torch.int32)
             else:
@@ -371,11 +372,10 @@ class NativeRunner:
             meta["mask"] = j[None, None, :] <= (inp.starts_t[:, None, None] + t[None, :, None])
         return meta
 
-    def _attn_kernels(self, q, kc, vc, inp: StepInputs, meta, shared=None) -> torch.Tensor:
+    def _attn_kernels(self, q, kc, vc, inp: StepInputs, meta, pre: dict) -> torch.Tensor:
         """Attention through `qpfast.kernels` over the slots' cached keys, plus the shared
-        prefix `(prefix_k, prefix_v, prefix_len)` in the cascade layout."""
+        prefix (`pre`: `KVCache.prefix_args`, empty without one)."""
         s0, b = inp.slot0, inp.b
-        pre = {} if shared is None else dict(zip(("prefix_k", "prefix_v", "prefix_len"), shared))
         if inp.T == 1:
             return kernels.decode_attention(q.to(kc.dtype), kc[s0:s0 + b], vc[s0:s0 + b], meta["seq_lens"],
                                             self.scale, **pre)
