@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import attend_key_range, cdiv, cut
+from .common import attend_key_range, cdiv, cut, num_sms
 
 LOG2E = 1.4426950408889634
 MIN_PREFIX_SPLIT = 128          # keys per prefix split at least
@@ -150,6 +150,30 @@ def prefix_partials(q, prefix_k, prefix_v, prefix_len, scale: float, part_o, par
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         **cfg,
     )
+
+
+def split_scratch(q, own_splits: int, block_d: int, prefix_k, prefix_v, prefix_len, scale: float,
+                  prefix_splits: int | None = None):
+    """``(part_o, part_lse, base)`` of one decode/prefill call over ``q [R, Hq, D]`` whose own
+    keys are cut into ``own_splits``: the float32 scratch ``[R, Hq, base + own_splits,
+    BLOCK_D]`` / ``[R, Hq, base + own_splits]`` with the shared prefix's partials already in
+    its first ``base`` slots, or ``(None, None, 0)`` when the call writes its output directly
+    (one split, no prefix)."""
+    shared = shared_prefix(prefix_k, prefix_v, prefix_len)
+    plan, base = None, 0
+    if shared is not None:
+        rows, hq, d = q.shape
+        hkv = shared[0].shape[0]
+        plan = prefix_plan(rows, hkv, hq // hkv, d, shared[0].shape[1], num_sms(q.device), prefix_splits)
+        base = plan[2]
+    if own_splits == 1 and not base:
+        return None, None, 0
+    rows, hq = q.shape[0], q.shape[1]
+    part_o = torch.empty((rows, hq, base + own_splits, block_d), dtype=torch.float32, device=q.device)
+    part_lse = torch.empty((rows, hq, base + own_splits), dtype=torch.float32, device=q.device)
+    if plan is not None:
+        prefix_partials(q, *shared, scale, part_o, part_lse, plan)
+    return part_o, part_lse, base
 
 
 def shared_prefix(prefix_k, prefix_v, prefix_len):

@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .cascade import prefix_partials, prefix_plan, shared_prefix
+from .cascade import split_scratch
 from .common import attend_key_range, cdiv, cut, merge_partials
 from .common import num_sms as _num_sms
 from .common import pow2 as _pow2
@@ -276,24 +276,18 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=N
     auto_n, auto_stages, auto_warps = decode_launch(b * hkv * num_splits, sms, block_d)
     block_n = block_n or auto_n
     split_len, num_splits = cut(max_len, num_splits, block_n)
-    shared = shared_prefix(prefix_k, prefix_v, prefix_len)
-    plan = None if shared is None else prefix_plan(b, hkv, group, d, shared[0].shape[1], sms, prefix_splits)
-    base = 0 if plan is None else plan[2]
+    part_o, part_lse, base = split_scratch(q, num_splits, block_d, prefix_k, prefix_v, prefix_len, scale,
+                                           prefix_splits)
+    if part_o is None:
+        part_o = part_lse = dst                  # unused
 
     counters = None
-    if num_splits > 1 or base:
-        part_o = torch.empty((b, hq, base + num_splits, block_d), dtype=torch.float32, device=q.device)
-        part_lse = torch.empty((b, hq, base + num_splits), dtype=torch.float32, device=q.device)
-    if plan is not None:
-        prefix_partials(q, *shared, scale, part_o, part_lse, plan)
     if num_splits > 1:
         if fused_merge is None or fused_merge:
             counters = merge_counters(q.device, b * hkv)
             if counters is None and fused_merge:          # asked for: say why not; else merge apart
                 raise ValueError("fused_merge=True needs merge counters: at most "
                                  f"{COUNTER_SLOTS} sequences x KV heads, first used outside a graph capture")
-    elif not base:
-        part_o = part_lse = dst                  # unused
     dot_precision = "ieee" if q.dtype == torch.float32 else "tf32"
     _decode_kernel[(b, hkv, num_splits)](
         q, k_cache, v_cache, dst, part_o, part_lse, seq_lens, counters if counters is not None else seq_lens,

@@ -46,7 +46,7 @@ import triton.language as tl
 from .common import cdiv, fill_count, merge_partials, online_softmax_step, round_up
 from .common import num_sms as _num_sms
 from .common import pow2 as _pow2
-from .cascade import prefix_partials, prefix_plan, shared_prefix
+from .cascade import split_scratch
 from .decode import merge_splits
 from .reference import check_prefill_args, check_prefix_args
 
@@ -275,19 +275,11 @@ def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None, *, pre
         split_len, num_splits = split_plan(total_k, num_seqs, num_splits, bn)
     else:                                        # one split holds every key
         split_len = round_up(max(1, total_k), bn)
-    shared = shared_prefix(prefix_k, prefix_v, prefix_len)
-    plan = None if shared is None else prefix_plan(total_q, hkv, group, d, shared[0].shape[1],
-                                                   _num_sms(q.device), prefix_splits)
-    base = 0 if plan is None else plan[2]
-    if num_splits > 1 or base:
-        part_o = torch.empty((total_q, hq, base + num_splits, cfg["BLOCK_D"]), dtype=torch.float32,
-                             device=q.device)
-        part_lse = torch.empty((total_q, hq, base + num_splits), dtype=torch.float32, device=q.device)
-    else:
+    part_o, part_lse, base = split_scratch(q, num_splits, cfg["BLOCK_D"], prefix_k, prefix_v, prefix_len, scale,
+                                           prefix_splits)
+    if part_o is None:
         part_o = part_lse = dst                  # unused
     visible = torch.empty(total_q, dtype=torch.int32, device=q.device) if num_splits > 1 else dst
-    if plan is not None:
-        prefix_partials(q, *shared, scale, part_o, part_lse, plan)
     _prefill_kernel[(tiles, hkv, num_splits)](
         q, k, v, dst, cu_seqlens_q, cu_seqlens_k, part_o, part_lse, visible, scale * LOG2E,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
