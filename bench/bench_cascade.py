@@ -27,7 +27,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_kernels import HEAD_DIM, add_shape_row, bench_graph_cold, print_table, rel_err  # noqa: E402
+from bench_kernels import HEAD_DIM, _decode_bytes, add_shape_row, bench_graph_cold, print_table, rel_err  # noqa: E402
 
 OWN = 100
 
@@ -40,13 +40,13 @@ def _shapes(quick: bool):
 
 
 def _bytes(hq: int, hkv: int, bsz: int, keys_per_seq: int, shared: int = 0, partial_slots: int = 0) -> int:
-    """Bytes a bf16 decode call must move: K/V read once, q read, o written, plus the
-    float32 partials (output + log-sum-exp, written then read) in ``partial_slots`` scratch
-    slots (the prefix's splits, and the own splits when there are several)."""
+    """Bytes a bf16 decode call must move (`bench_kernels._decode_bytes`: K/V read once, q
+    read, o written), plus the shared prefix's K/V read once and the float32 partials (output
+    + log-sum-exp, written then read) in ``partial_slots`` scratch slots (the prefix's
+    splits, and the own splits when there are several)."""
     d = HEAD_DIM
-    kv = 2 * 2 * (bsz * hkv * keys_per_seq + hkv * shared) * d
-    part = 2 * 4 * bsz * hq * partial_slots * (d + 1)
-    return kv + 2 * 2 * bsz * hq * d + part
+    return (_decode_bytes(hq, hkv, bsz, keys_per_seq) + 2 * 2 * hkv * shared * d
+            + 2 * 4 * bsz * hq * partial_slots * (d + 1))
 
 
 def bench_cascade(quick: bool = False, on_row=None) -> list[dict]:
