@@ -5,7 +5,8 @@ Public functions (DESIGN.md §3)::
     prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None) -> o
     decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None) -> o
         # both also take keyword-only prefix_k, prefix_v, prefix_len: a prefix shared by
-        # the whole batch and stored once (cascade attention, :mod:`.cascade`)
+        # the whole batch and stored once (cascade attention, :mod:`.cascade`); decode
+        # also queries_per_seq=T: T new tokens of each sequence, causal (multi-token steps)
     apply_bitmask_(logits, bitmask) -> logits            # in place, disallowed -> -inf
     masked_argmax(logits, bitmask) -> LongTensor [B]     # -1 for a row with no allowed token
     masked_sample(logits, bitmask, temperature=1.0, top_p=1.0, generator=None) -> LongTensor [B]
@@ -110,17 +111,18 @@ def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None, *, pre
 
 
 def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=None, prefix_v=None,
-                     prefix_len=None):
-    """One-token attention against the KV cache; see
+                     prefix_len=None, queries_per_seq=1):
+    """New-token attention against the KV cache; see
     :func:`qpfast.kernels.reference.decode_attention`.
 
     q ``[B, Hq, D]``; caches ``[B, Hkv, max_len, D]``; int32 seq_lens ``[B]``;
     returns ``[B, Hq, D]``.  Optional shared prefix as in :func:`prefill_attention`.
+    ``queries_per_seq=T``: T new tokens per sequence, q ``[B * T, Hq, D]``, causal.
     """
     mod = _kernel_module("decode", q)
     impl = mod.decode_attention if mod is not None else reference.decode_attention
     return impl(q, k_cache, v_cache, seq_lens, sm_scale, prefix_k=prefix_k, prefix_v=prefix_v,
-                prefix_len=prefix_len)
+                prefix_len=prefix_len, queries_per_seq=queries_per_seq)
 
 
 def apply_bitmask_(logits, bitmask):

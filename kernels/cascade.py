@@ -86,7 +86,7 @@ def _prefix_kernel(
     l_i = tl.zeros([ROWS], tl.float32)
     acc = tl.zeros([ROWS, BLOCK_D], tl.float32)
     m_i, l_i, acc = attend_key_range(q, k_base, v_base, stride_kt, stride_vt, start, end, qk_scale,
-                                     m_i, l_i, acc, offs_n, offs_d, d_ok, BLOCK_N, DOT_PRECISION)
+                                     m_i, l_i, acc, offs_n, offs_d, d_ok, end, BLOCK_N, DOT_PRECISION, False)
 
     # a split past the prefix's end saw no key: output 0, log-sum-exp -inf (weight 0)
     seen = l_i > 0.0

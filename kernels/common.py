@@ -67,18 +67,23 @@ def online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION: tl.constexpr):
 
 @triton.jit
 def attend_key_range(q, k_base, v_base, stride_kt, stride_vt, start, end, qk_scale, m_i, l_i, acc,
-                     offs_n, offs_d, d_ok, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                     offs_n, offs_d, d_ok, row_end, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                     CAUSAL: tl.constexpr):
     """Folds keys ``start .. end - 1`` (key ``j`` at ``k_base + j * stride_kt``, its value at
     ``v_base + j * stride_vt``) into the running softmax (m, l, acc) of the query rows ``q``
     (scores scaled by ``qk_scale``, base 2), ``BLOCK_N`` keys a step, keys past ``end``
-    masked; returns the new (m, l, acc)."""
+    masked; with ``CAUSAL`` row ``r`` also sees only keys ``< row_end[r]`` (unused
+    otherwise).  Returns the new (m, l, acc)."""
     for n in range(start, end, BLOCK_N):
         keys = n + offs_n
         key_ok = keys < end
         k = tl.load(k_base + keys[:, None] * stride_kt + offs_d[None, :],
                     mask=key_ok[:, None] & d_ok[None, :], other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        s = tl.where(key_ok[None, :], s, float("-inf"))
+        if CAUSAL:
+            s = tl.where(key_ok[None, :] & (keys[None, :] < row_end[:, None]), s, float("-inf"))
+        else:
+            s = tl.where(key_ok[None, :], s, float("-inf"))
         v = tl.load(v_base + keys[:, None] * stride_vt + offs_d[None, :],
                     mask=key_ok[:, None] & d_ok[None, :], other=0.0)
         m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION)

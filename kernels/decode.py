@@ -48,6 +48,8 @@ LOG2E = 1.4426950408889634
 MAX_SPLITS = 64
 MIN_KEYS_PER_SPLIT = 128
 MIN_SPLIT_LEN = 256
+#: query rows (new tokens x query heads of one KV head) one program holds at most
+MAX_TILE_ROWS = 64
 
 
 @triton.jit
@@ -66,19 +68,31 @@ def _decode_kernel(
     DOT_PRECISION: tl.constexpr,
     FUSED_MERGE: tl.constexpr,                  # the last split merges (COUNTERS [B * Hkv])
     PART_BASE: tl.constexpr,                    # shared-prefix partials in scratch slots 0..PART_BASE-1
+    QPS: tl.constexpr,                          # new tokens (query rows) per sequence, causal among them
 ):
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    offs_h = tl.arange(0, BLOCK_H)
-    head = kv_head * GROUP + offs_h
-    h_ok = offs_h < GROUP
+    offs_h = tl.arange(0, BLOCK_H)              # tile row: new token offs_h // GROUP, head offs_h % GROUP
+    if QPS == 1:
+        q_row = b.to(tl.int64)                  # q / out / scratch row of each tile row
+        head = kv_head * GROUP + offs_h
+        h_ok = offs_h < GROUP
+    else:
+        q_row = b.to(tl.int64) * QPS + offs_h // GROUP
+        head = kv_head * GROUP + offs_h % GROUP
+        h_ok = offs_h < GROUP * QPS
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     # q does not depend on seq_len: both loads are in flight together
-    q = tl.load(Q + b.to(tl.int64) * stride_qb + head[:, None] * stride_qh + offs_d[None, :],
-                mask=h_ok[:, None] & d_ok[None, :], other=0.0)
+    if QPS == 1:
+        q_ptrs = Q + q_row * stride_qb + head[:, None] * stride_qh + offs_d[None, :]
+    else:
+        q_ptrs = Q + q_row[:, None] * stride_qb + head[:, None] * stride_qh + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=h_ok[:, None] & d_ok[None, :], other=0.0)
     seq_len = tl.load(SEQ_LENS + b)
+    # new token i sees keys < seq_len - (QPS - 1 - i) (only used when QPS > 1)
+    row_end = seq_len - (QPS - 1) + offs_h // GROUP
     start = split * split_len
     if start < seq_len:
         end = tl.minimum(seq_len, start + split_len)
@@ -91,15 +105,25 @@ def _decode_kernel(
         m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_H], tl.float32)
         acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-        # The first block holds key `start` < seq_len, so no row is ever fully masked.
+        # The first block holds key `start` < seq_len, so with one query row per sequence
+        # no row is ever fully masked; with several, the split holding key 0 is seen by
+        # every row (seq_len >= QPS) and a later split may be seen by none of some rows.
         m_i, l_i, acc = attend_key_range(q, k_base, v_base, stride_kt, stride_vt, start, end, qk_scale,
-                                         m_i, l_i, acc, offs_n, offs_d, d_ok, BLOCK_N, DOT_PRECISION)
-
-        out = acc / l_i[:, None]
-        lse_own = m_i + tl.log2(l_i)
-        # scratch: PART_O [B, Hq, PART_BASE + NUM_SPLITS, BLOCK_D], PART_LSE [B, Hq, PART_BASE + NUM_SPLITS]
-        slots = (b.to(tl.int64) * (GROUP * tl.num_programs(1)) + head) * (PART_BASE + NUM_SPLITS)
-        o_ptrs = OUT + b.to(tl.int64) * stride_ob + head[:, None] * stride_oh + offs_d[None, :]
+                                         m_i, l_i, acc, offs_n, offs_d, d_ok, row_end, BLOCK_N, DOT_PRECISION,
+                                         QPS > 1)
+        if QPS == 1:
+            out = acc / l_i[:, None]
+            lse_own = m_i + tl.log2(l_i)
+        else:                                   # a row that saw no key: output 0, weight 0
+            seen = l_i > 0.0
+            out = acc / tl.where(seen, l_i, 1.0)[:, None]
+            lse_own = tl.where(seen, m_i + tl.log2(l_i), float("-inf"))
+        # scratch: PART_O [B*QPS, Hq, PART_BASE + NUM_SPLITS, BLOCK_D], PART_LSE [B*QPS, Hq, PART_BASE + NUM_SPLITS]
+        slots = (q_row * (GROUP * tl.num_programs(1)) + head) * (PART_BASE + NUM_SPLITS)
+        if QPS == 1:
+            o_ptrs = OUT + q_row * stride_ob + head[:, None] * stride_oh + offs_d[None, :]
+        else:
+            o_ptrs = OUT + q_row[:, None] * stride_ob + head[:, None] * stride_oh + offs_d[None, :]
         if NUM_SPLITS == 1:
             if PART_BASE > 0:                           # fold in the shared prefix's partials
                 w_sum = tl.full([BLOCK_H], 1.0, tl.float32)
@@ -143,10 +167,11 @@ def _merge_splits_kernel(
     NUM_SPLITS: tl.constexpr,                   # scratch slots per (row, head), prefix ones included
     BLOCK_S: tl.constexpr,                      # NUM_SPLITS rounded up to a power of two
     PART_BASE: tl.constexpr,                    # leading slots every row uses (the shared prefix)
+    QPS: tl.constexpr,                          # consecutive rows per entry of SEQ_LENS
 ):
     b = tl.program_id(0)
     head = tl.program_id(1)
-    seq_len = tl.load(SEQ_LENS + b)
+    seq_len = tl.load(SEQ_LENS + b // QPS)
     used = PART_BASE + tl.cdiv(seq_len, split_len)   # the prefix's slots + own splits that saw a key
     offs_s = tl.arange(0, BLOCK_S)
     s_ok = offs_s < used
@@ -163,18 +188,19 @@ def _merge_splits_kernel(
              mask=d_ok)
 
 
-def merge_splits(out, part_o, part_lse, seq_lens, split_len: int, base: int = 0) -> None:
+def merge_splits(out, part_o, part_lse, seq_lens, split_len: int, base: int = 0, rows_per_len: int = 1) -> None:
     """Combine split partials into ``out`` ``[R, H, D]``: row ``r`` (a sequence, or a
     prefill token) used the ``base`` leading slots (a shared prefix's partials, some maybe
-    empty: log-sum-exp -inf) and, after them, the splits holding its first ``seq_lens[r]``
-    keys; ``part_o`` ``[R, H, S, BLOCK_D]`` and ``part_lse`` ``[R, H, S]`` as the attention
+    empty: log-sum-exp -inf) and, after them, the splits holding the first
+    ``seq_lens[r // rows_per_len]`` keys (a split the row saw no key of holds log-sum-exp
+    -inf); ``part_o`` ``[R, H, S, BLOCK_D]`` and ``part_lse`` ``[R, H, S]`` as the attention
     kernels write them."""
     rows, heads, d = out.shape
     num_splits, block_d = part_o.shape[2], part_o.shape[3]
     _merge_splits_kernel[(rows, heads)](
         out, part_o, part_lse, seq_lens, out.stride(0), out.stride(1), heads, split_len,
         HEAD_DIM=d, BLOCK_D=block_d, NUM_SPLITS=num_splits, BLOCK_S=_pow2(num_splits), PART_BASE=base,
-        num_warps=4)
+        QPS=rows_per_len, num_warps=4)
 
 
 def decode_num_splits(batch: int, num_kv_heads: int, max_len: int, num_sms: int) -> int:
@@ -197,20 +223,23 @@ def decode_num_splits(batch: int, num_kv_heads: int, max_len: int, num_sms: int)
     return max(1, min(num_sms // programs, cdiv(max_len, MIN_KEYS_PER_SPLIT), MAX_SPLITS))
 
 
-def decode_launch(programs: int, num_sms: int, block_d: int) -> tuple[int, int, int]:
+def decode_launch(programs: int, num_sms: int, block_d: int, tile_rows: int = 16) -> tuple[int, int, int]:
     """``(block_n, num_stages, num_warps)`` of the decode kernel: the key block, how many
     key blocks the loads run ahead plus one (software pipelining) and the warps per
-    program, for ``programs`` programs (sequences x KV heads x splits) and a padded head
-    dim ``block_d``.
+    program, for ``programs`` programs (sequences x KV heads x splits), a padded head
+    dim ``block_d`` and ``tile_rows`` query rows a program (``BLOCK_H``).
 
     Up to two programs per multiprocessor each one keeps two 64-key blocks in flight (3
     stages): its walk down the cache is a chain of memory round trips, and a deeper
     pipeline hides them (H200, 128 programs on 600-key caches: 14.5 us against 20.4 with
     one block ahead).  Beyond that the extra shared memory costs resident programs and 2
     stages is faster (512 programs on 160-key caches: 15.3 us against 17.8).
+
+    Tiles of more than 16 rows (several new tokens per sequence) get 8 warps: with 4, ptxas
+    spills at head dim 128 (sm_90: 8 bytes of stack at 32 rows, 88 at 64; none with 8 warps).
     """
     block_n = 64 if block_d <= 128 else 32
-    return block_n, (3 if programs <= 2 * num_sms else 2), 4
+    return block_n, (3 if programs <= 2 * num_sms else 2), (8 if tile_rows > 16 else 4)
 
 
 # Fused-merge counters: one int32 per (sequence, KV head), zero between calls (the last
@@ -237,8 +266,8 @@ def merge_counters(device: torch.device, rows: int) -> torch.Tensor | None:
 
 
 def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=None, prefix_v=None,
-                     prefix_len=None, out=None, num_splits=None, block_n=None, num_stages=None,
-                     num_warps=None, fused_merge=None, prefix_splits=None):
+                     prefix_len=None, queries_per_seq=1, out=None, num_splits=None, block_n=None,
+                     num_stages=None, num_warps=None, fused_merge=None, prefix_splits=None):
     """Triton version of :func:`qpfast.kernels.reference.decode_attention`.
 
     ``out`` (optional, like q) receives the result; ``num_splits`` overrides
@@ -251,13 +280,22 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=N
     (:mod:`qpfast.kernels.cascade`) attends every row to it, cut into ``prefix_splits``
     key splits (default :func:`qpfast.kernels.cascade.prefix_num_splits`), and this kernel
     folds those partials into each row's result.
+
+    ``queries_per_seq = T > 1`` (q ``[B * T, Hq, D]``): one program still reads each
+    (sequence, KV head, split) once, for the ``T x G`` query rows of its new tokens and
+    heads together (causal among the new tokens); at most ``MAX_TILE_ROWS`` of them.
     """
-    scale = check_decode_args(q, k_cache, v_cache, seq_lens, sm_scale)
-    b, hq, d = q.shape
-    hkv, max_len = k_cache.shape[1], k_cache.shape[2]
+    scale = check_decode_args(q, k_cache, v_cache, seq_lens, sm_scale, queries_per_seq)
+    rows, hq, d = q.shape
+    b, hkv, max_len = k_cache.shape[0], k_cache.shape[1], k_cache.shape[2]
+    qps = int(queries_per_seq)
     check_prefix_args(q, hkv, prefix_k, prefix_v, prefix_len)
     if d > 256:
         raise ValueError(f"the Triton decode kernel supports head dims up to 256, got {d}")
+    group = hq // hkv
+    if group * qps > MAX_TILE_ROWS:
+        raise ValueError(f"queries_per_seq={qps}: the Triton decode kernel takes at most {MAX_TILE_ROWS} query "
+                         f"rows per KV head ({group} query heads x queries_per_seq); use prefill_attention")
     if out is None:
         out = torch.empty_like(q)
     elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device:
@@ -267,13 +305,13 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=N
     q, k_cache, v_cache = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k_cache, v_cache))
     dst = out if out.stride(-1) == 1 else torch.empty_like(q)
 
-    group = hq // hkv
     block_d = max(16, _pow2(d))
     sms = _num_sms(q.device)
     if num_splits is None:
         num_splits = decode_num_splits(b, hkv, max_len, sms)
     num_splits = max(1, min(int(num_splits), MAX_SPLITS))
-    auto_n, auto_stages, auto_warps = decode_launch(b * hkv * num_splits, sms, block_d)
+    block_h = max(16, _pow2(group * qps))
+    auto_n, auto_stages, auto_warps = decode_launch(b * hkv * num_splits, sms, block_d, block_h)
     block_n = block_n or auto_n
     split_len, num_splits = cut(max_len, num_splits, block_n)
     part_o, part_lse, base = split_scratch(q, num_splits, block_d, prefix_k, prefix_v, prefix_len, scale,
@@ -295,13 +333,13 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=N
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), dst.stride(0), dst.stride(1),
         split_len,
-        GROUP=group, BLOCK_H=max(16, _pow2(group)), HEAD_DIM=d, BLOCK_D=block_d,
+        GROUP=group, BLOCK_H=block_h, HEAD_DIM=d, BLOCK_D=block_d,
         BLOCK_N=block_n, NUM_SPLITS=num_splits, DOT_PRECISION=dot_precision,
-        FUSED_MERGE=counters is not None, PART_BASE=base,
+        FUSED_MERGE=counters is not None, PART_BASE=base, QPS=qps,
         num_warps=num_warps or auto_warps, num_stages=num_stages or auto_stages,
     )
     if num_splits > 1 and counters is None:
-        merge_splits(dst, part_o, part_lse, seq_lens, split_len, base)
+        merge_splits(dst, part_o, part_lse, seq_lens, split_len, base, qps)
     if dst is not out:
         out.copy_(dst)
     return out

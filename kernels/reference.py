@@ -13,7 +13,8 @@ Shapes (``B`` sequences, ``Hq`` query heads, ``Hkv`` key/value heads, ``D`` head
 * ``prefill_attention(q [total_q, Hq, D], k/v [total_k, Hkv, D], cu_seqlens_q [B+1],
   cu_seqlens_k [B+1]) -> [total_q, Hq, D]``
 * ``decode_attention(q [B, Hq, D], k_cache/v_cache [B, Hkv, max_len, D],
-  seq_lens [B]) -> [B, Hq, D]``
+  seq_lens [B]) -> [B, Hq, D]``; keyword-only ``queries_per_seq=T`` takes ``T`` new tokens
+  of each sequence at once, ``q [B * T, Hq, D]`` (causal among them)
 * both attention functions take an optional shared prefix, stored once for the whole
   batch (cascade attention): keyword-only ``prefix_k/prefix_v [Hkv, P, D]`` and
   ``prefix_len`` (int32 ``[1]``, default ``P``); every query attends to those keys before
@@ -145,11 +146,11 @@ def _check_cu_values(cu_q: torch.Tensor, cu_k: torch.Tensor, total_q: int, total
             "(its queries must be the last positions of its keys)")
 
 
-def check_decode_args(q, k_cache, v_cache, seq_lens, sm_scale) -> float:
+def check_decode_args(q, k_cache, v_cache, seq_lens, sm_scale, queries_per_seq: int = 1) -> float:
     """Validate ``decode_attention`` arguments; returns the softmax scale.
 
-    ``seq_lens`` values (``1 <= seq_lens[b] <= max_len``) are checked on the CPU only,
-    for the reason given in :func:`check_prefill_args`.
+    ``seq_lens`` values (``queries_per_seq <= seq_lens[b] <= max_len``) are checked on the
+    CPU only, for the reason given in :func:`check_prefill_args`.
     """
     _tensor("q", q, 3)
     _tensor("k_cache", k_cache, 4)
@@ -161,10 +162,18 @@ def check_decode_args(q, k_cache, v_cache, seq_lens, sm_scale) -> float:
     if k_cache.shape != v_cache.shape:
         raise ValueError(
             f"k_cache and v_cache must have the same shape, got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
-    b, hq, d = q.shape
+    if isinstance(queries_per_seq, bool) or not isinstance(queries_per_seq, numbers.Integral) \
+            or queries_per_seq < 1:
+        raise ValueError(f"queries_per_seq must be a positive int, got {queries_per_seq!r}")
+    t = int(queries_per_seq)
+    rows, hq, d = q.shape
     kb, hkv, max_len, kd = k_cache.shape
-    if kb != b:
-        raise ValueError(f"k_cache has batch {kb} but q has batch {b}")
+    if rows != kb * t:
+        if t == 1:
+            raise ValueError(f"k_cache has batch {kb} but q has batch {rows}")
+        raise ValueError(f"q must hold queries_per_seq={t} rows per sequence: {kb * t} rows for "
+                         f"k_cache's batch {kb}, got {rows}")
+    b = kb
     if kd != d:
         raise ValueError(f"q and k_cache must have the same head dim, got {d} and {kd}")
     if d == 0 or hq == 0 or hkv == 0:
@@ -177,8 +186,9 @@ def check_decode_args(q, k_cache, v_cache, seq_lens, sm_scale) -> float:
     _same_device("seq_lens", seq_lens, "q", q)
     if seq_lens.device.type == "cpu" and b > 0:
         lo, hi = int(seq_lens.min()), int(seq_lens.max())
-        if lo < 1 or hi > max_len:
-            raise ValueError(f"seq_lens must lie in [1, max_len={max_len}], got values in [{lo}, {hi}]")
+        if lo < t or hi > max_len:
+            raise ValueError(f"seq_lens must lie in [{t}, max_len={max_len}]"
+                             f"{' (queries_per_seq)' if t > 1 else ''}, got values in [{lo}, {hi}]")
     return check_sm_scale(sm_scale, d)
 
 
@@ -329,43 +339,55 @@ def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None, *, pre
 
 
 def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=None, prefix_v=None,
-                     prefix_len=None):
-    """One new token per sequence attending to its KV cache.
+                     prefix_len=None, queries_per_seq=1):
+    """New tokens of each sequence attending to its KV cache: one per sequence, or the
+    same number ``T = queries_per_seq`` of each (a multi-token step: jump-forward,
+    speculation).
 
     Args:
-        q: ``[B, Hq, D]``, the new token's queries.
+        q: ``[B * T, Hq, D]``, the new tokens' queries, sequence by sequence (row
+            ``b * T + t`` is new token ``t`` of sequence ``b``).
         k_cache, v_cache: ``[B, Hkv, max_len, D]``; positions ``< seq_lens[b]`` are valid
-            (the new token's own key/value already written at ``seq_lens[b] - 1``).
-        seq_lens: int32 ``[B]``, each in ``[1, max_len]``.
+            (the new tokens' own keys/values already written at ``seq_lens[b] - T ..
+            seq_lens[b] - 1``).
+        seq_lens: int32 ``[B]``, each in ``[T, max_len]``.
         sm_scale: softmax scale, default ``1/sqrt(D)``.
         prefix_k, prefix_v, prefix_len: optional shared prefix stored once, as in
             :func:`prefill_attention`: every sequence attends to its first ``prefix_len``
-            keys, then to its own ``seq_lens[b]`` cached keys.
+            keys, then to its own cached keys.
+        queries_per_seq: ``T``; new token ``t`` sits at position ``seq_lens[b] - T + t``
+            and attends to the sequence's keys up to that position (causal), as
+            :func:`prefill_attention` would with the cache as its keys.
 
     Returns:
-        ``[B, Hq, D]`` in q's dtype.
+        ``[B * T, Hq, D]`` in q's dtype.
     """
-    scale = check_decode_args(q, k_cache, v_cache, seq_lens, sm_scale)
-    b, hq, d = q.shape
-    hkv = k_cache.shape[1]
+    scale = check_decode_args(q, k_cache, v_cache, seq_lens, sm_scale, queries_per_seq)
+    rows, hq, d = q.shape
+    b, hkv = k_cache.shape[0], k_cache.shape[1]
+    t = int(queries_per_seq)
     check_prefix_args(q, hkv, prefix_k, prefix_v, prefix_len)
-    if b == 0:
+    if rows == 0:
         return q.new_empty(q.shape)
     lens = seq_lens.to(device=q.device, dtype=torch.long)
     n = int(lens.max())                        # never read past the longest sequence
-    mask = torch.arange(n, device=q.device)[None, :] < lens[:, None]    # [B, n]
+    j = torch.arange(n, device=q.device)
+    valid = j[None, :] < lens[:, None]                                  # [B, n]
     # zero the unused slots: a preallocated cache may hold NaN there, and 0 * NaN is NaN
-    live = mask[:, None, :, None]
+    live = valid[:, None, :, None]
     kc = torch.where(live, k_cache[:, :, :n].float(), 0.0)
     vc = torch.where(live, v_cache[:, :, :n].float(), 0.0)
+    # new token i of sequence b sees keys < seq_lens[b] - (T - 1 - i)
+    ends = lens[:, None] - (t - 1 - torch.arange(t, device=q.device))[None, :]      # [B, T]
+    mask = j[None, None, :] < ends[:, :, None]                          # [B, T, n]
     pk, pv, shared = _prefix_keys(prefix_k, prefix_v, prefix_len, b)
     if pk is not None:                                                  # shared keys first
         kc, vc = torch.cat([pk, kc], 2), torch.cat([pv, vc], 2)
-        mask = torch.cat([shared[None, :].expand(b, -1), mask], 1)
-    out = F.scaled_dot_product_attention(
-        q[:, :, None].float(), kc, vc, attn_mask=mask[:, None, None, :], scale=scale,
-        enable_gqa=hq != hkv)
-    return out[:, :, 0].to(q.dtype)
+        mask = torch.cat([shared[None, None, :].expand(b, t, -1), mask], 2)
+    qs = q.view(b, t, hq, d).transpose(1, 2).float()                    # [B, Hq, T, D]
+    out = F.scaled_dot_product_attention(qs, kc, vc, attn_mask=mask[:, None], scale=scale,
+                                         enable_gqa=hq != hkv)
+    return out.transpose(1, 2).reshape(rows, hq, d).to(q.dtype)
 
 
 # --------------------------------------------------------------------------------------

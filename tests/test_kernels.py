@@ -102,6 +102,28 @@ def make_decode(case: str, dtype=torch.float32, seed=0):
     return q, kc, vc, torch.tensor(lens, dtype=torch.int32)
 
 
+def make_decode_multi(case: str, t: int, dtype=torch.float32, seed=0):
+    """A decode case with ``t`` new tokens per sequence (``queries_per_seq``): q ``[B * t,
+    Hq, D]``, every length at least ``t``."""
+    q, kc, vc, lens = make_decode(case, dtype, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    q = torch.randn(q.shape[0] * t, *q.shape[1:], generator=g).to(dtype)
+    return q, kc, vc, lens.clamp(min=t)
+
+
+def naive_decode_multi(q, kc, vc, lens, t, scale):
+    """New token i of sequence b sees that sequence's keys < lens[b] - (t - 1 - i)."""
+    out = torch.empty(q.shape, dtype=torch.float64)
+    group = q.shape[1] // kc.shape[1]
+    for b in range(kc.shape[0]):
+        for i in range(t):
+            n = int(lens[b]) - (t - 1 - i)
+            for h in range(q.shape[1]):
+                w = torch.softmax(kc[b, h // group, :n].double() @ q[b * t + i, h].double() * scale, dim=0)
+                out[b * t + i, h] = w @ vc[b, h // group, :n].double()
+    return out
+
+
 # name: (prefix capacity P, prefix_len or None for all P); keys past prefix_len are NaN
 PREFIX_CASES = {
     "empty": (0, None),
@@ -329,6 +351,24 @@ def test_decode_equals_prefill_of_last_token():
     assert rel_err(R.decode_attention(q, kc, vc, lens), via_prefill) < 1e-6
 
 
+@pytest.mark.parametrize("t", [1, 2, 5])
+@pytest.mark.parametrize("case", list(DECODE_CASES))
+def test_reference_decode_multi_token(case, t):
+    # t new tokens per sequence == naive causal loops == prefill over each cache's keys
+    q, kc, vc, lens = make_decode_multi(case, t, seed=seed_of("multi", case, t))
+    out = R.decode_attention(q, kc, vc, lens, sm_scale=0.3, queries_per_seq=t)
+    assert out.shape == q.shape
+    assert rel_err(out, naive_decode_multi(q, kc, vc, lens, t, 0.3)) < 1e-5
+    flat_k = torch.cat([kc[b, :, :n].transpose(0, 1) for b, n in enumerate(lens.tolist())])
+    flat_v = torch.cat([vc[b, :, :n].transpose(0, 1) for b, n in enumerate(lens.tolist())])
+    via_prefill = R.prefill_attention(q, flat_k, flat_v, cumsum0([t] * len(lens)), cumsum0(lens.tolist()), 0.3)
+    assert rel_err(out, via_prefill) < 1e-6
+    pk, pv, plen = make_prefix("long_partial", kc.shape[1], kc.shape[3], seed=seed_of("multi-prefix", case))
+    out = R.decode_attention(q, kc, vc, lens, prefix_k=pk, prefix_v=pv, prefix_len=plen, queries_per_seq=t)
+    kc2, vc2, lens2 = prefix_copied(pk, pv, plen, kc, vc, lens)
+    assert rel_err(out, naive_decode_multi(q, kc2, vc2, lens2, t, 1 / math.sqrt(q.shape[-1]))) < 1e-5
+
+
 @pytest.mark.parametrize("prefix", list(PREFIX_CASES))
 @pytest.mark.parametrize("case", ["gqa2", "gqa8", "gqa2_d24"])
 def test_reference_decode_shared_prefix_equals_copied_prefix(case, prefix):
@@ -492,6 +532,10 @@ DECODE_BAD = [
     ("seq_lens", lambda a: torch.tensor([0, 1, 2, 3], dtype=torch.int32), ValueError, "seq_lens must lie in"),
     ("seq_lens", lambda a: torch.tensor([68, 1, 2, 3], dtype=torch.int32), ValueError, "seq_lens must lie in"),
     ("sm_scale", lambda a: float("nan"), ValueError, "sm_scale must be a positive"),
+    ("queries_per_seq", lambda a: 0, ValueError, "queries_per_seq must be a positive int"),
+    ("queries_per_seq", lambda a: True, ValueError, "queries_per_seq must be a positive int"),
+    ("queries_per_seq", lambda a: 2.0, ValueError, "queries_per_seq must be a positive int"),
+    ("queries_per_seq", lambda a: 3, ValueError, "queries_per_seq=3 rows per sequence: 12 rows"),
 ]
 
 def _with_prefix(args, cap=6):
@@ -569,6 +613,23 @@ def test_shared_prefix_validation(where, fn, arg, change, exc, msg):
     args[arg] = change(args)
     with pytest.raises(exc, match=re.escape(msg)):
         getattr(_impl(where, fn), f"{fn}_attention")(**args)
+
+
+@pytest.mark.parametrize("where", IMPLS)
+def test_decode_multi_token_needs_that_many_keys(where):
+    args = _decode_args()                  # lengths [67, 1, 33, 64]
+    args["q"] = torch.cat([args["q"]] * 2)
+    with pytest.raises(ValueError, match=re.escape("seq_lens must lie in [2, max_len=67] (queries_per_seq)")):
+        _impl(where, "decode").decode_attention(**args, queries_per_seq=2)
+
+
+@needs_triton
+def test_triton_decode_multi_token_tile_limit():
+    # at most MAX_TILE_ROWS query rows (new tokens x heads of a KV head) a program
+    from qpfast.kernels import decode
+    q, kc, vc, lens = make_decode_multi("gqa8", 9)          # 8 heads a KV head x 9 tokens = 72 rows
+    with pytest.raises(ValueError, match="queries_per_seq=9: the Triton decode kernel takes at most 64"):
+        decode.decode_attention(q, kc, vc, lens, queries_per_seq=9)
 
 
 def test_prefix_len_needs_a_prefix():
@@ -928,6 +989,33 @@ def test_interp_decode_shared_prefix(case, prefix, dtype):
         out = torch.full_like(q, float("nan"))
         decode.decode_attention(q, kc, vc, lens, prefix_k=pk, prefix_v=pv, prefix_len=plen, out=out,
                                 block_n=16, **kw)
+        assert rel_err(out, ref) < TOL[dtype], kw
+    assert int(decode.merge_counters(q.device, 1).abs().sum()) == 0
+
+
+# (case, new tokens per sequence, prefix): every case shape, tiles of 16 / 32 / 64 rows
+DECODE_MULTI_CASES = [("mha", 3, "short"), ("gqa2", 8, None), ("gqa4", 5, "long_partial"), ("gqa8", 4, "len_zero"),
+                      ("gqa2_d24", 2, None)]
+
+
+@interp_only
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("case,t,prefix", DECODE_MULTI_CASES)
+def test_interp_decode_multi_token(case, t, prefix, dtype):
+    # several new tokens per sequence, causal among them: unsplit, split (a later split is
+    # seen by none of a sequence's first tokens) with the fused merge or the merge kernel,
+    # with and without a shared prefix; caches NaN past every length
+    from qpfast.kernels import decode
+    q, kc, vc, lens = make_decode_multi(case, t, dtype, seed=seed_of("multi", case, t, str(dtype)))
+    pre = {}
+    if prefix is not None:
+        pk, pv, plen = make_prefix(prefix, kc.shape[1], kc.shape[3], dtype, seed=seed_of(prefix, case))
+        pre = dict(prefix_k=pk, prefix_v=pv, prefix_len=plen)
+    ref = R.decode_attention(q, kc, vc, lens, queries_per_seq=t, **pre)
+    kc, vc = poison_past_lens(kc, vc, lens)
+    for kw in (dict(num_splits=1), dict(num_splits=3), dict(num_splits=2, fused_merge=False)):
+        out = torch.full_like(q, float("nan"))
+        decode.decode_attention(q, kc, vc, lens, queries_per_seq=t, out=out, block_n=16, **pre, **kw)
         assert rel_err(out, ref) < TOL[dtype], kw
     assert int(decode.merge_counters(q.device, 1).abs().sum()) == 0
 
