@@ -621,8 +621,9 @@ def engine_benchmark(batch: int = 64, repeats: int = 3, profile_path: str | None
     at once, greedy, against the time to read the weights once per decode step (the issue's
     target: ≤ 3×) and, when ``xgrammar`` is installed, ``model.generate`` constrained by
     xgrammar's built-in JSON grammar (a looser constraint than qp-json/1, so a lower bound
-    on that baseline's cost).  Three engine configurations: the default ("kernels" cache
-    layout, CUDA-graph decode steps), the same without graphs, and the "cascade" layout
+    on that baseline's cost).  Four engine configurations: the default ("kernels" cache
+    layout, CUDA-graph decode steps of up to ``DecodeGraphs.max_tokens`` tokens a row), the
+    same with one token a row per step, the same without graphs, and the "cascade" layout
     (prompt prefix stored once, the shared-prefix kernels) with graphs.  Skipped with a
     note when ``qpfast.Engine`` is unavailable.
     """
@@ -640,16 +641,20 @@ def engine_benchmark(batch: int = 64, repeats: int = 3, profile_path: str | None
         hbm = datasheet_hbm(torch.cuda.get_device_name())
         out = dict(batch=batch, weight_bytes=weight_bytes, configs={})
         ids = {}
-        # "graphs": CUDA-graph decode steps, forced tokens one per step (the default on CUDA);
+        # "graphs": CUDA-graph decode steps, forced tokens up to DecodeGraphs.max_tokens a
+        # step (the default on CUDA); "graphs_1tok": the same, one token a row per step;
         # "eager": no graphs, forced tokens in one multi-token pass (the prefill kernel)
-        for name, graphs in (("graphs", True), ("eager", False)):
-            if graphs and eng.runner.graphs is None:
+        for name, graphs in (("graphs", True), ("graphs_1tok", True), ("eager", False)):
+            if graphs:
                 eng.runner.enable_graphs()
-            elif not graphs:
+                if name == "graphs_1tok":
+                    eng.runner.graphs.max_step_tokens = 0
+            else:
                 eng.runner.graphs = None
                 eng.runner.cache = None
             out["configs"][name], ids[name] = _time_engine(eng, queries, repeats, weight_bytes, hbm)
         out["same_tokens_graphs_vs_eager"] = ids["graphs"] == ids["eager"]
+        out["same_rows_graphs_vs_1tok"] = sum(a == b for a, b in zip(ids["graphs"], ids["graphs_1tok"]))
         eng.runner.enable_graphs()
         casc = None
         try:
@@ -687,6 +692,7 @@ def engine_benchmark(batch: int = 64, repeats: int = 3, profile_path: str | None
               f"  logits {st.get('time_logits', 0):.3f} s  floor {cfg.get('weights_floor_s', 0):.3f} s"
               f"  errors {cfg['errors']}")
     print(f"  same tokens graphs vs eager: {out['same_tokens_graphs_vs_eager']}")
+    print(f"  rows with the same tokens, graphs vs one token a step: {out['same_rows_graphs_vs_1tok']} / {batch}")
     if "cascade_same_rows_vs_graphs" in out:
         print(f"  cascade rows with the same tokens as graphs: {out['cascade_same_rows_vs_graphs']} / {batch}")
     for key in ("step_ms", "cascade_step_ms"):
@@ -704,7 +710,8 @@ def engine_benchmark(batch: int = 64, repeats: int = 3, profile_path: str | None
 def _step_times(eng, batches=(1, 16, 64, 128)) -> list[dict]:
     """Milliseconds of one decode step (medians): replayed CUDA graph (host inputs, copy,
     replay) vs the eager forward, and the full-vocabulary logits + argmax of its rows,
-    against the time to read the weights once at the measured copy bandwidth."""
+    against the time to read the weights once at the measured copy bandwidth; plus the
+    replayed step appending the most tokens a row the graphs allow at that batch."""
     r = eng.runner
     if r.prefix is None:
         raise RuntimeError("no prefix in use")
@@ -716,7 +723,13 @@ def _step_times(eng, batches=(1, 16, 64, 128)) -> list[dict]:
         eager = triton.testing.do_bench(lambda: r.forward(0, [[t] for t in toks], starts), return_mode="median")
         states = r.decode_step(toks, starts).clone()
         logits = triton.testing.do_bench(lambda: r.full_logits(states).argmax(1), return_mode="median")
-        rows.append(dict(batch=b, graph_ms=graph, eager_ms=eager, logits_argmax_ms=logits))
+        row = dict(batch=b, graph_ms=graph, eager_ms=eager, logits_argmax_ms=logits)
+        t = r.step_tokens(b)
+        if t > 1:
+            multi = [[100] * t] * b
+            row.update(tokens=t, graph_multi_ms=triton.testing.do_bench(lambda: r.decode_step(multi, starts),
+                                                                         return_mode="median"))
+        rows.append(row)
     return rows
 
 

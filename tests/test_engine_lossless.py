@@ -101,19 +101,28 @@ def test_kernels_attention_layout(baseline):
 
 def test_decode_graph_step_gives_the_same_tokens(baseline):
     """The CUDA-graph decode path (bucketed static buffers, padding rows on free slots,
-    forced tokens fed one per step) run eagerly on CPU: the same tokens, in a full batch,
-    with slot refills (batch 5 -> buckets 1..8 as rows retire) and one at a time."""
+    forced tokens fed up to 8 a step, padded to the graph's tokens per row) run eagerly on
+    CPU: the same tokens, in a full batch, with slot refills (batch 5 -> buckets 1..8 as
+    rows retire) and one at a time; with one token a step (the step's budget of query
+    positions at 16 rows) too, in more passes."""
     ids, stats = baseline
     eng = Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", attention="kernels",
                  cuda_graphs=True)
-    assert eng.runner.graphs is not None and not eng.runner.graphs.capture
+    g = eng.runner.graphs
+    assert g is not None and not g.capture
     assert _ids(eng) == ids
-    st = eng.last_stats
-    # one token per row per step: more decode passes, every output token still picked or forced
-    assert st["decode_forward_passes"] > stats["decode_forward_passes"]
-    assert st["picked_tokens"] == stats["picked_tokens"]
+    multi = eng.last_stats
+    assert multi["picked_tokens"] == stats["picked_tokens"]
+    assert multi["decode_forward_passes"] >= stats["decode_forward_passes"]   # at most 8 tokens a step
+    assert {T for _, T in g._graphs} - {1}                                      # multi-token shapes ran
     assert _ids(eng, batch_size=5) == ids
     assert _ids(eng, batch_size=3) == ids
+    g.max_step_tokens = 16
+    assert g.max_tokens(16) == 1
+    assert _ids(eng) == ids
+    one = eng.last_stats
+    assert one["picked_tokens"] == stats["picked_tokens"]
+    assert one["decode_forward_passes"] > multi["decode_forward_passes"]
 
 
 def test_decode_graph_step_cascade_layout(baseline):
@@ -197,6 +206,49 @@ def test_decode_graph_buckets_and_padding_rows_leave_real_rows_alone():
         assert all(pos == last or (slot < 3 and pos == 4 + 3) for slot, pos in changed), changed
     with pytest.raises(ValueError, match="decode step"):
         r.decode_step([1] * 11, [0] * 11)
+
+
+def test_multi_token_graph_step_matches_the_forward_and_writes_only_past_real_rows():
+    """A graph step appending 1-3 tokens to each row (bucket 4 x 4 tokens: row padding and
+    padding rows) gives the plain multi-token forward's states at each row's last token; it
+    writes the rows' real positions, positions past their new length (padding tokens, within
+    the scratch the runner reserves) and the last cache position, nothing else."""
+    from qpfast.engine.cuda_graph import SCRATCH
+    for attention in ("kernels", "cascade"):
+        eng = Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", attention=attention,
+                     cuda_graphs=True)
+        r = eng.runner
+        r.use_prefix(r.compute_prefix([1, 2, 3, 4]))
+        r.reserve(10, 20)
+        p = 4 if attention == "kernels" else 0
+        assert r.cache.capacity == p + 20 + SCRATCH
+        g = r.graphs
+        assert r.step_tokens(3) == 8 and g.max_tokens(10) == 8
+        g.max_step_tokens = 20                    # query positions a step: bucket x tokens per row
+        assert [g.max_tokens(b) for b in (1, 3, 10)] == [8, 4, 2]
+        g.max_step_tokens = 5
+        assert g.max_tokens(8) == 1               # always at least one
+        g.max_step_tokens = 128
+        r.forward(0, [[5, 6, 7]] * 3, [0, 0, 0])
+        feeds = [[8, 9], [10], [11, 12, 13]]
+        before = [k.clone() for k in r.cache.k]
+        plain = r.forward(0, feeds, [3, 3, 3])
+        for k, b in zip(r.cache.k, before):
+            k.copy_(b)
+        stepped = r.decode_step(feeds, [3, 3, 3])
+        assert (4, 4) in r.graphs._graphs
+        torch.testing.assert_close(stepped, plain, rtol=1e-5, atol=1e-5)
+        last = r.cache.capacity - 1
+        for k, b in zip(r.cache.k, before):
+            changed = (k != b).any(dim=(1, 3)).nonzero().tolist()
+            assert changed and all(pos == last or (slot < 3 and p + 3 <= pos < p + 3 + 4)
+                                   for slot, pos in changed), changed
+        with pytest.raises(ValueError, match="each row appends 1 to 8 tokens"):
+            r.decode_step([[1] * 9, [2], [3]], [3, 3, 3])
+        with pytest.raises(ValueError, match="each row appends 1 to 8 tokens"):
+            r.decode_step([[], [2], [3]], [3, 3, 3])
+        with pytest.raises(ValueError, match="past the cache"):
+            r.decode_step([[1, 2], [2], [3]], [19, 3, 3])     # a real token past the row's 20
 
 
 def test_cuda_graphs_argument_errors():

@@ -746,12 +746,21 @@ def test_prefix_num_splits():
     assert prefix_num_splits(3, 512, 1) == 1                 # the interpreter: one "SM"
 
 
+@needs_triton
+def test_engine_graph_tile_limit_is_the_kernels():
+    from qpfast.engine.cuda_graph import TILE_ROWS
+    from qpfast.kernels.decode import MAX_TILE_ROWS
+    assert TILE_ROWS == MAX_TILE_ROWS
+
+
 def test_decode_launch():
     from qpfast.kernels.decode import decode_launch
     assert decode_launch(128, 132, 128) == (64, 3, 4)         # few programs: loads run two blocks ahead
     assert decode_launch(264, 132, 128) == (64, 3, 4)
     assert decode_launch(265, 132, 128) == (64, 2, 4)         # many: shared memory for more programs
     assert decode_launch(4, 132, 256)[0] == 32                # wide heads: smaller key blocks
+    assert decode_launch(128, 132, 128, 32)[2] == 8           # tiles of several tokens' rows: 8 warps
+    assert decode_launch(128, 132, 128, 16)[2] == 4
 
 
 @needs_triton
@@ -1079,6 +1088,9 @@ def test_interp_engine_cascade_forward():
             torch.testing.assert_close(a.forward(0, toks, starts), b.forward(0, toks, starts), **close)
         torch.testing.assert_close(a.decode_step([19, 20, 21], [8, 5, 5]),
                                    b.forward(0, [[19], [20], [21]], [8, 5, 5]), **close)
+        # a multi-token graph step: 4 tokens a row (padding tokens in rows 0 and 1)
+        feeds = [[22, 23], [24], [25, 26, 27]]
+        torch.testing.assert_close(a.decode_step(feeds, [9, 6, 6]), b.forward(0, feeds, [9, 6, 6]), **close)
 
 
 @interp_only

@@ -14,9 +14,10 @@ import torch
 import qpfast.kernels as K
 from qpfast.kernels import reference as R
 
-from test_kernels import (DECODE_CASES, DECODE_PREFIX_PAIRS, PREFILL_CASES, PREFILL_PREFIX_PAIRS, SENTINEL,
-                          check_layer_kernels, cumsum0, make_bitmask, make_decode, make_layer_inputs, make_prefill,
-                          make_prefix, poison_past_lens, rel_err, seed_of, special_rows)
+from test_kernels import (DECODE_CASES, DECODE_MULTI_CASES, DECODE_PREFIX_PAIRS, PREFILL_CASES, PREFILL_PREFIX_PAIRS,
+                          SENTINEL, check_layer_kernels, cumsum0, make_bitmask, make_decode, make_decode_multi,
+                          make_layer_inputs, make_prefill, make_prefix, poison_past_lens, rel_err, seed_of,
+                          special_rows)
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and K.HAS_TRITON),
                                 reason="needs CUDA and triton")
@@ -178,6 +179,54 @@ def test_cuda_cascade_decode_qp_shape_in_graph(hq, hkv, batch):
         torch.cuda.synchronize()
         ref = _ref64(R.decode_attention, q, kc, vc, lens, prefix_k=pk, prefix_v=pv, prefix_len=plen)
         assert rel_err(out, ref) < TOL[dt], n
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("case,t,prefix", DECODE_MULTI_CASES)
+def test_cuda_decode_multi_token(case, t, prefix, dtype):
+    # several new tokens per sequence (the engine's multi-token graph steps), causal among
+    # them: the kernel's own choices, unsplit, split with the fused merge and the merge kernel
+    from qpfast.kernels import decode
+    q, kc, vc, lens = _cuda(*make_decode_multi(case, t, dtype, seed=seed_of("cuda-multi", case, t, str(dtype))))
+    pre = {} if prefix is None else _prefix(prefix, kc.shape[1], kc.shape[3], dtype, seed_of(prefix, case))
+    ref = _ref64(R.decode_attention, q, kc, vc, lens, queries_per_seq=t, **pre)
+    kc, vc = poison_past_lens(kc, vc, lens)
+    for kw in (dict(), dict(num_splits=1), dict(num_splits=3, block_n=16), dict(num_splits=2, fused_merge=False)):
+        out = torch.full_like(q, float("nan"))
+        decode.decode_attention(q, kc, vc, lens, queries_per_seq=t, out=out, **pre, **kw)
+        torch.cuda.synchronize()
+        assert rel_err(out, ref) < TOL[dtype], kw
+
+
+@pytest.mark.parametrize("hq,hkv,batch,t", [(16, 8, 64, 2), (16, 8, 8, 8), (16, 2, 16, 4), (8, 1, 32, 8)])
+def test_cuda_multi_token_decode_qp_shape_in_graph(hq, hkv, batch, t):
+    """The engine's multi-token graph step at QP shapes: t new tokens per sequence on ragged
+    own caches after a 389-key shared prefix (length on the device), bf16, captured once and
+    replayed with new queries."""
+    from qpfast.kernels import decode
+    g = torch.Generator().manual_seed(hq * 1000 + batch * 10 + t)
+    dt = torch.bfloat16
+    q = torch.randn(batch * t, hq, 128, generator=g).to(dt).cuda()
+    kc = torch.randn(batch, hkv, 168, 128, generator=g).to(dt).cuda()
+    vc = torch.randn(batch, hkv, 168, 128, generator=g).to(dt).cuda()
+    lens = torch.randint(t, 169, (batch,), generator=g, dtype=torch.int32).cuda()
+    pk = torch.randn(hkv, 512, 128, generator=g).to(dt).cuda()
+    pv = torch.randn(hkv, 512, 128, generator=g).to(dt).cuda()
+    plen = torch.tensor([389], dtype=torch.int32).cuda()
+    out = torch.full_like(q, float("nan"))
+    kw = dict(prefix_k=pk, prefix_v=pv, prefix_len=plen, out=out, queries_per_seq=t)
+    decode.decode_attention(q, kc, vc, lens, **kw)          # warm-up: compiles, makes the counters
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        decode.decode_attention(q, kc, vc, lens, **kw)
+    for _ in range(3):
+        q.normal_()
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        ref = _ref64(R.decode_attention, q, kc, vc, lens, prefix_k=pk, prefix_v=pv, prefix_len=plen,
+                     queries_per_seq=t)
+        assert rel_err(out, ref) < TOL[dt]
 
 
 @pytest.mark.parametrize("block_n,num_stages,num_warps", [(32, 4, 4), (64, 3, 4), (64, 4, 4), (128, 2, 4), (128, 3, 8), (128, 1, 8)])

@@ -1,21 +1,31 @@
-"""CUDA graphs of the native runner's one-token decode step, one per batch bucket.
+"""CUDA graphs of the native runner's decode step, one per (batch bucket, tokens per row).
 
-A decode step of a 0.6B model runs ~15 kernels per layer; at QP batch sizes each of them
+A decode step of a 0.6B model runs ~10 kernels per layer; at QP batch sizes each of them
 takes a few microseconds, so launching them one by one from Python costs more than the
 work. `DecodeGraphs` captures the whole step (embedding, every layer with the KV write and
-`qpfast.kernels.decode_attention`, the final norm) once per batch bucket and replays it.
+`qpfast.kernels.decode_attention`, the final norm) once per shape and replays it.
 
-Everything the step reads lives in static buffers: one `[4, slots]` int64 tensor of token
-ids, KV write positions, rotary positions and attended lengths, copied from a host buffer
-in one transfer per step. In the "kernels" cache layout every slot starts with its copy of
-the shared prefix (rotary position = write position, the prefix counted in the length); in
-the "cascade" layout slots hold own tokens only and the step also attends to the cache's
-shared prefix buffers, whose length lives on the device, so a new prefix of at most their
-capacity is copied in without recapturing. A batch of `b` rows runs in the smallest bucket
-`B >= b`; the `B - b` padding rows use the free slots `b..B-1` (active rows always occupy
-slots `0..n-1`), write their K/V at the last cache position, which the runner keeps free
-(`NativeRunner.reserve` adds one position when graphs are on), and attend to one key: no
-real row's cache is touched and every value stays finite.
+A step appends up to `T` tokens to each row (`T` from `TOKEN_BUCKETS`): one picked token,
+or the tokens the matcher forces next (jump-forward), which would otherwise take one
+replay each. Every row runs `T` query positions: a row with `n < T` tokens runs `T - n`
+padding tokens after its real ones, whose K/V land past its length (overwritten by its
+next step, never attended: attention is causal, `decode_attention(queries_per_seq=T)`),
+and its output is the state of its last real token. `max_tokens(b)` bounds `T` so that
+the extra query rows stay cheap next to reading the weights (`MAX_STEP_TOKENS`).
+
+Everything the step reads lives in static buffers: one `[5, slots * max(TOKEN_BUCKETS)]`
+int64 tensor of token ids, KV write positions and rotary positions (one per query
+position), the keys each row attends and the index of each row's last real token (one per
+row), copied from a host buffer in one transfer per step. In the "kernels" cache layout
+every slot starts with its copy of the shared prefix (rotary position = write position,
+the prefix counted in the length); in the "cascade" layout slots hold own tokens only and
+the step also attends to the cache's shared prefix buffers, whose length lives on the
+device, so a new prefix of at most their capacity is copied in without recapturing. A
+batch of `b` rows runs in the smallest bucket `B >= b`; the `B - b` padding rows use the
+free slots `b..B-1` (active rows always occupy slots `0..n-1`), write their K/V at the last
+cache position and attend to their slot's first `T` keys: no real row's cache is touched
+and every value stays finite. The runner keeps `SCRATCH` positions past every row's
+capacity free for this (`NativeRunner.reserve`).
 
 The graphs hold pointers into the runner's KV cache (shared prefix buffers included) and
 rope table, so they are dropped whenever one of them is reallocated. With `capture=False`
@@ -36,6 +46,17 @@ if TYPE_CHECKING:   # pragma: no cover
 
 #: batch sizes that get a graph (plus the cache's slot count, the largest batch)
 BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
+#: tokens per row a graph appends
+TOKEN_BUCKETS = (1, 2, 4, 8)
+#: cache positions past every row's capacity kept free for padding tokens
+SCRATCH = max(TOKEN_BUCKETS)
+#: query positions (batch bucket x tokens per row) a step runs at most when rows take
+#: several tokens: up to ~128 rows the GEMMs of a 0.6B model cost about what reading its
+#: weights costs, so the extra rows are nearly free (an estimate, not fitted on a GPU)
+MAX_STEP_TOKENS = 128
+#: query rows (tokens x query heads of one KV head) the Triton decode kernel takes
+#: (qpfast.kernels.decode.MAX_TILE_ROWS)
+TILE_ROWS = 64
 
 
 class DecodeGraphs:
@@ -48,11 +69,12 @@ class DecodeGraphs:
         self.runner = runner
         self.capture = capture
         self.captured = 0                     # graphs captured so far (stats)
+        self.max_step_tokens = MAX_STEP_TOKENS
         self._key: Optional[tuple] = None
-        self._graphs: dict[int, tuple[Optional[torch.cuda.CUDAGraph], Optional[torch.Tensor]]] = {}
+        self._graphs: dict[tuple[int, int], tuple[Optional[torch.cuda.CUDAGraph], Optional[torch.Tensor]]] = {}
+        self._slot_idx: dict[tuple[int, int], torch.Tensor] = {}
         self._idx: Optional[torch.Tensor] = None
         self._host: Optional[torch.Tensor] = None
-        self._slots: Optional[torch.Tensor] = None
 
     def reset(self) -> None:
         """Drops every graph (the cache or rope table they point into is gone)."""
@@ -68,9 +90,10 @@ class DecodeGraphs:
             return
         self.reset()
         dev = r.device
-        self._idx = torch.zeros((4, cache.slots), dtype=torch.long, device=dev)
-        self._host = torch.zeros((4, cache.slots), dtype=torch.long, pin_memory=dev.type == "cuda")
-        self._slots = torch.arange(cache.slots, dtype=torch.long, device=dev)
+        n = cache.slots * SCRATCH
+        self._idx = torch.zeros((5, n), dtype=torch.long, device=dev)
+        self._host = torch.zeros((5, n), dtype=torch.long, pin_memory=dev.type == "cuda")
+        self._slot_idx = {}
         self._key = key
 
     def bucket(self, b: int) -> int:
@@ -80,42 +103,71 @@ class DecodeGraphs:
                 return size
         return slots
 
-    def step(self, tokens: Sequence[int], starts: Sequence[int]) -> torch.Tensor:
-        """Appends `tokens[i]` to the row in slot i (which holds `starts[i]` own tokens);
-        returns the final hidden states `[b, hidden]` (a view of the graph's output, valid
-        until the next step)."""
+    def max_tokens(self, b: int) -> int:
+        """How many tokens each of `b` rows may append in one step: the largest of
+        `TOKEN_BUCKETS` whose query positions stay within `max_step_tokens` (at least 1)
+        and whose query rows fit the decode kernel's tile."""
+        r = self.runner
+        B = self.bucket(b) if r.cache is not None else b
+        group = r.hq // r.hkv
+        best = 1
+        for t in TOKEN_BUCKETS:
+            if B * t <= self.max_step_tokens and group * t <= TILE_ROWS:
+                best = t
+        return best
+
+    def step(self, tokens: Sequence, starts: Sequence[int]) -> torch.Tensor:
+        """Appends `tokens[i]` (a token id, or a list of at most `max_tokens(b)` of them)
+        to the row in slot i (which holds `starts[i]` own tokens); returns the final hidden
+        state of each row's last new token `[b, hidden]` (a view of the graph's output,
+        valid until the next step)."""
         r = self.runner
         b = len(tokens)
         if b == 0 or b > r.cache.slots:
             raise ValueError(f"decode step: {b} rows for a cache of {r.cache.slots} slots")
+        lists = [[t] if isinstance(t, (int, np.integer)) else list(t) for t in tokens]
+        lens = np.fromiter((len(t) for t in lists), dtype=np.int64, count=b)
+        most = self.max_tokens(b)
+        if int(lens.min()) < 1 or int(lens.max()) > most:
+            raise ValueError(f"decode step: each row appends 1 to {most} tokens here, got {int(lens.min())} "
+                             f"to {int(lens.max())}")
         self._prepare()
         B = self.bucket(b)
+        T = next(t for t in TOKEN_BUCKETS if t >= int(lens.max()))
         plen = r.prefix_len
         last = r.cache.capacity - 1
         host = self._host.numpy()
         own = np.asarray(starts, dtype=np.int64)
-        pos = own + plen if r.attention == "kernels" else own          # where the new K/V goes
-        if int(pos.max()) >= last:
-            raise ValueError(f"decode step: position {int(pos.max())} is past the cache ({r.cache.capacity})")
-        host[0, :b] = tokens
-        host[1, :b] = pos
-        host[2, :b] = own + plen                                         # rotary position
-        host[3, :b] = pos + 1                                            # keys in the slot
-        host[0, b:B] = 0
-        host[1:3, b:B] = last
-        host[3, b:B] = 1
-        self._idx[:, :B].copy_(self._host[:, :B], non_blocking=True)
-        graph, out = self._graphs.get(B, (None, None))
+        pos = own + plen if r.attention == "kernels" else own          # where the first new K/V goes
+        if int((pos + lens).max()) > r.cache.capacity - SCRATCH:
+            raise ValueError(f"decode step: position {int((pos + lens).max()) - 1} is past the cache "
+                             f"({r.cache.capacity - SCRATCH} positions a row)")
+        j = np.arange(T)
+        flat = np.zeros((b, T), dtype=np.int64)
+        for i, t in enumerate(lists):
+            flat[i, :len(t)] = t
+        n = B * T
+        host[0, :b * T] = flat.reshape(-1)                               # padding tokens: id 0
+        host[1, :b * T] = (pos[:, None] + j).reshape(-1)                 # KV write positions
+        host[2, :b * T] = (own[:, None] + plen + j).reshape(-1)          # rotary positions
+        host[0, b * T:n] = 0
+        host[1:3, b * T:n] = last
+        host[3, :b] = pos + T                                            # keys each row attends
+        host[3, b:B] = T
+        host[4, :b] = np.arange(b) * T + lens - 1                        # each row's last real token
+        host[4, b:B] = np.arange(b, B) * T
+        self._idx[:, :n].copy_(self._host[:, :n], non_blocking=True)
+        graph, out = self._graphs.get((B, T), (None, None))
         if out is None:
-            graph, out = self._record(B)
-            self._graphs[B] = (graph, out)
+            graph, out = self._record(B, T)
+            self._graphs[(B, T)] = (graph, out)
         if graph is None:                      # capture=False: run the same step eagerly
-            out = self._core(B)
+            out = self._core(B, T)
         else:
             graph.replay()
         return out[:b]
 
-    def _record(self, B: int) -> tuple[Optional[torch.cuda.CUDAGraph], Optional[torch.Tensor]]:
+    def _record(self, B: int, T: int) -> tuple[Optional[torch.cuda.CUDAGraph], Optional[torch.Tensor]]:
         if not self.capture:
             return None, torch.empty(0)
         # Warm up on a side stream (compiles the Triton kernels, sets up cuBLAS); the run
@@ -123,24 +175,34 @@ class DecodeGraphs:
         stream = torch.cuda.Stream(self.runner.device)
         stream.wait_stream(torch.cuda.current_stream(self.runner.device))
         with torch.cuda.stream(stream):
-            self._core(B)
+            self._core(B, T)
         torch.cuda.current_stream(self.runner.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = self._core(B)
+            out = self._core(B, T)
         self.captured += 1
         return graph, out
 
-    def _core(self, B: int) -> torch.Tensor:
+    def _slots(self, B: int, T: int) -> torch.Tensor:
+        """The slot of each of the step's `B * T` query positions (static per shape)."""
+        idx = self._slot_idx.get((B, T))
+        if idx is None:
+            idx = torch.arange(B, dtype=torch.long, device=self.runner.device).repeat_interleave(T)
+            self._slot_idx[(B, T)] = idx
+        return idx
+
+    def _core(self, B: int, T: int) -> torch.Tensor:
         r = self.runner
         cache = r.cache
-        idx = self._idx[:, :B]
-        seq_lens = idx[3].to(torch.int32)
+        idx = self._idx[:, :B * T]
+        seq_lens = idx[3, :B].to(torch.int32)
         shared = r.attention == "cascade" and cache.shared_capacity > 0
 
         def attend(li: int, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
-            return kernels.decode_attention(q.to(kc.dtype), kc[:B], vc[:B], seq_lens, r.scale,
+            return kernels.decode_attention(q.to(kc.dtype), kc[:B], vc[:B], seq_lens, r.scale, queries_per_seq=T,
                                             **(cache.prefix_args(li) if shared else {}))
 
-        h = r.layers_forward(r.embed[idx[0]], idx[2], cache, self._slots[:B], idx[1], attend)
+        h = r.layers_forward(r.embed[idx[0]], idx[2], cache, self._slots(B, T), idx[1], attend)
+        if T > 1:
+            h = h[idx[4, :B]]
         return r.final_norm(h)

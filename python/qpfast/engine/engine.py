@@ -172,9 +172,10 @@ class Engine:
     prefix; "cascade": the prefix is stored once and read once per step), runner ("auto":
     the own forward for Llama/Qwen2/Qwen3, else "hf": the model's own forward), cuda_graphs
     ("auto": on for the native runner on CUDA, in either attention layout; the decode step
-    is replayed from CUDA graphs, one per batch bucket, and rows then take their forced
-    tokens one per step instead of in one multi-token pass; True on CPU runs the same
-    bucketed step without capture, for tests).
+    is replayed from CUDA graphs, one per batch bucket and number of tokens a row appends
+    (1, 2, 4 or 8, fewer at large batches: `DecodeGraphs.max_tokens`), so rows take their
+    forced tokens a few per step instead of all in one eager multi-token pass; True on CPU
+    runs the same bucketed step without capture, for tests).
 
     After each `generate`, `last_stats` holds counters and timings and `last_token_ids` the
     output token ids of each query (None for a query that got an error result).
@@ -531,14 +532,16 @@ class Engine:
             if self.overlap_masks:
                 fut = self._pool.submit(fill_bitmasks, [s.matcher for s in rows], mask[:len(rows)])
             t0 = time.perf_counter()
-            # with CUDA graphs, active rows take one pending token per step (the graph's
-            # shape); a row with more forced tokens left skips the pick until they are in
+            # with CUDA graphs, active rows take at most runner.step_tokens pending tokens a
+            # step (the graphs' shapes); a row with more forced tokens left skips the pick
+            # until they are in
             graphs = getattr(runner, "graphs", None) is not None
-            feeds = [s.pending[:1] if graphs else s.pending for s in active] + [s.pending for s in new]
+            cap = runner.step_tokens(n_old) if graphs and active else None
+            feeds = [s.pending[:cap] for s in active] + [s.pending for s in new]
             parts = []
             if active:
                 if graphs:
-                    parts.append(runner.decode_step([f[0] for f in feeds[:n_old]], [s.own_len for s in active]))
+                    parts.append(runner.decode_step(feeds[:n_old], [s.own_len for s in active]))
                 else:
                     parts.append(runner.forward(0, feeds[:n_old], [s.own_len for s in active]))
                 stats["decode_forward_passes"] += 1

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import kernels
-from .cuda_graph import DecodeGraphs
+from .cuda_graph import SCRATCH, DecodeGraphs
 from .kv_cache import KVCache, PrefixKV, new_stamp
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
@@ -185,18 +185,26 @@ class NativeRunner:
         self.cascade_kernels = attention == "cascade" and kernels.backend(self.embed) != "reference"
 
     def enable_graphs(self, capture: bool = True) -> None:
-        """One-token decode steps (`decode_step`) replay CUDA graphs from now on; with
+        """Decode steps (`decode_step`) replay CUDA graphs from now on; with
         `capture=False` the same bucketed step runs eagerly (CPU tests)."""
         self.graphs = DecodeGraphs(self, capture=capture)
-        self.cache = None                      # the next reserve() adds the scratch position
+        self.cache = None                      # the next reserve() adds the scratch positions
+
+    def step_tokens(self, b: int) -> int:
+        """How many tokens each of `b` rows may append in one `decode_step` (graph steps
+        have a bounded shape; a plain forward takes any number)."""
+        return self.graphs.max_tokens(b) if self.graphs is not None else 1 << 30
 
     @torch.no_grad()
-    def decode_step(self, tokens: Sequence[int], starts: Sequence[int]) -> torch.Tensor:
-        """One new token for each row in slots [0, b): the final hidden states [b, hidden].
-        Through the CUDA graphs when they are enabled, else a plain `forward`."""
+    def decode_step(self, tokens: Sequence, starts: Sequence[int]) -> torch.Tensor:
+        """New tokens for each row in slots [0, b): `tokens[i]` is a token id or a list of
+        at most `step_tokens(b)` of them; returns the final hidden state of each row's last
+        new token [b, hidden]. Through the CUDA graphs when they are enabled, else a plain
+        `forward`."""
+        lists = [[t] if isinstance(t, int) else list(t) for t in tokens]
         if self.graphs is None:
-            return self.forward(0, [[t] for t in tokens], starts)
-        return self.graphs.step(tokens, starts)
+            return self.forward(0, lists, starts)
+        return self.graphs.step(lists, starts)
 
     # -- rope --------------------------------------------------------------------------
     def _rope_table(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,7 +222,7 @@ class NativeRunner:
     def reserve(self, slots: int, own_capacity: int) -> None:
         """Makes sure the static cache holds `slots` rows of `own_capacity` own tokens."""
         p = self.prefix.length if (self.prefix is not None and self.attention == "kernels") else 0
-        cap = p + own_capacity + (1 if self.graphs is not None else 0)   # + the graphs' scratch position
+        cap = p + own_capacity + (SCRATCH if self.graphs is not None else 0)   # + the graphs' scratch positions
         if self.cache is None or not self.cache.fits(slots, cap, self.dtype, self.device):
             old = self.cache
             slots = max(slots, old.slots if old else 0)
