@@ -8,6 +8,7 @@
 #include <tuple>
 
 #include "grammar.h"
+#include "mask_rows.h"
 #include "matcher.h"
 #include "vocab.h"
 #include "walk.h"
@@ -18,9 +19,10 @@ using namespace qpfast;
 namespace {
 
 // Checks a bitmask buffer and returns (base pointer, rows, row stride in words).
-uint32_t* check_mask(const py::buffer& buf, int words, int64_t& rows, int64_t& stride, const char* name) {
-  py::buffer_info info = buf.request(true);
-  if (info.readonly) throw py::value_error(std::string(name) + ": buffer is read-only");
+uint32_t* check_mask(const py::buffer& buf, int words, int64_t& rows, int64_t& stride, const char* name,
+                     bool writable = true) {
+  py::buffer_info info = buf.request(writable);
+  if (writable && info.readonly) throw py::value_error(std::string(name) + ": buffer is read-only");
   if (info.itemsize != 4 || (info.format != "i" && info.format != "I" && info.format != "l" && info.format != "=i" &&
                               info.format != "<i" && info.format != "=I" && info.format != "<I"))
     throw py::type_error(std::string(name) + ": expected an int32 buffer, got format '" + info.format + "'");
@@ -189,4 +191,25 @@ void bind_matcher(py::module_& m) {
     py::gil_scoped_release nogil;
     fill_bitmasks(ptrs, base, stride, nthreads);
   }, py::arg("matchers"), py::arg("bitmask"), py::arg("words"), py::arg("nthreads") = 1);
+
+  m.def("mask_rows", [](const py::buffer& buf, int words, int k, const py::buffer& counts_buf, const py::buffer& ids_buf) {
+    int64_t rows, stride;
+    const uint32_t* base = check_mask(buf, words, rows, stride, "bitmask", false);
+    if (k < 0) throw py::value_error("k: must be >= 0, got " + std::to_string(k));
+    py::buffer_info c = counts_buf.request(true), ids = ids_buf.request(true);
+    auto int64_out = [&](const py::buffer_info& b, int64_t n, const char* name) {
+      if (b.readonly || b.itemsize != 8 || (b.format != "l" && b.format != "q" && b.format != "=q" && b.format != "<q" &&
+                                            b.format != "=l" && b.format != "<l"))
+        throw py::type_error(std::string(name) + ": expected a writable int64 buffer");
+      if (b.size != n) throw py::value_error(std::string(name) + ": expected " + std::to_string(n) + " elements, got " +
+                                             std::to_string(b.size));
+      if (b.ndim >= 1 && b.strides[b.ndim - 1] != 8) throw py::value_error(std::string(name) + ": must be contiguous");
+      if (b.ndim == 2 && b.strides[0] != 8 * b.shape[1]) throw py::value_error(std::string(name) + ": must be contiguous");
+    };
+    int64_out(c, rows, "counts");
+    int64_out(ids, rows * k, "ids");
+    py::gil_scoped_release nogil;
+    mask_rows(base, rows, stride, words, k, static_cast<int64_t*>(c.ptr), static_cast<int64_t*>(ids.ptr));
+  }, py::arg("bitmask"), py::arg("words"), py::arg("k"), py::arg("counts"), py::arg("ids"),
+     "Per bitmask row: counts[r] = allowed tokens; ids[r] = their ids ascending (padded -1) when at most k.");
 }

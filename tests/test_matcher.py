@@ -315,6 +315,62 @@ def test_rollback_restores_state(vocab):
         m.rollback(21)
 
 
+# ------------------------------------------------------------------ mask summaries
+
+
+def _naive_mask_rows(mask, k):
+    counts, ids = [], []
+    for row in mask:
+        allowed = [32 * w + j for w, x in enumerate(row.tolist()) for j in range(32) if (x >> j) & 1]
+        counts.append(min(len(allowed), k + 1))
+        ids.append(allowed + [-1] * (k - len(allowed)) if len(allowed) <= k else [-1] * k)
+    return counts, ids
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.integers(0, 6), words=st.integers(1, 70), k=st.integers(0, 40), density=st.sampled_from([0.0, 0.02, 0.2, 1.0]),
+       seed=st.integers(0, 2**31 - 1))
+def test_mask_rows_matches_a_naive_count(rows, words, k, density, seed):
+    from qpfast.matcher import mask_rows
+    rng = np.random.default_rng(seed)
+    bits = rng.random((rows, words, 32)) < density
+    mask = (bits.astype(np.uint64) << np.arange(32, dtype=np.uint64)).sum(axis=2).astype(np.uint32).view(np.int32)
+    mask = np.ascontiguousarray(mask.reshape(rows, words))
+    counts, ids = mask_rows(mask, k)
+    want_counts, want_ids = _naive_mask_rows(mask.view(np.uint32), k)
+    assert counts.tolist() == want_counts
+    assert ids.shape == (rows, k) and ids.tolist() == want_ids
+
+
+def test_mask_rows_on_matcher_masks_views_and_bad_input(vocab):
+    from qpfast.matcher import mask_rows
+    ms = [Matcher(vocab, q) for q in ADVERSARIAL[:5]]
+    ids_ex = canonical_ids(vocab, EXAMPLE)
+    for n in (10, len(ids_ex) - 6):                # mid-way through an output; inside the free-text intent
+        m = Matcher(vocab, EXAMPLE_Q)
+        for i in ids_ex[:n]:
+            m.accept(i)
+        ms.append(m)
+    mask = np.zeros((len(ms) + 2, vocab.words), dtype=np.int32)
+    fill_bitmasks(ms, mask[:len(ms)])
+    counts, ids = mask_rows(mask, 8)
+    bits = np.unpackbits(mask.view(np.uint8), bitorder="little").reshape(len(mask), -1)
+    assert counts.tolist() == np.minimum(bits.sum(axis=1), 9).tolist()
+    assert (counts == 9).any() and (counts < 9).any()              # both kinds of rows
+    for r in np.flatnonzero(counts <= 8):
+        assert ids[r, :counts[r]].tolist() == np.flatnonzero(bits[r]).tolist()
+    ro = mask.copy()
+    ro.flags.writeable = False                       # read-only input is fine
+    assert mask_rows(ro[1:3], 8)[0].tolist() == counts[1:3].tolist()
+    assert mask_rows(mask[0], 8)[0].tolist() == [counts[0]]      # one row
+    with pytest.raises(ValueError, match="k: expected an int >= 0"):
+        mask_rows(mask, -1)
+    with pytest.raises(TypeError, match="int32"):
+        mask_rows(mask.astype(np.int64), 4)
+    with pytest.raises(ValueError, match="contiguous"):
+        mask_rows(np.asfortranarray(mask), 4)
+
+
 # ------------------------------------------------------------------ batch and threads
 
 

@@ -104,6 +104,25 @@ class Matcher:
         return self._m.text_bytes()
 
 
+def mask_rows(bitmask: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of a filled bitmask (int32 ``[rows, words]``, or one row ``[words]``): how many
+    tokens it allows, ``k + 1`` standing for "more than k" (int64 ``[rows]``), and the
+    allowed ids in ascending order for the rows that allow at most ``k`` (int64 ``[rows,
+    k]``, padded with -1; all -1 for the others).  One pass over the words in C++ (GIL
+    released), stopping at a row's ``k + 1``-th allowed token."""
+    arr = _as_mask_array(bitmask)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise ValueError(f"k: expected an int >= 0, got {k!r}")
+    if arr.ndim not in (1, 2):
+        raise ValueError(f"bitmask: expected [rows, words] or [words], got shape {arr.shape}")
+    rows = 1 if arr.ndim == 1 else arr.shape[0]
+    counts = np.empty(rows, dtype=np.int64)
+    ids = np.empty((rows, int(k)), dtype=np.int64)
+    if rows:
+        _C.mask_rows(arr, arr.shape[-1], int(k), counts, ids)
+    return counts, ids
+
+
 def fill_bitmasks(matchers: Sequence[Matcher], bitmask: Any, nthreads: int | None = None) -> None:
     """Row i of `bitmask` <- matchers[i]'s mask, in one call with the GIL released."""
     if not matchers:

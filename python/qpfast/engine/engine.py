@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 import torch
 
-from ..matcher import Matcher, fill_bitmasks
+from ..matcher import Matcher, fill_bitmasks, mask_rows
 from ..normalize import normalize
 from ..parse import ParseError, parse
 from ..prompt import prompt_template
@@ -429,22 +429,18 @@ class Engine:
             return
         self._fill(live, mask)
         while self.jump_forward and live:
-            slots = np.fromiter((slot for slot, _ in live), dtype=np.int64, count=len(live))
-            sub = mask[slots]
-            one = np.flatnonzero(np.count_nonzero(sub, axis=1) == 1)
+            # rows whose mask allows one token take it now (then any forced ones after it)
+            counts, ids = mask_rows(mask[:max(slot for slot, _ in live) + 1], 1)
             single: list[tuple[int, Sequence]] = []
-            for j in one:
-                w = int(np.flatnonzero(sub[j])[0])
-                val = int(sub[j, w]) & 0xFFFFFFFF
-                if val & (val - 1) == 0:
-                    single.append((live[j][0], live[j][1]))
-                    tok = w * 32 + val.bit_length() - 1
-                    s = live[j][1]
-                    if not s.accept(tok):
-                        continue
-                    s.jumped += 1
-                    stats["jump_forward_tokens"] += 1
-                    self._take_forced(s, stats)
+            for slot, s in live:
+                if counts[slot] != 1:
+                    continue
+                single.append((slot, s))
+                if not s.accept(int(ids[slot, 0])):
+                    continue
+                s.jumped += 1
+                stats["jump_forward_tokens"] += 1
+                self._take_forced(s, stats)
             live = [(slot, s) for slot, s in single if not s.finished]
             self._fill(live, mask)
         stats["time_masks"] += time.perf_counter() - t0

@@ -16,49 +16,27 @@ import numpy as np
 import torch
 
 from .. import kernels
-
-_BITS = np.arange(32, dtype=np.uint32)
+from ..matcher import mask_rows
 
 
 def split_rows(mask: np.ndarray, threshold: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Classifies the rows of `mask` ([n, W] int32).
 
     Returns (sparse_rows, sparse_ids [len(sparse_rows), K] int64 padded with -1,
-    sparse_counts, dense_rows). With threshold <= 0 every row is dense.
+    sparse_counts, dense_rows): a row allowing 1..threshold tokens is sparse, any other
+    (more, or none) dense. With threshold <= 0 every row is dense.
     """
     n = mask.shape[0]
     if threshold <= 0 or n == 0:
         return (np.empty(0, np.int64), np.empty((0, 0), np.int64), np.empty(0, np.int64),
                 np.arange(n, dtype=np.int64))
-    words = np.count_nonzero(mask, axis=1)            # allowed ids >= non-zero words
-    cand = np.flatnonzero(words <= threshold)
-    dense = np.flatnonzero(words > threshold)
-    if cand.size == 0:
+    counts, ids = mask_rows(mask, threshold)
+    ok = (counts >= 1) & (counts <= threshold)
+    sparse, dense = np.flatnonzero(ok), np.flatnonzero(~ok)
+    if sparse.size == 0:
         return np.empty(0, np.int64), np.empty((0, 0), np.int64), np.empty(0, np.int64), dense
-    sub = mask[cand]
-    r, w = np.nonzero(sub)
-    vals = sub[r, w].view(np.uint32)
-    bits = (vals[:, None] >> _BITS[None, :]) & 1
-    rr, bb = np.nonzero(bits)
-    row = r[rr]
-    ids = w[rr].astype(np.int64) * 32 + bb
-    counts = np.bincount(row, minlength=cand.size)
-    ok = (counts <= threshold) & (counts > 0)
-    if not ok.all():
-        dense = np.sort(np.concatenate([dense, cand[~ok]]))
-        keep = ok[row]
-        row, ids = row[keep], ids[keep]
-        remap = np.cumsum(ok) - 1
-        row = remap[row]
-        cand, counts = cand[ok], counts[ok]
-    if cand.size == 0:
-        return np.empty(0, np.int64), np.empty((0, 0), np.int64), np.empty(0, np.int64), dense
-    k = int(counts.max())
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    col = np.arange(ids.size) - starts[row]
-    padded = np.full((cand.size, k), -1, dtype=np.int64)
-    padded[row, col] = ids
-    return cand, padded, counts, dense
+    k = int(counts[sparse].max())
+    return sparse, ids[sparse, :k], counts[sparse], dense
 
 
 def pick_sparse(logits: torch.Tensor, ids: torch.Tensor, temperature: float, top_p: float,
