@@ -114,9 +114,16 @@ def test_decode_graph_step_gives_the_same_tokens(baseline):
     multi = eng.last_stats
     assert multi["picked_tokens"] == stats["picked_tokens"]
     assert multi["decode_forward_passes"] >= stats["decode_forward_passes"]   # at most 8 tokens a step
-    assert {T for _, T in g._graphs} - {1}                                      # multi-token shapes ran
+    assert {T for _, T, _ in g._graphs} - {1}                                   # multi-token shapes ran
+    # the active rows' greedy picks come from the step itself (full logits + masked argmax)
+    assert multi["graph_pick_steps"] > 0 and all(pick for _, _, pick in g._graphs)
+    assert multi["graph_pick_steps"] + multi["sparse_logit_steps"] + multi["dense_logit_steps"] \
+        == multi["picked_tokens"]
     assert _ids(eng, batch_size=5) == ids
     assert _ids(eng, batch_size=3) == ids
+    with engine_options(eng, graph_picks=False):            # picked apart, as without graphs
+        assert _ids(eng) == ids
+        assert eng.last_stats["graph_pick_steps"] == 0
     g.max_step_tokens = 16
     assert g.max_tokens(16) == 1
     assert _ids(eng) == ids
@@ -236,8 +243,24 @@ def test_multi_token_graph_step_matches_the_forward_and_writes_only_past_real_ro
         for k, b in zip(r.cache.k, before):
             k.copy_(b)
         stepped = r.decode_step(feeds, [3, 3, 3])
-        assert (4, 4) in r.graphs._graphs
+        assert (4, 4, False) in r.graphs._graphs
         torch.testing.assert_close(stepped, plain, rtol=1e-5, atol=1e-5)
+        # the same step with picks: each row's masked argmax over the full logits
+        for k, b in zip(r.cache.k, before):
+            k.copy_(b)
+        words = -(-r.vocab_size // 32)
+        mask = torch.zeros(3, words, dtype=torch.int32)
+        allowed = [[5, 77, 1000], [9], list(range(0, r.vocab_size, 7))]
+        for row, toks in enumerate(allowed):
+            for t in toks:
+                mask[row, t // 32] |= 1 << (t % 32)
+        mask[1] = 0                                          # a row allowing nothing: -1
+        states, picks = r.decode_step(feeds, [3, 3, 3], mask=mask)
+        assert (4, 4, True) in r.graphs._graphs
+        torch.testing.assert_close(states, plain, rtol=1e-5, atol=1e-5)
+        logits = r.full_logits(plain)
+        want = [max(toks, key=lambda t: (logits[row, t].item(), -t)) for row, toks in enumerate(allowed)]
+        assert picks.tolist() == [want[0], -1, want[2]]
         last = r.cache.capacity - 1
         for k, b in zip(r.cache.k, before):
             changed = (k != b).any(dim=(1, 3)).nonzero().tolist()

@@ -27,6 +27,11 @@ cache position and attend to their slot's first `T` keys: no real row's cache is
 and every value stays finite. The runner keeps `SCRATCH` positions past every row's
 capacity free for this (`NativeRunner.reserve`).
 
+A step may also pick the next token of every row (greedy): given the rows' bitmasks, the
+graph ends with the full-vocabulary logits and `qpfast.kernels.masked_argmax` against a
+static device copy of them, so the host gets the picks with one copy back instead of
+gathering logits and picking with a dozen small launches and several synchronizations.
+
 The graphs hold pointers into the runner's KV cache (shared prefix buffers included) and
 rope table, so they are dropped whenever one of them is reallocated. With `capture=False`
 the same bucketed step runs eagerly (no CUDA needed): the tests check it against the plain
@@ -38,6 +43,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .. import kernels
 
@@ -75,6 +81,7 @@ class DecodeGraphs:
         self._slot_idx: dict[tuple[int, int], torch.Tensor] = {}
         self._idx: Optional[torch.Tensor] = None
         self._host: Optional[torch.Tensor] = None
+        self._mask: Optional[torch.Tensor] = None       # [slots, words] int32 on the device
 
     def reset(self) -> None:
         """Drops every graph (the cache or rope table they point into is gone)."""
@@ -94,6 +101,7 @@ class DecodeGraphs:
         self._idx = torch.zeros((5, n), dtype=torch.long, device=dev)
         self._host = torch.zeros((5, n), dtype=torch.long, pin_memory=dev.type == "cuda")
         self._slot_idx = {}
+        self._mask = None
         self._key = key
 
     def bucket(self, b: int) -> int:
@@ -116,11 +124,14 @@ class DecodeGraphs:
                 best = t
         return best
 
-    def step(self, tokens: Sequence, starts: Sequence[int]) -> torch.Tensor:
+    def step(self, tokens: Sequence, starts: Sequence[int], mask: Optional[torch.Tensor] = None):
         """Appends `tokens[i]` (a token id, or a list of at most `max_tokens(b)` of them)
         to the row in slot i (which holds `starts[i]` own tokens); returns the final hidden
         state of each row's last new token `[b, hidden]` (a view of the graph's output,
-        valid until the next step)."""
+        valid until the next step). With `mask` (int32 `[b, words]` on the CPU, pinned for
+        an asynchronous copy) the step also picks each row's greedy next token under its
+        mask row and returns `(states, picks)`, picks int64 `[b]` on the device (-1 where a
+        row allows nothing)."""
         r = self.runner
         b = len(tokens)
         if b == 0 or b > r.cache.slots:
@@ -157,17 +168,27 @@ class DecodeGraphs:
         host[4, :b] = np.arange(b) * T + lens - 1                        # each row's last real token
         host[4, b:B] = np.arange(b, B) * T
         self._idx[:, :n].copy_(self._host[:, :n], non_blocking=True)
-        graph, out = self._graphs.get((B, T), (None, None))
+        pick = mask is not None
+        if pick:
+            if mask.dtype != torch.int32 or mask.dim() != 2 or mask.shape[0] != b:
+                raise ValueError(f"decode step: mask must be int32 [{b}, words], got {mask.dtype} {tuple(mask.shape)}")
+            if self._mask is None or self._mask.shape[1] != mask.shape[1]:
+                for k in [k for k in self._graphs if k[2]]:
+                    del self._graphs[k]        # the graphs that pick read the old buffer
+                self._mask = torch.zeros((r.cache.slots, mask.shape[1]), dtype=torch.int32, device=r.device)
+            self._mask[:b].copy_(mask, non_blocking=True)
+        key = (B, T, pick)
+        graph, out = self._graphs.get(key, (None, None))
         if out is None:
-            graph, out = self._record(B, T)
-            self._graphs[(B, T)] = (graph, out)
+            graph, out = self._record(B, T, pick)
+            self._graphs[key] = (graph, out)
         if graph is None:                      # capture=False: run the same step eagerly
-            out = self._core(B, T)
+            out = self._core(B, T, pick)
         else:
             graph.replay()
-        return out[:b]
+        return (out[0][:b], out[1][:b]) if pick else out[:b]
 
-    def _record(self, B: int, T: int) -> tuple[Optional[torch.cuda.CUDAGraph], Optional[torch.Tensor]]:
+    def _record(self, B: int, T: int, pick: bool):
         if not self.capture:
             return None, torch.empty(0)
         # Warm up on a side stream (compiles the Triton kernels, sets up cuBLAS); the run
@@ -175,11 +196,11 @@ class DecodeGraphs:
         stream = torch.cuda.Stream(self.runner.device)
         stream.wait_stream(torch.cuda.current_stream(self.runner.device))
         with torch.cuda.stream(stream):
-            self._core(B, T)
+            self._core(B, T, pick)
         torch.cuda.current_stream(self.runner.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = self._core(B, T)
+            out = self._core(B, T, pick)
         self.captured += 1
         return graph, out
 
@@ -191,7 +212,7 @@ class DecodeGraphs:
             self._slot_idx[(B, T)] = idx
         return idx
 
-    def _core(self, B: int, T: int) -> torch.Tensor:
+    def _core(self, B: int, T: int, pick: bool = False):
         r = self.runner
         cache = r.cache
         idx = self._idx[:, :B * T]
@@ -205,4 +226,8 @@ class DecodeGraphs:
         h = r.layers_forward(r.embed[idx[0]], idx[2], cache, self._slots(B, T), idx[1], attend)
         if T > 1:
             h = h[idx[4, :B]]
-        return r.final_norm(h)
+        states = r.final_norm(h)
+        if not pick:
+            return states
+        logits = F.linear(states, r.lm_head, r.lm_bias)
+        return states, kernels.masked_argmax(logits, self._mask[:B])

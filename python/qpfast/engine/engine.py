@@ -175,7 +175,10 @@ class Engine:
     is replayed from CUDA graphs, one per batch bucket and number of tokens a row appends
     (1, 2, 4 or 8, fewer at large batches: `DecodeGraphs.max_tokens`), so rows take their
     forced tokens a few per step instead of all in one eager multi-token pass; True on CPU
-    runs the same bucketed step without capture, for tests).
+    runs the same bucketed step without capture, for tests), graph_picks (True: with graphs,
+    greedy decoding and masks filled before the forward pass, the graph also computes the
+    full logits and each row's masked argmax, so a step costs one copy back instead of
+    the sparse/dense pick's launches and synchronizations).
 
     After each `generate`, `last_stats` holds counters and timings and `last_token_ids` the
     output token ids of each query (None for a query that got an error result).
@@ -185,7 +188,7 @@ class Engine:
                  dtype: Any = "auto", *, batch_size: Optional[int] = None, max_new_tokens: Optional[int] = None,
                  jump_forward: bool = True, sparse_logits: int | bool = 64, reuse_prefix: bool = True,
                  overlap_masks: bool = False, attention: str = "auto", runner: str = "auto",
-                 cuda_graphs: bool | str = "auto"):
+                 cuda_graphs: bool | str = "auto", graph_picks: bool = True):
         if schema is None:
             schema = model_schema(model)
         if not isinstance(schema, Schema):
@@ -203,6 +206,7 @@ class Engine:
         self.sparse_logits = sparse_logits
         self.reuse_prefix = bool(reuse_prefix)
         self.overlap_masks = bool(overlap_masks)
+        self.graph_picks = bool(graph_picks)
 
         self.model, self.tokenizer, self.device = self._load(model, tokenizer, device, dtype)
         self.model_name = model if isinstance(model, (str, os.PathLike)) else type(model).__name__
@@ -222,6 +226,7 @@ class Engine:
         self.vocab.grammar(schema)                   # compile (vocabulary x schema) once, now
         self._prefixes: "OrderedDict[tuple, Any]" = OrderedDict()
         self._mask: Optional[np.ndarray] = None
+        self._mask_t: Optional[torch.Tensor] = None  # the same memory as a tensor (pinned on CUDA)
         self._lock = threading.Lock()
         self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self.last_stats: dict[str, Any] = {}
@@ -273,7 +278,10 @@ class Engine:
 
     def _mask_buffer(self, rows: int) -> np.ndarray:
         if self._mask is None or self._mask.shape[0] < rows:
-            self._mask = np.zeros((rows, self.vocab.words), dtype=np.int32)
+            # pinned on CUDA: the graph step copies mask rows to the device asynchronously
+            self._mask_t = torch.zeros((rows, self.vocab.words), dtype=torch.int32,
+                                       pin_memory=self.device.type == "cuda")
+            self._mask = self._mask_t.numpy()
         return self._mask
 
     def _prefix_for(self, template: Any, stats: dict) -> Any:
@@ -334,6 +342,7 @@ class Engine:
         return dict(queries=0, errors=0, forward_passes=0, prefix_forward_passes=0, prefill_forward_passes=0,
                     decode_forward_passes=0, row_forward_passes=0, output_tokens=0, picked_tokens=0,
                     jump_forward_tokens=0, single_choice_steps=0, sparse_logit_steps=0, dense_logit_steps=0,
+                    graph_pick_steps=0,
                     time_total=0.0, time_setup=0.0, time_prefix=0.0, time_forward=0.0, time_logits=0.0,
                     time_masks=0.0, time_finish=0.0)
 
@@ -379,7 +388,7 @@ class Engine:
         stats["errors"] = sum(1 for r in results if r is not None and r.error is not None)
         stats["forward_passes"] = (stats["prefix_forward_passes"] + stats["prefill_forward_passes"]
                                    + stats["decode_forward_passes"])
-        picks = stats["sparse_logit_steps"] + stats["dense_logit_steps"]
+        picks = stats["sparse_logit_steps"] + stats["dense_logit_steps"] + stats["graph_pick_steps"]
         stats["sparse_logit_share"] = stats["sparse_logit_steps"] / picks if picks else 0.0
         out_tok = stats["output_tokens"]
         stats["forward_passes_per_output_token"] = stats["forward_passes"] / out_tok if out_tok else 0.0
@@ -535,9 +544,16 @@ class Engine:
             cap = runner.step_tokens(n_old) if graphs and active else None
             feeds = [s.pending[:cap] for s in active] + [s.pending for s in new]
             parts = []
+            graph_picks = None                  # the active rows' picks, from the graph step
             if active:
                 if graphs:
-                    parts.append(runner.decode_step(feeds[:n_old], [s.own_len for s in active]))
+                    pick_mask = None
+                    if self.graph_picks and temperature == 0.0 and not self.overlap_masks:
+                        pick_mask = self._mask_t[:n_old]
+                    out = runner.decode_step(feeds[:n_old], [s.own_len for s in active], mask=pick_mask)
+                    if pick_mask is not None:
+                        out, graph_picks = out
+                    parts.append(out)
                 else:
                     parts.append(runner.forward(0, feeds[:n_old], [s.own_len for s in active]))
                 stats["decode_forward_passes"] += 1
@@ -557,13 +573,22 @@ class Engine:
             stats["row_forward_passes"] += len(rows)
             # 3. pick, 4. accept + jump forward + next masks (rows with no pending tokens)
             ready = [i for i, s in enumerate(rows) if not s.pending]
-            if len(ready) == len(rows):
-                pick_states, pick_mask = states, mask[:len(rows)]
-            else:
-                pick_states = states[torch.tensor(ready, dtype=torch.long, device=states.device)]
-                pick_mask = mask[ready]
             t2 = time.perf_counter()
-            picks = self._pick(pick_states, pick_mask, temperature, top_p, gen, stats)
+            picks = np.empty(len(ready), dtype=np.int64)
+            rest = ready                        # rows picked here, not by the graph
+            if graph_picks is not None:
+                got = graph_picks.cpu().numpy()
+                done_old = [j for j, i in enumerate(ready) if i < n_old]
+                picks[done_old] = got[[ready[j] for j in done_old]]
+                stats["graph_pick_steps"] += len(done_old)
+                rest = [i for i in ready if i >= n_old]
+            if rest:
+                if len(rest) == len(rows):
+                    pick_states, pick_mask = states, mask[:len(rows)]
+                else:
+                    pick_states = states[torch.tensor(rest, dtype=torch.long, device=states.device)]
+                    pick_mask = mask[rest]
+                picks[len(ready) - len(rest):] = self._pick(pick_states, pick_mask, temperature, top_p, gen, stats)
             stats["time_logits"] += time.perf_counter() - t2
             stats["picked_tokens"] += len(ready)
             for i, t in zip(ready, picks.tolist()):

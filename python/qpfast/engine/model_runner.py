@@ -196,15 +196,19 @@ class NativeRunner:
         return self.graphs.max_tokens(b) if self.graphs is not None else 1 << 30
 
     @torch.no_grad()
-    def decode_step(self, tokens: Sequence, starts: Sequence[int]) -> torch.Tensor:
+    def decode_step(self, tokens: Sequence, starts: Sequence[int], mask: Optional[torch.Tensor] = None):
         """New tokens for each row in slots [0, b): `tokens[i]` is a token id or a list of
         at most `step_tokens(b)` of them; returns the final hidden state of each row's last
         new token [b, hidden]. Through the CUDA graphs when they are enabled, else a plain
-        `forward`."""
+        `forward`. With `mask` (int32 [b, words] on the CPU) also each row's greedy pick
+        under it: `(states, picks)` (see `DecodeGraphs.step`)."""
         lists = [[t] if isinstance(t, int) else list(t) for t in tokens]
-        if self.graphs is None:
-            return self.forward(0, lists, starts)
-        return self.graphs.step(lists, starts)
+        if self.graphs is not None:
+            return self.graphs.step(lists, starts, mask)
+        states = self.forward(0, lists, starts)
+        if mask is None:
+            return states
+        return states, kernels.masked_argmax(self.full_logits(states), mask.to(self.device))
 
     # -- rope --------------------------------------------------------------------------
     def _rope_table(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
