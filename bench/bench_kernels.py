@@ -621,11 +621,12 @@ def engine_benchmark(batch: int = 64, repeats: int = 3, profile_path: str | None
     at once, greedy, against the time to read the weights once per decode step (the issue's
     target: ≤ 3×) and, when ``xgrammar`` is installed, ``model.generate`` constrained by
     xgrammar's built-in JSON grammar (a looser constraint than qp-json/1, so a lower bound
-    on that baseline's cost).  Four engine configurations: the default ("kernels" cache
-    layout, CUDA-graph decode steps of up to ``DecodeGraphs.max_tokens`` tokens a row), the
-    same with one token a row per step, the same without graphs, and the "cascade" layout
-    (prompt prefix stored once, the shared-prefix kernels) with graphs.  Skipped with a
-    note when ``qpfast.Engine`` is unavailable.
+    on that baseline's cost).  Five engine configurations: the default ("kernels" cache
+    layout, CUDA-graph decode steps of up to ``DecodeGraphs.max_tokens`` tokens a row that
+    also pick), the same with the host picking, the same with one token a row per step, the
+    same without graphs, and the "cascade" layout (prompt prefix stored once, the
+    shared-prefix kernels) with graphs.  Skipped with a note when ``qpfast.Engine`` is
+    unavailable.
     """
     import qpfast
     engine_cls = getattr(qpfast, "Engine", None)
@@ -642,9 +643,13 @@ def engine_benchmark(batch: int = 64, repeats: int = 3, profile_path: str | None
         out = dict(batch=batch, weight_bytes=weight_bytes, configs={})
         ids = {}
         # "graphs": CUDA-graph decode steps, forced tokens up to DecodeGraphs.max_tokens a
-        # step (the default on CUDA); "graphs_1tok": the same, one token a row per step;
-        # "eager": no graphs, forced tokens in one multi-token pass (the prefill kernel)
-        for name, graphs in (("graphs", True), ("graphs_1tok", True), ("eager", False)):
+        # step, greedy picks inside the graph (the default on CUDA); "graphs_host_picks":
+        # the same, picks by the host's sparse/dense path; "graphs_1tok": one token a row
+        # per step, host picks (the engine of runs 1-11); "eager": no graphs, forced tokens
+        # in one multi-token pass (the prefill kernel)
+        for name, graphs in (("graphs", True), ("graphs_host_picks", True), ("graphs_1tok", True),
+                             ("eager", False)):
+            eng.graph_picks = name == "graphs"
             if graphs:
                 eng.runner.enable_graphs()
                 if name == "graphs_1tok":
@@ -653,6 +658,7 @@ def engine_benchmark(batch: int = 64, repeats: int = 3, profile_path: str | None
                 eng.runner.graphs = None
                 eng.runner.cache = None
             out["configs"][name], ids[name] = _time_engine(eng, queries, repeats, weight_bytes, hbm)
+        eng.graph_picks = True
         out["same_tokens_graphs_vs_eager"] = ids["graphs"] == ids["eager"]
         out["same_rows_graphs_vs_1tok"] = sum(a == b for a, b in zip(ids["graphs"], ids["graphs_1tok"]))
         eng.runner.enable_graphs()
@@ -709,9 +715,10 @@ def engine_benchmark(batch: int = 64, repeats: int = 3, profile_path: str | None
 
 def _step_times(eng, batches=(1, 16, 64, 128)) -> list[dict]:
     """Milliseconds of one decode step (medians): replayed CUDA graph (host inputs, copy,
-    replay) vs the eager forward, and the full-vocabulary logits + argmax of its rows,
-    against the time to read the weights once at the measured copy bandwidth; plus the
-    replayed step appending the most tokens a row the graphs allow at that batch."""
+    replay) vs the eager forward, the replayed step that also picks (mask copy, logits,
+    masked argmax, picks copied back), and the full-vocabulary logits + argmax of its
+    rows; plus the replayed step appending the most tokens a row the graphs allow at that
+    batch."""
     r = eng.runner
     if r.prefix is None:
         raise RuntimeError("no prefix in use")
@@ -723,7 +730,11 @@ def _step_times(eng, batches=(1, 16, 64, 128)) -> list[dict]:
         eager = triton.testing.do_bench(lambda: r.forward(0, [[t] for t in toks], starts), return_mode="median")
         states = r.decode_step(toks, starts).clone()
         logits = triton.testing.do_bench(lambda: r.full_logits(states).argmax(1), return_mode="median")
-        row = dict(batch=b, graph_ms=graph, eager_ms=eager, logits_argmax_ms=logits)
+        mask = torch.full((b, -(-r.vocab_size // 32)), -1, dtype=torch.int32,
+                          pin_memory=r.device.type == "cuda")
+        picked = triton.testing.do_bench(lambda: r.decode_step(toks, starts, mask=mask)[1].cpu(),
+                                         return_mode="median")
+        row = dict(batch=b, graph_ms=graph, graph_pick_ms=picked, eager_ms=eager, logits_argmax_ms=logits)
         t = r.step_tokens(b)
         if t > 1:
             multi = [[100] * t] * b

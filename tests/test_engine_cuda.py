@@ -46,8 +46,15 @@ def test_cuda_graphs_on_vs_off_same_tokens_fp32():
         on.generate(QUERIES16, max_new_tokens=96, batch_size=bs)
         off.generate(QUERIES16, max_new_tokens=96, batch_size=bs)
         assert on.last_token_ids == off.last_token_ids, bs
+        # multi-token graph steps and the graph's own greedy picks both ran
+        assert {T for _, T, _ in on.runner.graphs._graphs} - {1}
+        assert on.last_stats["graph_pick_steps"] > 0
     cpu.generate(QUERIES16, max_new_tokens=96, batch_size=16)
     assert on.last_token_ids == cpu.last_token_ids
+    with_host_picks = _engine("float32", graph_picks=False)
+    with_host_picks.generate(QUERIES16, max_new_tokens=96, batch_size=16)
+    assert with_host_picks.last_token_ids == cpu.last_token_ids
+    assert with_host_picks.last_stats["graph_pick_steps"] == 0
 
 
 def test_cuda_cascade_layout_same_tokens_fp32():

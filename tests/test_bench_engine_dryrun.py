@@ -1,0 +1,65 @@
+"""`bench/bench_kernels.py`'s engine benchmark, dry-run on the CPU.
+
+The engine benchmark only runs on a lent GPU, minutes of which are scarce: a typo in it
+would waste a device session. Here it runs end to end on a tiny Qwen3 checkpoint with the
+CUDA-only calls stubbed (synchronize, device name, do_bench timing, graph capture): every
+engine configuration generates, the token comparisons and step rows come out, and nothing
+raises. Timings are meaningless here and not checked.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench_scripts import bench_module
+from test_engine_support import torch_threads
+
+pytest.importorskip("triton")
+
+
+def test_engine_benchmark_dry_run(monkeypatch, capsys):
+    import qpfast
+    from qpfast.engine import Engine
+    from qpfast.engine.model_runner import NativeRunner
+    bk = bench_module("bench_kernels")
+
+    def tiny_checkpoint(out_dir: str) -> str:
+        from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+        from qpfast.testing import qwen_tokenizer_dir
+        tok = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
+        cfg = Qwen3Config(vocab_size=bk.VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, tie_word_embeddings=True,
+                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        torch.manual_seed(0)
+        Qwen3ForCausalLM(cfg).save_pretrained(out_dir)
+        tok.save_pretrained(out_dir)
+        return out_dir
+
+    class CpuEngine(Engine):            # the benchmark asks for CUDA + bf16
+        def __init__(self, model, device=None, dtype=None, **kw):
+            super().__init__(model, device="cpu", dtype="float32", cuda_graphs=True, **kw)
+
+    enable = NativeRunner.enable_graphs
+    monkeypatch.setattr(NativeRunner, "enable_graphs", lambda self, capture=True: enable(self, capture=False))
+    monkeypatch.setattr(qpfast, "Engine", CpuEngine)
+    monkeypatch.setattr(bk, "_qwen3_06b_dir", tiny_checkpoint)
+    monkeypatch.setattr(bk, "_xgrammar_baseline", lambda eng, queries: {"skipped": "dry run"})
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "NVIDIA H200")
+    monkeypatch.setattr(bk.triton.testing, "do_bench", lambda fn, *a, **k: (fn(), 0.0)[1])
+    with torch_threads(2):
+        out = bk.engine_benchmark(batch=6, repeats=1)
+    configs = out["configs"]
+    assert set(configs) == {"graphs", "graphs_host_picks", "graphs_1tok", "eager", "cascade"}
+    for name, cfg in configs.items():
+        assert "error" not in cfg and cfg["errors"] == 0, (name, cfg)
+    assert configs["graphs"]["stats"]["graph_pick_steps"] > 0
+    assert configs["graphs_host_picks"]["stats"]["graph_pick_steps"] == 0
+    assert configs["graphs_1tok"]["forward_passes"] > configs["graphs"]["forward_passes"]
+    # fp32 on the CPU: every configuration gives the same tokens
+    assert out["same_tokens_graphs_vs_eager"] and out["same_rows_graphs_vs_1tok"] == 6
+    assert out["cascade_same_rows_vs_graphs"] == 6
+    for key in ("step_ms", "cascade_step_ms"):
+        assert isinstance(out[key], list) and len(out[key]) == 4, out[key]
+        assert all("graph_pick_ms" in row for row in out[key])
+    assert "speedup" not in capsys.readouterr().out          # no baseline in a dry run
