@@ -47,15 +47,19 @@ class PrefixKV:
 
 
 class KVCache:
-    """Per-layer `[slots, kv_heads, capacity, head_dim]` key and value tensors."""
+    """Per-layer `[slots, kv_heads, capacity, head_dim]` key and value tensors (`k[layer]`,
+    `v[layer]`: views of one `[layers, slots, ...]` tensor each, so a slot moves in one
+    copy for all layers)."""
 
     def __init__(self, n_layers: int, slots: int, kv_heads: int, capacity: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device):
         self.slots, self.capacity = slots, capacity
-        shape = (slots, kv_heads, capacity, head_dim)
+        shape = (n_layers, slots, kv_heads, capacity, head_dim)
         # zeros, not empty: padded query rows may read stale slots; they must stay finite
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self._k = torch.zeros(shape, dtype=dtype, device=device)
+        self._v = torch.zeros(shape, dtype=dtype, device=device)
+        self.k = [self._k[i] for i in range(n_layers)]
+        self.v = [self._v[i] for i in range(n_layers)]
         self.prefix: Optional[PrefixKV] = None   # the prefix copied into every slot / the shared buffers
         self.shared_k: list[torch.Tensor] = []   # cascade layout: per layer [kv_heads, shared_capacity, head_dim]
         self.shared_v: list[torch.Tensor] = []
@@ -102,12 +106,11 @@ class KVCache:
         return dict(prefix_k=self.shared_k[layer], prefix_v=self.shared_v[layer], prefix_len=self.shared_len)
 
     def move(self, src: int, dst: int, start: int, end: int) -> None:
-        """Copies positions [start, end) of slot `src` into slot `dst`."""
+        """Copies positions [start, end) of slot `src` into slot `dst` (every layer)."""
         if src == dst or end <= start:
             return
-        for kc, vc in zip(self.k, self.v):
-            kc[dst, :, start:end] = kc[src, :, start:end]
-            vc[dst, :, start:end] = vc[src, :, start:end]
+        self._k[:, dst, :, start:end] = self._k[:, src, :, start:end]
+        self._v[:, dst, :, start:end] = self._v[:, src, :, start:end]
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v + self.shared_k + self.shared_v)
+        return sum(t.numel() * t.element_size() for t in [self._k, self._v] + self.shared_k + self.shared_v)

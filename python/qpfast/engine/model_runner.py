@@ -248,6 +248,7 @@ class NativeRunner:
         else:
             self.cache.prefix = self.prefix
 
+    @torch.no_grad()
     def compute_prefix(self, ids: Sequence[int]) -> PrefixKV:
         """The shared prefix's KV (one forward pass over the prefix tokens)."""
         ids = tuple(int(i) for i in ids)
@@ -497,6 +498,7 @@ class HFRunner:
             new_cache = getattr(out, "cache", None)
         return logits[0, -1], new_cache
 
+    @torch.no_grad()
     @torch.no_grad()
     def compute_prefix(self, ids: Sequence[int]) -> PrefixKV:
         ids = tuple(int(i) for i in ids)
