@@ -12,8 +12,8 @@ Bits for tokens ``>= V`` are ignored.
   (``argmax(logits/T + g)``, ``g = -log(-log u)``, ``u`` uniform from Triton's Philox
   generator keyed by a seed drawn from the torch generator), fused with the mask in one
   pass; with ``top_p < 1`` the nucleus threshold is found first by a 16-way search over
-  scaled-logit thresholds (one max/sum pass plus ``TOP_P_ROUNDS`` passes), see
-  :func:`masked_sample`.
+  scaled-logit thresholds (one max/sum pass plus ``TOP_P_ROUNDS`` passes, each cut into
+  chunks of the row like the picks), see :func:`top_p_thresholds`.
 
 Return values for the picks: the chosen token id (int64); the lowest allowed token when
 every allowed logit is ``-inf``; ``-1`` for a row with no allowed token.
@@ -128,43 +128,144 @@ def _reduce_picks_kernel(OUT, PART_VAL, PART_IDX, PART_FIRST, vocab,
 
 
 @triton.jit
-def _top_p_threshold_kernel(
-    LOGITS, BITMASK, THRESH, vocab, stride_l, stride_m, inv_temp, top_p, search_width,
-    CANDIDATES: tl.constexpr, ROUNDS: tl.constexpr, BLOCK_V: tl.constexpr,
-):
-    """Per row: the scaled-logit threshold of the top-p nucleus (see masked_sample)."""
+def _top_p_stats_kernel(LOGITS, BITMASK, PART_M, PART_Z, vocab, stride_l, stride_m, inv_temp, chunk_len,
+                        NUM_CHUNKS: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Top-p, pass 1: max and sum of exp of the allowed scaled logits of one chunk of one row
+    (online), into PART_M / PART_Z [rows, NUM_CHUNKS]."""
     row = tl.program_id(0)
+    chunk = tl.program_id(1)
     logits_row = LOGITS + row.to(tl.int64) * stride_l
     mask_row = BITMASK + row.to(tl.int64) * stride_m
-    # pass 1: max and sum of exp of the allowed scaled logits (online)
+    lo = chunk * chunk_len
+    hi = tl.minimum(vocab, lo + chunk_len)
     m = tl.full([], float("-inf"), tl.float32)
     z = tl.full([], 0.0, tl.float32)
-    for start in range(0, vocab, BLOCK_V):
+    for start in range(lo, hi, BLOCK_V):
         offs = start + tl.arange(0, BLOCK_V)
-        ok, s = _allowed_block(logits_row, mask_row, offs, vocab, inv_temp)
+        ok, s = _allowed_block(logits_row, mask_row, offs, hi, inv_temp)
         m_new = tl.maximum(m, tl.max(s, axis=0))
         m_safe = tl.where(m_new > float("-inf"), m_new, 0.0)
         z = z * tl.exp(m - m_safe) + tl.sum(tl.where(ok, tl.exp(s - m_safe), 0.0), axis=0)
         m = m_new
-    # passes 2..: the largest threshold whose kept mass is still >= top_p lies in
-    # [lo, hi); each round tests CANDIDATES evenly spaced thresholds inside it.
+    tl.store(PART_M + row * NUM_CHUNKS + chunk, m)
+    tl.store(PART_Z + row * NUM_CHUNKS + chunk, z)
+
+
+@triton.jit
+def _row_stats(PART_M, PART_Z, row, NUM_CHUNKS: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The row's max scaled logit (0 when nothing is allowed) and sum of exp relative to it,
+    from its chunks' partials."""
+    offs = tl.arange(0, BLOCK_C)
+    ok = offs < NUM_CHUNKS
+    pm = tl.load(PART_M + row * NUM_CHUNKS + offs, mask=ok, other=float("-inf"))
+    pz = tl.load(PART_Z + row * NUM_CHUNKS + offs, mask=ok, other=0.0)
+    m = tl.max(pm, axis=0)
     m_safe = tl.where(m > float("-inf"), m, 0.0)
-    lo = m_safe - search_width
-    hi = m_safe + 1.0
+    z = tl.sum(tl.where(pm > float("-inf"), pz * tl.exp(pm - m_safe), 0.0), axis=0)
+    return m_safe, z
+
+
+@triton.jit
+def _narrow(PART_MASS, LOHI, row, rows, parity, z, top_p,
+            NUM_CHUNKS: tl.constexpr, BLOCK_C: tl.constexpr, CANDIDATES: tl.constexpr):
+    """The nucleus threshold's interval after a round: the round's interval (LOHI[parity]),
+    its candidates' kept mass summed over the chunks (PART_MASS[parity]); the largest
+    candidate that still keeps >= top_p of the mass becomes the new lower end, the next one
+    up the new upper end."""
+    lo = tl.load(LOHI + (parity * rows + row) * 2)
+    hi = tl.load(LOHI + (parity * rows + row) * 2 + 1)
     kk = tl.arange(0, CANDIDATES)
-    for _ in tl.static_range(ROUNDS):
-        cand = lo + (hi - lo) * (kk + 1).to(tl.float32) / (CANDIDATES + 1)
-        mass = tl.zeros([CANDIDATES], tl.float32)
-        for start in range(0, vocab, BLOCK_V):
-            offs = start + tl.arange(0, BLOCK_V)
-            ok, s = _allowed_block(logits_row, mask_row, offs, vocab, inv_temp)
-            p = tl.where(ok, tl.exp(s - m_safe), 0.0)
-            above = s[:, None] >= cand[None, :]
-            mass += tl.sum(tl.where(above, p[:, None], 0.0), axis=0)
-        enough = mass >= top_p * z
-        lo = tl.maximum(lo, tl.max(tl.where(enough, cand, float("-inf")), axis=0))
-        hi = tl.minimum(hi, tl.min(tl.where(enough, float("inf"), cand), axis=0))
+    cand = lo + (hi - lo) * (kk + 1).to(tl.float32) / (CANDIDATES + 1)
+    offs_c = tl.arange(0, BLOCK_C)
+    base = (parity * rows + row).to(tl.int64) * NUM_CHUNKS * CANDIDATES
+    part = tl.load(PART_MASS + base + offs_c[:, None] * CANDIDATES + kk[None, :],
+                   mask=(offs_c < NUM_CHUNKS)[:, None], other=0.0)
+    enough = tl.sum(part, axis=0) >= top_p * z
+    lo = tl.maximum(lo, tl.max(tl.where(enough, cand, float("-inf")), axis=0))
+    hi = tl.minimum(hi, tl.min(tl.where(enough, float("inf"), cand), axis=0))
+    return lo, hi
+
+
+@triton.jit
+def _top_p_round_kernel(
+    LOGITS, BITMASK, PART_M, PART_Z, PART_MASS, LOHI, vocab, stride_l, stride_m, inv_temp, top_p,
+    search_width, chunk_len, rnd,
+    NUM_CHUNKS: tl.constexpr, BLOCK_C: tl.constexpr, CANDIDATES: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    """Top-p, round `rnd` of the threshold search over one chunk of one row.
+
+    The largest threshold whose kept mass is still >= top_p lies in an interval [lo, hi):
+    round 0 starts from [max - search_width, max + 1); round r > 0 narrows round r-1's
+    interval by its summed masses (every program of the row does, the same way; chunk 0
+    records the result). Each round tests CANDIDATES evenly spaced thresholds inside the
+    interval: this chunk's kept mass of each goes to PART_MASS. Rounds alternate between two
+    halves of PART_MASS / LOHI, so a round reads the previous round's results while writing
+    its own."""
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    rows = tl.num_programs(0)
+    m_safe, z = _row_stats(PART_M, PART_Z, row, NUM_CHUNKS, BLOCK_C)
+    if rnd == 0:
+        lo = m_safe - search_width
+        hi = m_safe + 1.0
+    else:
+        lo, hi = _narrow(PART_MASS, LOHI, row, rows, (rnd - 1) % 2, z, top_p, NUM_CHUNKS, BLOCK_C, CANDIDATES)
+    parity = rnd % 2
+    kk = tl.arange(0, CANDIDATES)
+    cand = lo + (hi - lo) * (kk + 1).to(tl.float32) / (CANDIDATES + 1)
+    logits_row = LOGITS + row.to(tl.int64) * stride_l
+    mask_row = BITMASK + row.to(tl.int64) * stride_m
+    start0 = chunk * chunk_len
+    end = tl.minimum(vocab, start0 + chunk_len)
+    mass = tl.zeros([CANDIDATES], tl.float32)
+    for start in range(start0, end, BLOCK_V):
+        offs = start + tl.arange(0, BLOCK_V)
+        ok, s = _allowed_block(logits_row, mask_row, offs, end, inv_temp)
+        p = tl.where(ok, tl.exp(s - m_safe), 0.0)
+        above = s[:, None] >= cand[None, :]
+        mass += tl.sum(tl.where(above, p[:, None], 0.0), axis=0)
+    base = (parity * rows + row).to(tl.int64) * NUM_CHUNKS * CANDIDATES + chunk * CANDIDATES
+    tl.store(PART_MASS + base + kk, mass)
+    if chunk == 0:
+        tl.store(LOHI + (parity * rows + row) * 2, lo)
+        tl.store(LOHI + (parity * rows + row) * 2 + 1, hi)
+
+
+@triton.jit
+def _top_p_final_kernel(PART_M, PART_Z, PART_MASS, LOHI, THRESH, top_p, last,
+                        NUM_CHUNKS: tl.constexpr, BLOCK_C: tl.constexpr, CANDIDATES: tl.constexpr):
+    """Top-p: the last round's narrowing; the row's threshold is the interval's lower end."""
+    row = tl.program_id(0)
+    _, z = _row_stats(PART_M, PART_Z, row, NUM_CHUNKS, BLOCK_C)
+    lo, _ = _narrow(PART_MASS, LOHI, row, tl.num_programs(0), last % 2, z, top_p, NUM_CHUNKS, BLOCK_C, CANDIDATES)
     tl.store(THRESH + row, lo)
+
+
+def top_p_thresholds(logits, bitmask, inv_temp: float, top_p: float, block_v: int, num_chunks: int):
+    """Per row, the scaled-logit threshold of the top-p nucleus (see :func:`masked_sample`):
+    one max/sum pass and ``TOP_P_ROUNDS`` search rounds, each over ``num_chunks`` chunks of
+    the row at once (a program per chunk: a few rows still fill the GPU), then a final
+    narrowing; float32 ``[rows]``."""
+    rows, vocab = logits.shape
+    chunk_len, num_chunks = cut(vocab, num_chunks, block_v)
+    dev = logits.device
+    f32 = dict(dtype=torch.float32, device=dev)
+    part_m, part_z = torch.empty(rows * num_chunks, **f32), torch.empty(rows * num_chunks, **f32)
+    part_mass = torch.empty(2 * rows * num_chunks * TOP_P_CANDIDATES, **f32)
+    lohi = torch.empty(2 * rows * 2, **f32)
+    thresh = torch.empty(rows, **f32)
+    grid = (rows, num_chunks)
+    common = dict(NUM_CHUNKS=num_chunks, BLOCK_V=block_v)
+    _top_p_stats_kernel[grid](logits, bitmask, part_m, part_z, vocab, logits.stride(0), bitmask.stride(0), inv_temp,
+                              chunk_len, num_warps=8, **common)
+    block_c = max(2, pow2(num_chunks))
+    for rnd in range(TOP_P_ROUNDS):
+        _top_p_round_kernel[grid](logits, bitmask, part_m, part_z, part_mass, lohi, vocab, logits.stride(0),
+                                  bitmask.stride(0), inv_temp, top_p, math.log(max(vocab, 1)) + 20.0, chunk_len,
+                                  rnd, BLOCK_C=block_c, CANDIDATES=TOP_P_CANDIDATES, num_warps=8, **common)
+    _top_p_final_kernel[(rows,)](part_m, part_z, part_mass, lohi, thresh, top_p, TOP_P_ROUNDS - 1,
+                                 NUM_CHUNKS=num_chunks, BLOCK_C=block_c, CANDIDATES=TOP_P_CANDIDATES, num_warps=1)
+    return thresh
 
 
 MAX_CHUNKS = 128
@@ -271,11 +372,9 @@ def masked_sample(logits, bitmask, temperature=1.0, top_p=1.0, generator=None, *
     thresh = None
     if top_p < 1.0:
         lg, bm = _unit_stride(logits), _unit_stride(bitmask)
-        thresh = torch.empty(rows, dtype=torch.float32, device=dev)
-        _top_p_threshold_kernel[(rows,)](
-            lg, bm, thresh, vocab, lg.stride(0), bm.stride(0), 1.0 / temperature, top_p,
-            math.log(max(vocab, 1)) + 20.0,
-            CANDIDATES=TOP_P_CANDIDATES, ROUNDS=TOP_P_ROUNDS, BLOCK_V=block_v, num_warps=8)
+        chunks = num_chunks if num_chunks is not None else pick_num_chunks(rows, vocab, block_v, _num_sms(dev))
+        thresh = top_p_thresholds(lg, bm, 1.0 / temperature, top_p, block_v,
+                                  max(1, min(int(chunks), MAX_CHUNKS)))
     return _pick(logits, bitmask, out, sample=True, seed=seed, thresh=thresh, inv_temp=1.0 / temperature,
                  block_v=block_v, num_chunks=num_chunks)
 

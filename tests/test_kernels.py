@@ -1194,6 +1194,33 @@ def test_interp_masked_sample_distribution():
 
 
 @interp_only
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+def test_interp_top_p_thresholds_bound_the_nucleus(dtype):
+    # the threshold search (one max/sum pass, TOP_P_ROUNDS rounds, a final narrowing), whole
+    # rows or cut into chunks: every token of the exact nucleus is kept, and a kept token
+    # outside it lies within the search's resolution of the nucleus' smallest scaled logit
+    from qpfast.kernels import bitmask
+    vocab, rows, temperature = 300, 5, 1.3
+    g = torch.Generator().manual_seed(19)
+    logits = (torch.randn(rows, vocab, generator=g) * 2).to(dtype)
+    bm = make_bitmask(rows, vocab, seed=20, density=0.6)
+    allowed = R.bitmask_to_bool(bm, vocab)
+    scaled = logits.float().masked_fill(~allowed, float("-inf")) / temperature
+    for top_p in (0.2, 0.9):
+        nucleus = R.top_p_keep(scaled, top_p)
+        low = torch.where(nucleus, scaled, float("inf")).amin(1, keepdim=True)
+        found = {}
+        for chunks in (1, 3):
+            th = bitmask.top_p_thresholds(logits, bm, 1.0 / temperature, top_p, 64, chunks)
+            kept = allowed & (scaled >= th[:, None])
+            assert (kept | ~nucleus).all(), (top_p, chunks)
+            extra = kept & ~nucleus
+            assert (scaled >= low - 1e-5)[extra].all(), (top_p, chunks)
+            found[chunks] = th
+        assert torch.allclose(found[1], found[3], atol=1e-4)
+
+
+@interp_only
 def test_interp_masked_sample_top_p_keeps_the_nucleus():
     from qpfast.kernels import bitmask
     vocab, rows = 200, 16

@@ -104,9 +104,17 @@ VARIANTS.update({
     "reduce_picks": ("bitmask", "_reduce_picks_kernel",
                      dict(OUT=L64, PART_VAL="*fp32", PART_IDX="*i32", PART_FIRST="*i32", vocab=I),
                      dict(NUM_CHUNKS=6, BLOCK_C=8), 1),
-    "top_p_threshold": ("bitmask", "_top_p_threshold_kernel",
-                        dict(LOGITS=P, BITMASK="*i32", THRESH="*fp32", vocab=I, stride_l=I, stride_m=I, inv_temp=F,
-                             top_p=F, search_width=F), None, 8),
+    # the top-p threshold search, rows cut into 5 chunks (16 candidates a round)
+    "top_p_stats": ("bitmask", "_top_p_stats_kernel",
+                    dict(LOGITS=P, BITMASK="*i32", PART_M="*fp32", PART_Z="*fp32", vocab=I, stride_l=I, stride_m=I,
+                         inv_temp=F, chunk_len=I), dict(NUM_CHUNKS=5, BLOCK_V=1024), 8),
+    "top_p_round": ("bitmask", "_top_p_round_kernel",
+                    dict(LOGITS=P, BITMASK="*i32", PART_M="*fp32", PART_Z="*fp32", PART_MASS="*fp32", LOHI="*fp32",
+                         vocab=I, stride_l=I, stride_m=I, inv_temp=F, top_p=F, search_width=F, chunk_len=I, rnd=I),
+                    dict(NUM_CHUNKS=5, BLOCK_C=8, CANDIDATES=16, BLOCK_V=1024), 8),
+    "top_p_final": ("bitmask", "_top_p_final_kernel",
+                    dict(PART_M="*fp32", PART_Z="*fp32", PART_MASS="*fp32", LOHI="*fp32", THRESH="*fp32", top_p=F,
+                         last=I), dict(NUM_CHUNKS=5, BLOCK_C=8, CANDIDATES=16), 1),
 })
 
 
@@ -121,8 +129,6 @@ def test_kernels_compile_for_sm90(variant):
     module, name, args, consts, warps = VARIANTS[variant]
     mod = importlib.import_module(f"qpfast.kernels.{module}")
     fn = getattr(mod, name)
-    if consts is None:                            # the module's own constants
-        consts = dict(CANDIDATES=mod.TOP_P_CANDIDATES, ROUNDS=mod.TOP_P_ROUNDS, BLOCK_V=1024)
     if isinstance(warps, tuple):                  # (rows, Hkv, group): the wrapper's own launch plan
         rows, hkv, group = warps
         cfg = dict(mod.prefix_plan(rows, hkv, group, 128, 512, 132)[0])

@@ -313,6 +313,27 @@ def test_cuda_bitmask_ops(vocab, dtype):
             assert torch.equal(out, R.masked_argmax(logits, bm))
 
 
+@pytest.mark.parametrize("rows", [1, 7, 200])
+def test_cuda_top_p_thresholds_bound_the_nucleus(rows):
+    # the chunked threshold search at Qwen's vocabulary (rows cut into chunks when few, one
+    # chunk a row when they fill the GPU): the exact nucleus is kept, nothing far below it
+    from qpfast.kernels import bitmask
+    vocab, temperature = 151_936, 0.8
+    g = torch.Generator().manual_seed(rows)
+    logits = (torch.randn(rows, vocab, generator=g) * 3).to(torch.bfloat16).cuda()
+    bm = make_bitmask(rows, vocab, seed=rows + 1, density=0.3).cuda()
+    allowed = R.bitmask_to_bool(bm, vocab)
+    scaled = logits.float().masked_fill(~allowed, float("-inf")) / temperature
+    for top_p in (0.5, 0.95):
+        chunks = bitmask.pick_num_chunks(rows, vocab, 1024, torch.cuda.get_device_properties(0).multi_processor_count)
+        th = bitmask.top_p_thresholds(logits, bm, 1.0 / temperature, top_p, 1024, chunks)
+        nucleus = R.top_p_keep(scaled, top_p)
+        kept = allowed & (scaled >= th[:, None])
+        assert (kept | ~nucleus).all(), top_p
+        low = torch.where(nucleus, scaled, float("inf")).amin(1, keepdim=True)
+        assert (scaled >= low - 1e-4)[kept & ~nucleus].all(), top_p
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("shape", [dict(hq=16, hkv=8, d=128, hidden=1024, n=64),
                                    dict(hq=8, hkv=1, d=64, hidden=100, n=3, qk_norm=False)])
