@@ -82,6 +82,9 @@ class DecodeGraphs:
         self._idx: Optional[torch.Tensor] = None
         self._host: Optional[torch.Tensor] = None
         self._mask: Optional[torch.Tensor] = None       # [slots, words] int32 on the device
+        # one memory pool for all graphs (as vLLM does): they replay one at a time and a step's
+        # output is consumed before the next replay, so their temporaries may overlap
+        self._pool = None
 
     def reset(self) -> None:
         """Drops every graph (the cache or rope table they point into is gone)."""
@@ -199,7 +202,9 @@ class DecodeGraphs:
             self._core(B, T, pick)
         torch.cuda.current_stream(self.runner.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(graph, pool=self._pool):
             out = self._core(B, T, pick)
         self.captured += 1
         return graph, out
