@@ -8,6 +8,8 @@ poisoned with NaN / a sentinel before every run.
 """
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -41,6 +43,28 @@ def _ref64(fn, *tensors, **kw):
 
 def _cuda(*ts):
     return tuple(t.cuda() for t in ts)
+
+
+def _decode_graph_replays(q, kc, vc, lens, args: dict, launch: dict = None, before=(None,) * 3):
+    """``decode_attention(q, kc, vc, lens, **args, **launch)`` captured once in a CUDA graph
+    (after a warm-up call that compiles and makes the merge counters) and replayed once per
+    entry of ``before`` (called first with new queries in place), each output against the
+    reference with ``args``."""
+    from qpfast.kernels import decode
+    out = torch.full_like(q, float("nan"))
+    kw = dict(args, out=out, **(launch or {}))
+    decode.decode_attention(q, kc, vc, lens, **kw)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        decode.decode_attention(q, kc, vc, lens, **kw)
+    for change in before:
+        q.normal_()
+        if change is not None:
+            change()
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert rel_err(out, _ref64(R.decode_attention, q, kc, vc, lens, **args)) < TOL[q.dtype], change
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
@@ -91,24 +115,12 @@ def test_cuda_decode_fused_merge(case, dtype):
 def test_cuda_decode_fused_merge_qp_shape_in_graph():
     """The QP decode shape (16:2, head dim 128, 600-key caches) with the fused merge,
     captured in a CUDA graph and replayed several times: same as the reference each time."""
-    from qpfast.kernels import decode
     g = torch.Generator().manual_seed(7)
     q = torch.randn(32, 16, 128, generator=g).to(torch.bfloat16).cuda()
     kc = torch.randn(32, 2, 600, 128, generator=g).to(torch.bfloat16).cuda()
     vc = torch.randn(32, 2, 600, 128, generator=g).to(torch.bfloat16).cuda()
     lens = torch.randint(1, 601, (32,), generator=g, dtype=torch.int32).cuda()
-    out = torch.full_like(q, float("nan"))
-    kw = dict(out=out, num_splits=4, fused_merge=True)
-    decode.decode_attention(q, kc, vc, lens, **kw)         # warm-up: compiles, makes the counters
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        decode.decode_attention(q, kc, vc, lens, **kw)
-    for _ in range(3):
-        q.normal_()
-        out.fill_(float("nan"))
-        graph.replay()
-        torch.cuda.synchronize()
-        assert rel_err(out, _ref64(R.decode_attention, q, kc, vc, lens)) < TOL[torch.bfloat16]
+    _decode_graph_replays(q, kc, vc, lens, {}, dict(num_splits=4, fused_merge=True))
 
 
 def _prefix(case, hkv, d, dtype, seed):
@@ -155,7 +167,6 @@ def test_cuda_cascade_decode_qp_shape_in_graph(hq, hkv, batch):
     """The engine's cascade decode step: a 512-key prefix buffer whose length lives on the
     device, ragged own caches of up to 160 keys, captured once in a CUDA graph and replayed
     with new queries and new prefix lengths (the graph stays valid)."""
-    from qpfast.kernels import decode
     g = torch.Generator().manual_seed(hq * 1000 + hkv * 10 + batch)
     dt = torch.bfloat16
     q = torch.randn(batch, hq, 128, generator=g).to(dt).cuda()
@@ -165,20 +176,8 @@ def test_cuda_cascade_decode_qp_shape_in_graph(hq, hkv, batch):
     pk = torch.randn(hkv, 512, 128, generator=g).to(dt).cuda()
     pv = torch.randn(hkv, 512, 128, generator=g).to(dt).cuda()
     plen = torch.tensor([400], dtype=torch.int32).cuda()
-    out = torch.full_like(q, float("nan"))
-    kw = dict(prefix_k=pk, prefix_v=pv, prefix_len=plen, out=out)
-    decode.decode_attention(q, kc, vc, lens, **kw)          # warm-up: compiles, makes the counters
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        decode.decode_attention(q, kc, vc, lens, **kw)
-    for n in (400, 137, 512, 0, 1):
-        q.normal_()
-        plen.fill_(n)
-        out.fill_(float("nan"))
-        graph.replay()
-        torch.cuda.synchronize()
-        ref = _ref64(R.decode_attention, q, kc, vc, lens, prefix_k=pk, prefix_v=pv, prefix_len=plen)
-        assert rel_err(out, ref) < TOL[dt], n
+    _decode_graph_replays(q, kc, vc, lens, dict(prefix_k=pk, prefix_v=pv, prefix_len=plen),
+                          before=[functools.partial(plen.fill_, n) for n in (400, 137, 512, 0, 1)])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
@@ -203,7 +202,6 @@ def test_cuda_multi_token_decode_qp_shape_in_graph(hq, hkv, batch, t):
     """The engine's multi-token graph step at QP shapes: t new tokens per sequence on ragged
     own caches after a 389-key shared prefix (length on the device), bf16, captured once and
     replayed with new queries."""
-    from qpfast.kernels import decode
     g = torch.Generator().manual_seed(hq * 1000 + batch * 10 + t)
     dt = torch.bfloat16
     q = torch.randn(batch * t, hq, 128, generator=g).to(dt).cuda()
@@ -213,20 +211,7 @@ def test_cuda_multi_token_decode_qp_shape_in_graph(hq, hkv, batch, t):
     pk = torch.randn(hkv, 512, 128, generator=g).to(dt).cuda()
     pv = torch.randn(hkv, 512, 128, generator=g).to(dt).cuda()
     plen = torch.tensor([389], dtype=torch.int32).cuda()
-    out = torch.full_like(q, float("nan"))
-    kw = dict(prefix_k=pk, prefix_v=pv, prefix_len=plen, out=out, queries_per_seq=t)
-    decode.decode_attention(q, kc, vc, lens, **kw)          # warm-up: compiles, makes the counters
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        decode.decode_attention(q, kc, vc, lens, **kw)
-    for _ in range(3):
-        q.normal_()
-        out.fill_(float("nan"))
-        graph.replay()
-        torch.cuda.synchronize()
-        ref = _ref64(R.decode_attention, q, kc, vc, lens, prefix_k=pk, prefix_v=pv, prefix_len=plen,
-                     queries_per_seq=t)
-        assert rel_err(out, ref) < TOL[dt]
+    _decode_graph_replays(q, kc, vc, lens, dict(prefix_k=pk, prefix_v=pv, prefix_len=plen, queries_per_seq=t))
 
 
 @pytest.mark.parametrize("block_n,num_stages,num_warps", [(32, 4, 4), (64, 3, 4), (64, 4, 4), (128, 2, 4), (128, 3, 8), (128, 1, 8)])
