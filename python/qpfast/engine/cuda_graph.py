@@ -39,7 +39,7 @@ forward on CPU.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -66,8 +66,9 @@ TILE_ROWS = 64
 
 
 class DecodeGraphs:
-    """Replays the one-token decode step of a `NativeRunner` ("kernels" or "cascade"
-    attention; captured graphs need the kernels, i.e. a CUDA device)."""
+    """Replays the decode step of a `NativeRunner` ("kernels" or "cascade" attention;
+    captured graphs need the kernels, i.e. a CUDA device): one graph per (batch bucket,
+    tokens per row, whether it picks)."""
 
     def __init__(self, runner: "NativeRunner", capture: bool = True):
         if capture and runner.device.type != "cuda":
@@ -77,7 +78,7 @@ class DecodeGraphs:
         self.captured = 0                     # graphs captured so far (stats)
         self.max_step_tokens = MAX_STEP_TOKENS
         self._key: Optional[tuple] = None
-        self._graphs: dict[tuple[int, int], tuple[Optional[torch.cuda.CUDAGraph], Optional[torch.Tensor]]] = {}
+        self._graphs: dict[tuple[int, int, bool], tuple[Optional[torch.cuda.CUDAGraph], Any]] = {}
         self._slot_idx: dict[tuple[int, int], torch.Tensor] = {}
         self._idx: Optional[torch.Tensor] = None
         self._host: Optional[torch.Tensor] = None
