@@ -283,7 +283,8 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=N
 
     ``queries_per_seq = T > 1`` (q ``[B * T, Hq, D]``): one program still reads each
     (sequence, KV head, split) once, for the ``T x G`` query rows of its new tokens and
-    heads together (causal among the new tokens); at most ``MAX_TILE_ROWS`` of them.
+    heads together (causal among the new tokens); at most ``MAX_TILE_ROWS`` of them (one
+    token per sequence takes any group size, as before).
     """
     scale = check_decode_args(q, k_cache, v_cache, seq_lens, sm_scale, queries_per_seq)
     rows, hq, d = q.shape
@@ -293,7 +294,7 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=N
     if d > 256:
         raise ValueError(f"the Triton decode kernel supports head dims up to 256, got {d}")
     group = hq // hkv
-    if group * qps > MAX_TILE_ROWS:
+    if qps > 1 and group * qps > MAX_TILE_ROWS:
         raise ValueError(f"queries_per_seq={qps}: the Triton decode kernel takes at most {MAX_TILE_ROWS} query "
                          f"rows per KV head ({group} query heads x queries_per_seq); use prefill_attention")
     if out is None:

@@ -258,6 +258,18 @@ def test_sampling_is_reproducible_with_a_seed_and_always_valid():
     _check_strict(qs, greedy)
 
 
+def test_split_rows_bounds_the_sparse_ids_buffer():
+    import numpy as np
+    from qpfast.engine.sampler import SPARSE_MAX, split_rows
+    mask = np.zeros((3, 200), dtype=np.int32)
+    mask[0, :160] = -1                        # 5,120 allowed: dense whatever the threshold
+    mask[1, 3] = 0b1011                       # 3 allowed: sparse
+    sparse, ids, counts, dense = split_rows(mask, 10**6)
+    assert sparse.tolist() == [1] and counts.tolist() == [3] and dense.tolist() == [0, 2]
+    assert ids.tolist() == [[96, 97, 99]] and SPARSE_MAX < 5120
+    assert split_rows(mask, 0)[3].tolist() == [0, 1, 2]
+
+
 def test_sampling_with_graph_steps_picks_on_the_host_and_stays_valid():
     # the graph step picks only greedily; sampled rows (multi-token graph steps, host picks)
     # are reproducible with a seed and strictly valid

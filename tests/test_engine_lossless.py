@@ -274,6 +274,21 @@ def test_multi_token_graph_step_matches_the_forward_and_writes_only_past_real_ro
             r.decode_step([[1, 2], [2], [3]], [19, 3, 3])     # a real token past the row's 20
 
 
+def test_decode_step_takes_numpy_token_ids():
+    import numpy as np
+    for graphs in (False, True):
+        eng = Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", cuda_graphs=graphs)
+        r = eng.runner
+        r.use_prefix(r.compute_prefix([1, 2, 3]))
+        r.reserve(2, 8)
+        r.forward(0, [[4, 5], [6, 7]], [0, 0])
+        before = [k.clone() for k in r.cache.k]
+        plain = r.decode_step([9, 10], [2, 2])
+        for k, b in zip(r.cache.k, before):
+            k.copy_(b)
+        torch.testing.assert_close(r.decode_step(np.array([9, 10]), np.array([2, 2])), plain)
+
+
 def test_cuda_graphs_argument_errors():
     with pytest.raises(ValueError, match="cuda_graphs"):
         Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", cuda_graphs="yes")

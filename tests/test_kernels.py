@@ -964,6 +964,19 @@ def test_interp_decode_fused_merge_counter_limit(monkeypatch):
 
 
 @interp_only
+def test_interp_decode_wide_group_one_token():
+    # one token per sequence takes any number of query heads per KV head (the tile limit is
+    # for several tokens); 80 heads on one KV head, unsplit and split
+    from qpfast.kernels import decode
+    g = torch.Generator().manual_seed(23)
+    q, kc = torch.randn(2, 80, 16, generator=g), torch.randn(2, 1, 20, 16, generator=g)
+    vc, lens = torch.randn(2, 1, 20, 16, generator=g), torch.tensor([20, 3], dtype=torch.int32)
+    for splits in (1, 2):
+        out = decode.decode_attention(q, kc, vc, lens, num_splits=splits, block_n=16)
+        assert rel_err(out, R.decode_attention(q, kc, vc, lens)) < 1e-5, splits
+
+
+@interp_only
 def test_interp_decode_cache_views_and_dispatch():
     # caches as views of a bigger preallocated cache (batch and length sliced), the public
     # entry point with its own split heuristic

@@ -16,7 +16,9 @@ the extra query rows stay cheap next to reading the weights (`MAX_STEP_TOKENS`).
 Everything the step reads lives in static buffers: one `[5, slots * max(TOKEN_BUCKETS)]`
 int64 tensor of token ids, KV write positions and rotary positions (one per query
 position), the keys each row attends and the index of each row's last real token (one per
-row), copied from a host buffer in one transfer per step. In the "kernels" cache layout
+row), copied from a pinned host buffer in one asynchronous transfer per step (the next step
+waits for it before rewriting the host buffer: a step that picks nothing synchronizes
+nothing). In the "kernels" cache layout
 every slot starts with its copy of the shared prefix (rotary position = write position,
 the prefix counted in the length); in the "cascade" layout slots hold own tokens only and
 the step also attends to the cache's shared prefix buffers, whose length lives on the
@@ -83,6 +85,7 @@ class DecodeGraphs:
         self._idx: Optional[torch.Tensor] = None
         self._host: Optional[torch.Tensor] = None
         self._mask: Optional[torch.Tensor] = None       # [slots, words] int32 on the device
+        self._copied: Optional[torch.cuda.Event] = None  # the last step's host-to-device copies
         # one memory pool for all graphs (as vLLM does): they replay one at a time and a step's
         # output is consumed before the next replay, so their temporaries may overlap
         self._pool = None
@@ -151,6 +154,9 @@ class DecodeGraphs:
         T = next(t for t in TOKEN_BUCKETS if t >= int(lens.max()))
         plen = r.prefix_len
         last = r.cache.capacity - 1
+        if self._copied is not None:           # the last step's copy may not have read the host buffer yet
+            self._copied.synchronize()
+            self._copied = None
         host = self._host.numpy()
         own = np.asarray(starts, dtype=np.int64)
         pos = own + plen if r.attention == "kernels" else own          # where the first new K/V goes
@@ -181,6 +187,9 @@ class DecodeGraphs:
                     del self._graphs[k]        # the graphs that pick read the old buffer
                 self._mask = torch.zeros((r.cache.slots, mask.shape[1]), dtype=torch.int32, device=r.device)
             self._mask[:b].copy_(mask, non_blocking=True)
+        if r.device.type == "cuda":
+            self._copied = torch.cuda.Event()
+            self._copied.record()
         key = (B, T, pick)
         graph, out = self._graphs.get(key, (None, None))
         if out is None:

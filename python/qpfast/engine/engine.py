@@ -165,7 +165,7 @@ class Engine:
     Options (also attributes; changing them between calls is allowed):
     batch_size (64 on CPU, 128 on GPUs), max_new_tokens (`default_max_new_tokens(schema)`),
     jump_forward (True), sparse_logits (64: the largest allowed set that gets gathered-row
-    logits; 0 or False disables), reuse_prefix (True), overlap_masks (False: fill the masks
+    logits, at most 4096; 0 or False disables), reuse_prefix (True), overlap_masks (False: fill the masks
     in a worker thread during the forward pass instead of before it; cheaper fills, but
     single-choice steps then cost a forward pass each), attention ("auto": "kernels" on
     CUDA, "cascade" elsewhere; "kernels": every cache slot holds a copy of the shared prompt

@@ -30,6 +30,7 @@ import copy
 import inspect
 from typing import Any, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -202,7 +203,7 @@ class NativeRunner:
         new token [b, hidden]. Through the CUDA graphs when they are enabled, else a plain
         `forward`. With `mask` (int32 [b, words] on the CPU) also each row's greedy pick
         under it: `(states, picks)` (see `DecodeGraphs.step`)."""
-        lists = [[t] if isinstance(t, int) else list(t) for t in tokens]
+        lists = [[int(t)] if isinstance(t, (int, np.integer)) else [int(x) for x in t] for t in tokens]
         if self.graphs is not None:
             return self.graphs.step(lists, starts, mask)
         states = self.forward(0, lists, starts)

@@ -19,14 +19,20 @@ from .. import kernels
 from ..matcher import mask_rows
 
 
+#: the largest allowed set scored sparsely whatever `threshold` asks (the ids buffer is
+#: [rows, threshold]; gathering more lm_head rows than this never beats the full product)
+SPARSE_MAX = 4096
+
+
 def split_rows(mask: np.ndarray, threshold: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Classifies the rows of `mask` ([n, W] int32).
 
     Returns (sparse_rows, sparse_ids [len(sparse_rows), K] int64 padded with -1,
-    sparse_counts, dense_rows): a row allowing 1..threshold tokens is sparse, any other
-    (more, or none) dense. With threshold <= 0 every row is dense.
+    sparse_counts, dense_rows): a row allowing 1..threshold tokens (at most `SPARSE_MAX`)
+    is sparse, any other (more, or none) dense. With threshold <= 0 every row is dense.
     """
     n = mask.shape[0]
+    threshold = min(int(threshold), SPARSE_MAX)
     if threshold <= 0 or n == 0:
         return (np.empty(0, np.int64), np.empty((0, 0), np.int64), np.empty(0, np.int64),
                 np.arange(n, dtype=np.int64))
