@@ -131,20 +131,19 @@ class DecodeGraphs:
                 best = t
         return best
 
-    def step(self, tokens: Sequence, starts: Sequence[int], mask: Optional[torch.Tensor] = None):
-        """Appends `tokens[i]` (a token id, or a list of at most `max_tokens(b)` of them)
-        to the row in slot i (which holds `starts[i]` own tokens); returns the final hidden
-        state of each row's last new token `[b, hidden]` (a view of the graph's output,
-        valid until the next step). With `mask` (int32 `[b, words]` on the CPU, pinned for
+    def step(self, token_lists: Sequence[Sequence[int]], starts: Sequence[int], mask: Optional[torch.Tensor] = None):
+        """Appends `token_lists[i]` (1 to `max_tokens(b)` token ids; `NativeRunner.decode_step`
+        turns single ids into lists) to the row in slot i (which holds `starts[i]` own
+        tokens); returns the final hidden state of each row's last new token `[b, hidden]`
+        (a view of the graph's output, valid until the next step). With `mask` (int32 `[b, words]` on the CPU, pinned for
         an asynchronous copy) the step also picks each row's greedy next token under its
         mask row and returns `(states, picks)`, picks int64 `[b]` on the device (-1 where a
         row allows nothing)."""
         r = self.runner
-        b = len(tokens)
+        b = len(token_lists)
         if b == 0 or b > r.cache.slots:
             raise ValueError(f"decode step: {b} rows for a cache of {r.cache.slots} slots")
-        lists = [[t] if isinstance(t, (int, np.integer)) else list(t) for t in tokens]
-        lens = np.fromiter((len(t) for t in lists), dtype=np.int64, count=b)
+        lens = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=b)
         most = self.max_tokens(b)
         if int(lens.min()) < 1 or int(lens.max()) > most:
             raise ValueError(f"decode step: each row appends 1 to {most} tokens here, got {int(lens.min())} "
@@ -165,7 +164,7 @@ class DecodeGraphs:
                              f"({r.cache.capacity - SCRATCH} positions a row)")
         j = np.arange(T)
         flat = np.zeros((b, T), dtype=np.int64)
-        for i, t in enumerate(lists):
+        for i, t in enumerate(token_lists):
             flat[i, :len(t)] = t
         n = B * T
         host[0, :b * T] = flat.reshape(-1)                               # padding tokens: id 0

@@ -500,7 +500,6 @@ class HFRunner:
         return logits[0, -1], new_cache
 
     @torch.no_grad()
-    @torch.no_grad()
     def compute_prefix(self, ids: Sequence[int]) -> PrefixKV:
         ids = tuple(int(i) for i in ids)
         if not ids:
