@@ -241,13 +241,13 @@ def _top_p_final_kernel(PART_M, PART_Z, PART_MASS, LOHI, THRESH, top_p, last,
     tl.store(THRESH + row, lo)
 
 
-def top_p_thresholds(logits, bitmask, inv_temp: float, top_p: float, block_v: int, num_chunks: int):
+def top_p_thresholds(logits, bitmask, inv_temp: float, top_p: float, block_v: int, num_chunks=None):
     """Per row, the scaled-logit threshold of the top-p nucleus (see :func:`masked_sample`):
     one max/sum pass and ``TOP_P_ROUNDS`` search rounds, each over ``num_chunks`` chunks of
-    the row at once (a program per chunk: a few rows still fill the GPU), then a final
-    narrowing; float32 ``[rows]``."""
+    the row at once (a program per chunk: a few rows still fill the GPU; cut as the picks
+    cut it), then a final narrowing; float32 ``[rows]``."""
     rows, vocab = logits.shape
-    chunk_len, num_chunks = cut(vocab, num_chunks, block_v)
+    chunk_len, num_chunks = _chunking(rows, vocab, block_v, num_chunks, logits.device)
     dev = logits.device
     f32 = dict(dtype=torch.float32, device=dev)
     part_m, part_z = torch.empty(rows * num_chunks, **f32), torch.empty(rows * num_chunks, **f32)
@@ -279,13 +279,19 @@ def pick_num_chunks(rows: int, vocab: int, block_v: int, num_sms: int) -> int:
     return fill_count(rows, num_sms, min(cdiv(vocab, block_v), MAX_CHUNKS))
 
 
+def _chunking(rows: int, vocab: int, block_v: int, num_chunks, device) -> tuple[int, int]:
+    """``(chunk_len, num_chunks)`` of a pass over ``rows`` rows: ``num_chunks`` (default
+    :func:`pick_num_chunks`) bounded to ``MAX_CHUNKS`` and to one ``block_v`` block a chunk."""
+    if num_chunks is None:
+        num_chunks = pick_num_chunks(rows, vocab, block_v, _num_sms(device))
+    num_chunks = max(1, min(int(num_chunks), MAX_CHUNKS, max(1, cdiv(vocab, block_v))))
+    return cut(vocab, num_chunks, block_v)
+
+
 def _pick(logits, bitmask, out, *, sample, seed=None, thresh=None, inv_temp=1.0, block_v, num_chunks):
     rows, vocab = logits.shape
     lg, bm = _unit_stride(logits), _unit_stride(bitmask)
-    if num_chunks is None:
-        num_chunks = pick_num_chunks(rows, vocab, block_v, _num_sms(logits.device))
-    num_chunks = max(1, min(int(num_chunks), MAX_CHUNKS, max(1, cdiv(vocab, block_v))))
-    chunk_len, num_chunks = cut(vocab, num_chunks, block_v)
+    chunk_len, num_chunks = _chunking(rows, vocab, block_v, num_chunks, logits.device)
     if num_chunks > 1:
         part_val = torch.empty(rows * num_chunks, dtype=torch.float32, device=lg.device)
         part_idx = torch.empty(rows * num_chunks, dtype=torch.int32, device=lg.device)
@@ -372,9 +378,7 @@ def masked_sample(logits, bitmask, temperature=1.0, top_p=1.0, generator=None, *
     thresh = None
     if top_p < 1.0:
         lg, bm = _unit_stride(logits), _unit_stride(bitmask)
-        chunks = num_chunks if num_chunks is not None else pick_num_chunks(rows, vocab, block_v, _num_sms(dev))
-        thresh = top_p_thresholds(lg, bm, 1.0 / temperature, top_p, block_v,
-                                  max(1, min(int(chunks), MAX_CHUNKS)))
+        thresh = top_p_thresholds(lg, bm, 1.0 / temperature, top_p, block_v, num_chunks)
     return _pick(logits, bitmask, out, sample=True, seed=seed, thresh=thresh, inv_temp=1.0 / temperature,
                  block_v=block_v, num_chunks=num_chunks)
 
