@@ -657,6 +657,13 @@ def engine_benchmark(batch: int = 64, repeats: int = 3, profile_path: str | None
             else:
                 eng.runner.graphs = None
                 eng.runner.cache = None
+            if name == "graphs":
+                # what a server pays once at start: every graph shape up to the default batch
+                try:
+                    out["warmup"] = eng.warmup()
+                except Exception as exc:
+                    traceback.print_exc()
+                    out["warmup"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
             out["configs"][name], ids[name] = _time_engine(eng, queries, repeats, weight_bytes, hbm)
         eng.graph_picks = True
         out["same_tokens_graphs_vs_eager"] = ids["graphs"] == ids["eager"]
@@ -697,6 +704,10 @@ def engine_benchmark(batch: int = 64, repeats: int = 3, profile_path: str | None
               f"  forward {st.get('time_forward', 0):.3f} s  masks {st.get('time_masks', 0):.3f} s"
               f"  logits {st.get('time_logits', 0):.3f} s  floor {cfg.get('weights_floor_s', 0):.3f} s"
               f"  errors {cfg['errors']}")
+    w = out.get("warmup") or {}
+    if "seconds" in w:
+        print(f"  warmup: {w['seconds']:.2f} s, {w['graphs']} graphs, cache {w['cache_slots']} slots x "
+              f"{w['cache_positions']} positions ({w['cache_bytes'] / 2**30:.2f} GiB)")
     print(f"  same tokens graphs vs eager: {out['same_tokens_graphs_vs_eager']}")
     print(f"  rows with the same tokens, graphs vs one token a step: {out['same_rows_graphs_vs_1tok']} / {batch}")
     if "cascade_same_rows_vs_graphs" in out:

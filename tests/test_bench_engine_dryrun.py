@@ -54,6 +54,7 @@ def test_engine_benchmark_dry_run(monkeypatch, capsys):
     for name, cfg in configs.items():
         assert "error" not in cfg and cfg["errors"] == 0, (name, cfg)
     assert configs["graphs"]["stats"]["graph_pick_steps"] > 0
+    assert out["warmup"]["graphs"] > 0 and out["warmup"]["cache_bytes"] > 0, out["warmup"]
     assert configs["graphs_host_picks"]["stats"]["graph_pick_steps"] == 0
     assert configs["graphs_1tok"]["forward_passes"] > configs["graphs"]["forward_passes"]
     # fp32 on the CPU: every configuration gives the same tokens

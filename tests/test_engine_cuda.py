@@ -73,6 +73,23 @@ def test_cuda_cascade_layout_same_tokens_fp32():
     assert casc.runner.cache.shared_capacity == casc.runner.prefix_len
 
 
+@pytest.mark.parametrize("attention", ["kernels", "cascade"])
+def test_cuda_warmup_captures_every_graph_before_serving(attention):
+    """After `warmup`, serving at the same settings captures nothing and gives the tokens
+    of an engine that never warmed up (the padding-row captures leave every slot alone)."""
+    cold = _engine("float32", attention=attention)
+    cold.generate(QUERIES16, max_new_tokens=96, batch_size=16)
+    warm = _engine("float32", attention=attention)
+    g = warm.runner.graphs
+    info = warm.warmup(batch_size=16, max_new_tokens=96, sampling=True)
+    assert info["graphs"] == g.captured == len(g.shapes(16, [False, True]))
+    captured = g.captured
+    warm.generate(QUERIES16, max_new_tokens=96, batch_size=16)
+    assert warm.last_token_ids == cold.last_token_ids
+    warm.generate(QUERIES16, max_new_tokens=96, batch_size=5, temperature=0.7, seed=1)
+    assert g.captured == captured
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_cuda_cascade_half_precision_outputs_parse_strictly(dtype):
     eng = _engine(dtype, attention="cascade")

@@ -152,7 +152,6 @@ class DecodeGraphs:
         B = self.bucket(b)
         T = next(t for t in TOKEN_BUCKETS if t >= int(lens.max()))
         plen = r.prefix_len
-        last = r.cache.capacity - 1
         if self._copied is not None:           # the last step's copy may not have read the host buffer yet
             self._copied.synchronize()
             self._copied = None
@@ -170,22 +169,15 @@ class DecodeGraphs:
         host[0, :b * T] = flat.reshape(-1)                               # padding tokens: id 0
         host[1, :b * T] = (pos[:, None] + j).reshape(-1)                 # KV write positions
         host[2, :b * T] = (own[:, None] + plen + j).reshape(-1)          # rotary positions
-        host[0, b * T:n] = 0
-        host[1:3, b * T:n] = last
         host[3, :b] = pos + T                                            # keys each row attends
-        host[3, b:B] = T
         host[4, :b] = np.arange(b) * T + lens - 1                        # each row's last real token
-        host[4, b:B] = np.arange(b, B) * T
+        self._pad_rows(host, b, B, T)
         self._idx[:, :n].copy_(self._host[:, :n], non_blocking=True)
         pick = mask is not None
         if pick:
             if mask.dtype != torch.int32 or mask.dim() != 2 or mask.shape[0] != b:
                 raise ValueError(f"decode step: mask must be int32 [{b}, words], got {mask.dtype} {tuple(mask.shape)}")
-            if self._mask is None or self._mask.shape[1] != mask.shape[1]:
-                for k in [k for k in self._graphs if k[2]]:
-                    del self._graphs[k]        # the graphs that pick read the old buffer
-                self._mask = torch.zeros((r.cache.slots, mask.shape[1]), dtype=torch.int32, device=r.device)
-            self._mask[:b].copy_(mask, non_blocking=True)
+            self._mask_buffer(mask.shape[1])[:b].copy_(mask, non_blocking=True)
         if r.device.type == "cuda":
             self._copied = torch.cuda.Event()
             self._copied.record()
@@ -199,6 +191,58 @@ class DecodeGraphs:
         else:
             graph.replay()
         return (out[0][:b], out[1][:b]) if pick else out[:b]
+
+    def _pad_rows(self, host: np.ndarray, b: int, B: int, T: int) -> None:
+        """Rows `b..B-1` of the host buffer as padding rows: token 0 at every position,
+        K/V written at the last cache position, attending to their slot's first `T` keys."""
+        last = self.runner.cache.capacity - 1
+        host[0, b * T:B * T] = 0
+        host[1:3, b * T:B * T] = last
+        host[3, b:B] = T
+        host[4, b:B] = np.arange(b, B) * T
+
+    def _mask_buffer(self, words: int) -> torch.Tensor:
+        """The device copy of the rows' bitmasks the picking graphs read, `[slots, words]`."""
+        if self._mask is None or self._mask.shape[1] != words:
+            for k in [k for k in self._graphs if k[2]]:
+                del self._graphs[k]            # the graphs that pick read the old buffer
+            r = self.runner
+            self._mask = torch.zeros((r.cache.slots, words), dtype=torch.int32, device=r.device)
+        return self._mask
+
+    def shapes(self, max_batch: int, picks: Sequence[bool] = (False,)) -> list[tuple[int, int, bool]]:
+        """Every graph key `(B, T, pick)` a step of 1 to `max_batch` rows can use."""
+        slots = self.runner.cache.slots
+        top = self.bucket(min(max_batch, slots))
+        sizes = sorted({s for s in BUCKETS if s <= top} | {top})
+        return [(B, T, pick) for B in sizes for T in TOKEN_BUCKETS if T <= self.max_tokens(B) for pick in picks]
+
+    def warmup(self, max_batch: int, picks: Sequence[bool] = (False,), mask_words: Optional[int] = None) -> int:
+        """Records the step of every shape in `shapes(max_batch, picks)` that has no graph
+        yet (captures it on CUDA: the Triton kernels compile and cuBLAS sets up here, not
+        during the first steps that need them; without capture the step runs once
+        eagerly). Every row is a padding row, so no cached key or value changes. Picking
+        shapes need `mask_words` (the bitmask width). Returns how many shapes were new."""
+        if True in picks and mask_words is None:
+            raise ValueError("mask_words: needed to record the steps that pick")
+        self._prepare()
+        if self._copied is not None:
+            self._copied.synchronize()
+            self._copied = None
+        new = 0
+        for B, T, pick in self.shapes(max_batch, picks):
+            if pick:
+                self._mask_buffer(mask_words)
+            if (B, T, pick) in self._graphs:
+                continue
+            self._pad_rows(self._host.numpy(), 0, B, T)
+            self._idx[:, :B * T].copy_(self._host[:, :B * T])
+            graph, out = self._record(B, T, pick)
+            if graph is None:
+                self._core(B, T, pick)
+            self._graphs[(B, T, pick)] = (graph, out)
+            new += 1
+        return new
 
     def _record(self, B: int, T: int, pick: bool):
         if not self.capture:

@@ -302,6 +302,52 @@ class Engine:
     def clear_prefix_cache(self) -> None:
         self._prefixes.clear()
 
+    def warmup(self, *, batch_size: Optional[int] = None, max_new_tokens: Optional[int] = None,
+               rules: Any = None, context: Any = None, sampling: bool = False,
+               query: str = "兰蔻小黑瓶适合什么肤质") -> dict[str, Any]:
+        """Pays the one-time costs of serving before the first request: the shared prompt
+        prefix's KV (for `rules`/`context`), a KV cache of `batch_size` slots big enough for
+        any query of the schema with `max_new_tokens` (defaults: the engine's), every CUDA
+        graph a step of 1 to `batch_size` rows can replay (greedy; `sampling=True` adds the
+        steps that leave the pick to the host), and one `generate([query])` for the eager
+        paths (prefill, the picks, the matcher; a sampled one too with `sampling=True`).
+        Later `generate` calls with the same or smaller settings then allocate no cache and
+        capture no graph; a larger batch, budget or prompt prefix grows the cache, and the
+        graphs are recorded again as steps need them.
+
+        Returns what it did: `{"seconds", "graphs" (new graph shapes recorded),
+        "cache_slots", "cache_positions", "cache_bytes"}`.
+        """
+        if not isinstance(query, str) or not normalize(query, self.schema):
+            raise ValueError(f"query: expected a non-empty query string, got {query!r}")
+        budget = _check_positive_int("max_new_tokens", max_new_tokens)
+        bs = _check_positive_int("batch_size", batch_size)
+        template = prompt_template(self.tokenizer, self.schema, rules, context)   # checks rules/context
+        budget = budget or self.max_new_tokens or default_max_new_tokens(self.schema)
+        bs = bs or self.batch_size or self._default_batch_size()
+        t0 = time.perf_counter()
+        graphs = 0
+        with self._lock, torch.inference_mode():
+            stats = self._new_stats()
+            self.runner.use_prefix(self._prefix_for(template, stats) if self.reuse_prefix else None)
+            # the longest suffix: every query character as up to 4 byte tokens (+1: a leading
+            # word-boundary token), then the template's tail
+            own = (len(template.tail_ids) + 4 * self.schema.max_query_chars + 1
+                   + (0 if self.reuse_prefix else len(template.prefix_ids)))
+            self.runner.reserve(bs, own + budget + 1)
+            g = getattr(self.runner, "graphs", None)
+            if g is not None:
+                picks = {self.graph_picks and not self.overlap_masks} | ({False} if sampling else set())
+                graphs = g.warmup(bs, sorted(picks), mask_words=self.vocab.words)
+        for temperature in (0.0, 1.0) if sampling else (0.0,):
+            self.generate([query], max_new_tokens=budget, batch_size=bs, rules=rules, context=context,
+                          temperature=temperature, seed=0)
+        cache = getattr(self.runner, "cache", None)
+        return {"seconds": time.perf_counter() - t0, "graphs": graphs,
+                "cache_slots": cache.slots if cache is not None else 0,
+                "cache_positions": cache.capacity if cache is not None else 0,
+                "cache_bytes": cache.nbytes() if cache is not None else 0}
+
     def _default_batch_size(self) -> int:
         return 128 if self.device.type == "cuda" else 64
 
