@@ -51,6 +51,7 @@ from ..schema import Schema, model_schema
 from ..vocab import Vocab
 from .model_runner import HFRunner, NativeRunner, lm_head_rows, native_support
 from .sampler import pick_dense, pick_sparse, split_rows
+from .screen import LogitScreen, cpu_has_bf16_dot
 from .sequence import Sequence
 
 __all__ = ["Engine", "default_max_new_tokens", "resolve_device", "resolve_dtype"]
@@ -178,7 +179,10 @@ class Engine:
     runs the same bucketed step without capture, for tests), graph_picks (True: with graphs,
     greedy decoding and masks filled before the forward pass, the graph also computes the
     full logits and each row's masked argmax, so a step costs one copy back instead of
-    the sparse/dense pick's launches and synchronizations).
+    the sparse/dense pick's launches and synchronizations), screen_logits ("auto": on CPU with
+    fp32 weights and a CPU with native bf16 dot products, greedy picks over large allowed
+    sets compute the logits from a bf16 copy of the lm_head and recheck in fp32 only the ids
+    within a rigorous error bound of the best: `qpfast.engine.screen`; True/False force it).
 
     After each `generate`, `last_stats` holds counters and timings and `last_token_ids` the
     output token ids of each query (None for a query that got an error result).
@@ -188,7 +192,7 @@ class Engine:
                  dtype: Any = "auto", *, batch_size: Optional[int] = None, max_new_tokens: Optional[int] = None,
                  jump_forward: bool = True, sparse_logits: int | bool = 64, reuse_prefix: bool = True,
                  overlap_masks: bool = False, attention: str = "auto", runner: str = "auto",
-                 cuda_graphs: bool | str = "auto", graph_picks: bool = True):
+                 cuda_graphs: bool | str = "auto", graph_picks: bool = True, screen_logits: bool | str = "auto"):
         if schema is None:
             schema = model_schema(model)
         if not isinstance(schema, Schema):
@@ -199,6 +203,8 @@ class Engine:
             raise ValueError(f"attention: expected 'auto', 'cascade' or 'kernels', got {attention!r}")
         if cuda_graphs not in ("auto", True, False):
             raise ValueError(f"cuda_graphs: expected 'auto', True or False, got {cuda_graphs!r}")
+        if screen_logits not in ("auto", True, False):
+            raise ValueError(f"screen_logits: expected 'auto', True or False, got {screen_logits!r}")
         self.schema = schema
         self.batch_size = _check_positive_int("batch_size", batch_size)
         self.max_new_tokens = _check_positive_int("max_new_tokens", max_new_tokens)
@@ -207,6 +213,8 @@ class Engine:
         self.reuse_prefix = bool(reuse_prefix)
         self.overlap_masks = bool(overlap_masks)
         self.graph_picks = bool(graph_picks)
+        self.screen_logits = screen_logits
+        self._screen: Optional[LogitScreen] = None
 
         self.model, self.tokenizer, self.device = self._load(model, tokenizer, device, dtype)
         self.model_name = model if isinstance(model, (str, os.PathLike)) else type(model).__name__
@@ -388,7 +396,7 @@ class Engine:
         return dict(queries=0, errors=0, forward_passes=0, prefix_forward_passes=0, prefill_forward_passes=0,
                     decode_forward_passes=0, row_forward_passes=0, output_tokens=0, picked_tokens=0,
                     jump_forward_tokens=0, single_choice_steps=0, sparse_logit_steps=0, dense_logit_steps=0,
-                    graph_pick_steps=0,
+                    screened_logit_steps=0, graph_pick_steps=0,
                     time_total=0.0, time_setup=0.0, time_prefix=0.0, time_forward=0.0, time_logits=0.0,
                     time_masks=0.0, time_finish=0.0)
 
@@ -521,8 +529,14 @@ class Engine:
                 stats["sparse_logit_steps"] += int(rows.size)
         if dense_rows.size:
             rows_t = torch.from_numpy(dense_rows).to(dev)
-            lg = self.runner.full_logits(states[rows_t])
             stats["dense_logit_steps"] += int(dense_rows.size)
+            screen = self._logit_screen() if temperature == 0.0 else None
+            got = screen.argmax(states[rows_t], mask[dense_rows]) if screen is not None else None
+            if got is not None:
+                out[dense_rows] = got
+                stats["screened_logit_steps"] += int(dense_rows.size)
+                return out
+            lg = self.runner.full_logits(states[rows_t])
             todo = np.arange(dense_rows.size)
             if temperature == 0.0:
                 # Greedy over a large allowed set: the unmasked argmax (lowest index among
@@ -539,6 +553,20 @@ class Engine:
                 picked = pick_dense(lg if sel is None else lg[sel], bm, temperature, top_p, gen)
                 out[dense_rows[todo]] = picked.cpu().numpy()
         return out
+
+    def _logit_screen(self) -> Optional[LogitScreen]:
+        """The bf16 screen of the lm_head for greedy dense picks, when it applies: the
+        native runner on CPU with fp32 weights, `screen_logits` True, or "auto" on a CPU with
+        native bf16 dot products."""
+        mode = self.screen_logits
+        if mode is False or self.runner.kind != "native" or self.device.type != "cpu":
+            return None
+        lm = self.runner.lm_head
+        if lm.dtype != torch.float32 or (mode == "auto" and not cpu_has_bf16_dot()):
+            return None
+        if self._screen is None or self._screen.weight is not lm:
+            self._screen = LogitScreen(lm, self.runner.lm_bias)
+        return self._screen
 
     def _finish(self, s: Sequence, results: list, token_ids: list) -> None:
         raw = s.matcher.text()
