@@ -15,13 +15,10 @@ from qpfast.prompt import encode_prompt, target_ids
 from qpfast.testing import qwen_tokenizer, sp_tokenizer
 
 from test_engine_support import (ADVERSARIAL, QUERIES16, llama_dir, llama_engine, llama_model, qwen3_engine,
-                                 qwen3_model, torch_threads)
+                                 qwen3_model)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _check_strict(queries, results, schema=qpfast.DEFAULT_SCHEMA):

@@ -10,15 +10,12 @@ import torch
 import qpfast
 from qpfast.engine import Engine
 
-from test_engine_support import QUERIES16, engine_options, llama_engine, qwen3_engine, qwen3_model, torch_threads
+from test_engine_support import QUERIES16, engine_options, llama_engine, qwen3_engine, qwen3_model
 
 BUDGET = 96
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

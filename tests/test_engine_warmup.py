@@ -14,15 +14,12 @@ import qpfast
 from qpfast.engine import Engine
 from qpfast.engine.cuda_graph import BUCKETS, TOKEN_BUCKETS
 
-from test_engine_support import QUERIES16, qwen3_model, torch_threads
+from test_engine_support import QUERIES16, qwen3_model
 
 BUDGET = 96
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

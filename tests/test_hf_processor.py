@@ -9,13 +9,10 @@ from qpfast.hf import LogitsProcessor
 from qpfast.prompt import encode_prompt
 from qpfast.testing import qwen_tokenizer
 
-from test_engine_support import llama_model, qwen3_model, sp_tok, torch_threads
+from test_engine_support import llama_model, qwen3_model, sp_tok
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(tok, queries):
