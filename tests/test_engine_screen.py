@@ -1,5 +1,6 @@
 """`LogitScreen`: greedy dense picks from a bf16 screen plus an exact fp32 recheck give the
-fp32 masked argmax, over thousands of random cases and on the cases built to defeat it
+fp32 masked argmax (up to the rounding of a different summation order), over thousands of
+random cases and on the cases built to defeat it
 (logits closer than bf16 can tell apart, exact ties, rows allowing nothing, disallowed
 unmasked maxima); it declines (None) where its bound cannot help; the engine gives the
 same tokens with it on and off."""
@@ -32,6 +33,26 @@ def _expected(x, w, b, bm):
     return ref.masked_argmax(F.linear(x, w, b), torch.from_numpy(bm)).numpy()
 
 
+def _check_fp32_argmax(got, x, w, b, bm):
+    """`got` is each row's masked argmax of the fp32 logits up to fp32 rounding: an allowed
+    id whose logit is within the rounding bound of a dot product (H 2^-23 sum |x w|) of the
+    allowed maximum; exactly the reference's pick wherever the runner-up is farther than that."""
+    full = F.linear(x, w, b)
+    allowed = ref.bitmask_to_bool(torch.from_numpy(bm), w.shape[0])
+    exp = _expected(x, w, b, bm)
+    tol = w.shape[1] * 2.0 ** -23 * (x.abs() @ w.abs().T).max(dim=1).values + 1e-30
+    for i in range(x.shape[0]):
+        if not allowed[i].any():
+            assert got[i] == -1
+            continue
+        assert allowed[i, got[i]]
+        vals = full[i][allowed[i]]
+        assert full[i, got[i]] >= vals.max() - tol[i]
+        top2 = vals.topk(min(2, vals.numel())).values
+        if top2.numel() < 2 or top2[0] - top2[1] > tol[i]:
+            assert got[i] == exp[i]
+
+
 @settings(max_examples=400, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), vocab=st.integers(1, 2500), hidden=st.sampled_from([4, 16, 64, 256]),
        rows=st.integers(1, 9), w_scale=st.sampled_from([1e-3, 0.05, 1.0, 40.0]),
@@ -46,7 +67,7 @@ def test_screened_argmax_equals_the_fp32_masked_argmax(seed, vocab, hidden, rows
     bm = _bitmask(allowed)
     got = LogitScreen(w, b).argmax(x, bm)
     assert got is not None
-    np.testing.assert_array_equal(got, _expected(x, w, b, bm))
+    _check_fp32_argmax(got, x, w, b, bm)
 
 
 @settings(max_examples=200, deadline=None)
@@ -63,7 +84,7 @@ def test_logits_closer_than_bf16_resolution_are_told_apart_exactly(seed, rel, ro
     bm = _bitmask(allowed)
     got = LogitScreen(w).argmax(x, bm)
     assert got is not None
-    np.testing.assert_array_equal(got, _expected(x, w, None, bm))
+    _check_fp32_argmax(got, x, w, None, bm)
 
 
 def test_exact_ties_go_to_the_lowest_id_and_empty_rows_get_minus_one():
