@@ -305,7 +305,7 @@ def test_stats_jump_forward_and_sparse_logits():
     assert st["row_forward_passes"] < st["output_tokens"]
     assert st["jump_forward_tokens"] > 0
     assert 0.0 < st["sparse_logit_share"] < 1.0
-    assert st["output_tokens"] == st["picked_tokens"] + st["jump_forward_tokens"]
+    assert st["output_tokens"] == st["picked_tokens"] + st["jump_forward_tokens"] + st["accepted_draft_tokens"]
 
 
 # -- qpfast.generate ---------------------------------------------------------------------------

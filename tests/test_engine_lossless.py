@@ -1,5 +1,5 @@
 """Losslessness: under greedy decoding in fp32 the generated token ids are exactly the same
-with jump-forward, sparse logits, prefix reuse on or off, in a batch of 16 or one query at a
+with jump-forward, sparse logits, prefix reuse, speculative drafts on or off, in a batch of 16 or one query at a
 time, with either attention layout, with masks filled during the forward pass, with slots
 refilled mid-batch (continuous batching), and through the generic HF-forward runner."""
 from __future__ import annotations
@@ -9,6 +9,8 @@ import torch
 
 import qpfast
 from qpfast.engine import Engine
+from qpfast.engine import engine as engine_module
+from qpfast.engine.draft import DraftIndex
 
 from test_engine_support import QUERIES16, engine_options, llama_engine, qwen3_engine, qwen3_model
 
@@ -21,7 +23,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def baseline():
     eng = qwen3_engine()
-    with engine_options(eng, jump_forward=True, sparse_logits=64, reuse_prefix=True, overlap_masks=False):
+    with engine_options(eng, jump_forward=True, sparse_logits=64, reuse_prefix=True, overlap_masks=False,
+                        speculate=0):
         res = eng.generate(QUERIES16, max_new_tokens=BUDGET, batch_size=16)
     ids = eng.last_token_ids
     stats = dict(eng.last_stats)
@@ -43,7 +46,7 @@ def _ids(eng, **kw):
 def test_jump_forward_on_vs_off(baseline):
     ids, stats = baseline
     eng = qwen3_engine()
-    with engine_options(eng, jump_forward=False):
+    with engine_options(eng, jump_forward=False, speculate=0):
         off = _ids(eng)
         st_off = eng.last_stats
     assert off == ids
@@ -61,6 +64,69 @@ def test_sparse_logits_on_vs_off(baseline):
         assert eng.last_stats["sparse_logit_steps"] == 0
     assert off == ids
     assert stats["sparse_logit_share"] > 0
+
+
+def test_speculative_drafts_on_vs_off(baseline):
+    """Drafts looked up in each row's own tokens, verified in the step that feeds them: the
+    same tokens in fewer decode passes, at several batch sizes and draft lengths."""
+    ids, stats = baseline
+    eng = qwen3_engine()
+    for spec, bs in ((4, 16), ("auto", 5), (1, 16), (8, 3)):
+        with engine_options(eng, speculate=spec):
+            assert _ids(eng, batch_size=bs) == ids, (spec, bs)
+            st = eng.last_stats
+        assert st["accepted_draft_tokens"] > 0 and st["draft_tokens"] >= st["accepted_draft_tokens"]
+        assert st["output_tokens"] == st["picked_tokens"] + st["jump_forward_tokens"] + st["accepted_draft_tokens"]
+        if bs == 16:
+            assert st["decode_forward_passes"] < stats["decode_forward_passes"]
+    with engine_options(eng, speculate=4, jump_forward=False):
+        assert _ids(eng) == ids
+    with engine_options(eng, speculate=4):                       # sampling: no drafts
+        eng.generate(QUERIES16[:4], max_new_tokens=BUDGET, temperature=0.7, seed=0)
+        assert eng.last_stats["draft_tokens"] == 0
+    with engine_options(eng, speculate=0):
+        _ids(eng)
+        assert eng.last_stats["draft_tokens"] == 0
+
+
+class _OracleDrafts(DraftIndex):
+    """Proposes each sequence's known future tokens (right ones) or them with every second
+    token replaced (partly wrong ones): every draft ends up accepted, the end token included,
+    or the verification cuts them."""
+
+    future: dict = {}
+    wrong = False
+
+    def __init__(self, tokens=(), max_n=4):
+        super().__init__(tokens, max_n)
+        self._suffix_len = len(self.tokens)
+        self._future = self.future[tuple(self.tokens)]
+
+    def propose(self, k):
+        pos = len(self.tokens) - self._suffix_len
+        out = list(self._future[pos:pos + k])
+        if self.wrong:
+            out = [t if j % 2 == 0 else (t + 1) % 1000 for j, t in enumerate(out)]
+        return out
+
+
+@pytest.mark.parametrize("wrong", [False, True])
+def test_speculation_with_oracle_drafts(baseline, monkeypatch, wrong):
+    ids, stats = baseline
+    eng = qwen3_engine()
+    tmpl = qpfast.prompt.prompt_template(eng.tokenizer, eng.schema)
+    future = {tuple(tmpl.encode(q).suffix_ids): i for q, i in zip(QUERIES16, ids)}
+    monkeypatch.setattr(_OracleDrafts, "future", future)
+    monkeypatch.setattr(_OracleDrafts, "wrong", wrong)
+    monkeypatch.setattr(engine_module, "DraftIndex", _OracleDrafts)
+    with engine_options(eng, speculate=8):
+        assert _ids(eng, batch_size=16) == ids
+        st = eng.last_stats
+    if wrong:
+        assert 0 < st["accepted_draft_tokens"] < st["draft_tokens"]
+    else:                                    # every draft right: whole outputs in a few passes
+        assert st["accepted_draft_tokens"] == st["draft_tokens"] > 0
+        assert st["decode_forward_passes"] < stats["decode_forward_passes"] // 3
 
 
 def test_prefix_reuse_on_vs_off(baseline):

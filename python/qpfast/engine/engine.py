@@ -51,6 +51,7 @@ from ..schema import Schema, model_schema
 from ..vocab import Vocab
 from .model_runner import HFRunner, NativeRunner, lm_head_rows, native_support
 from .sampler import pick_dense, pick_sparse, split_rows
+from .draft import DraftIndex
 from .screen import LogitScreen, cpu_has_bf16_dot
 from .sequence import Sequence
 
@@ -64,6 +65,33 @@ _DTYPES = {
 
 _VOCABS: "weakref.WeakKeyDictionary[Any, dict[int, Vocab]]" = weakref.WeakKeyDictionary()
 _VOCABS_LOCK = threading.Lock()
+
+#: speculate="auto": drafts a row, and the most rows a step may have for them (CPU, eager)
+SPEC_DRAFTS = 4
+SPEC_MAX_ROWS = 32
+#: a row's pick in a speculative step when an accepted draft ended its output
+_FINISHED_BY_DRAFT = -2
+
+
+class _SpecStep:
+    """One speculative step: each active row's drafts, how many of them a pick follows
+    (all but an ending one), and those picks' bitmasks, row after row."""
+
+    __slots__ = ("drafts", "masked", "masks")
+
+    def __init__(self, drafts: list[list[int]], masked: list[int], masks: np.ndarray):
+        self.drafts, self.masked, self.masks = drafts, masked, masks
+
+    def state_index(self, feeds: list[list[int]]) -> np.ndarray:
+        """Where, among all the new tokens of a forward over `pending + drafts` per row, the
+        states that pick are: each row's last pending token and the drafts a pick follows."""
+        idx: list[int] = []
+        off = 0
+        for f, d, nm in zip(feeds, self.drafts, self.masked):
+            last = off + len(f) - 1
+            idx.extend(range(last, last + nm + 1))
+            off += len(f) + len(d)
+        return np.asarray(idx, dtype=np.int64)
 
 
 def default_max_new_tokens(schema: Schema) -> int:
@@ -182,7 +210,11 @@ class Engine:
     the sparse/dense pick's launches and synchronizations), screen_logits ("auto": on CPU with
     fp32 weights and a CPU with native bf16 dot products, greedy picks over large allowed
     sets compute the logits from a bf16 copy of the lm_head and recheck in fp32 only the ids
-    within a rigorous error bound of the best: `qpfast.engine.screen`; True/False force it).
+    within a rigorous error bound of the best: `qpfast.engine.screen`; True/False force it),
+    speculate ("auto": on CPU, greedy, eager steps of at most 32 rows feed up to 4 draft tokens
+    a row after its pending ones, looked up in its own tokens (`qpfast.engine.draft`); the
+    step's picks verify them and the longest confirmed run is kept, so the tokens are the
+    same in fewer passes; an int: that many drafts a row at any batch size; 0: off).
 
     After each `generate`, `last_stats` holds counters and timings and `last_token_ids` the
     output token ids of each query (None for a query that got an error result).
@@ -192,7 +224,8 @@ class Engine:
                  dtype: Any = "auto", *, batch_size: Optional[int] = None, max_new_tokens: Optional[int] = None,
                  jump_forward: bool = True, sparse_logits: int | bool = 64, reuse_prefix: bool = True,
                  overlap_masks: bool = False, attention: str = "auto", runner: str = "auto",
-                 cuda_graphs: bool | str = "auto", graph_picks: bool = True, screen_logits: bool | str = "auto"):
+                 cuda_graphs: bool | str = "auto", graph_picks: bool = True, screen_logits: bool | str = "auto",
+                 speculate: int | str = "auto"):
         if schema is None:
             schema = model_schema(model)
         if not isinstance(schema, Schema):
@@ -205,6 +238,9 @@ class Engine:
             raise ValueError(f"cuda_graphs: expected 'auto', True or False, got {cuda_graphs!r}")
         if screen_logits not in ("auto", True, False):
             raise ValueError(f"screen_logits: expected 'auto', True or False, got {screen_logits!r}")
+        if speculate != "auto" and (isinstance(speculate, bool) or not isinstance(speculate, numbers.Integral)
+                                    or speculate < 0):
+            raise ValueError(f"speculate: expected 'auto' or an int >= 0 (drafts a row), got {speculate!r}")
         self.schema = schema
         self.batch_size = _check_positive_int("batch_size", batch_size)
         self.max_new_tokens = _check_positive_int("max_new_tokens", max_new_tokens)
@@ -214,7 +250,9 @@ class Engine:
         self.overlap_masks = bool(overlap_masks)
         self.graph_picks = bool(graph_picks)
         self.screen_logits = screen_logits
+        self.speculate = speculate
         self._screen: Optional[LogitScreen] = None
+        self._spec_mask: Optional[np.ndarray] = None
 
         self.model, self.tokenizer, self.device = self._load(model, tokenizer, device, dtype)
         self.model_name = model if isinstance(model, (str, os.PathLike)) else type(model).__name__
@@ -396,7 +434,7 @@ class Engine:
         return dict(queries=0, errors=0, forward_passes=0, prefix_forward_passes=0, prefill_forward_passes=0,
                     decode_forward_passes=0, row_forward_passes=0, output_tokens=0, picked_tokens=0,
                     jump_forward_tokens=0, single_choice_steps=0, sparse_logit_steps=0, dense_logit_steps=0,
-                    screened_logit_steps=0, graph_pick_steps=0,
+                    screened_logit_steps=0, graph_pick_steps=0, draft_tokens=0, accepted_draft_tokens=0,
                     time_total=0.0, time_setup=0.0, time_prefix=0.0, time_forward=0.0, time_logits=0.0,
                     time_masks=0.0, time_finish=0.0)
 
@@ -410,6 +448,7 @@ class Engine:
         results: list[Optional[QPResult]] = [None] * len(queries)
         token_ids: list[Optional[list[int]]] = [None] * len(queries)
         seqs: list[Sequence] = []
+        spec = temperature == 0.0 and self._speculation_possible()
         for i, q in enumerate(queries):
             norm = normalize(q, schema)
             if not norm:
@@ -426,7 +465,7 @@ class Engine:
                 continue
             p = template.encode(q)
             suffix = p.suffix_ids if self.reuse_prefix else p.prefix_ids + p.suffix_ids
-            seqs.append(Sequence(i, q, m, suffix))
+            seqs.append(Sequence(i, q, m, suffix, drafts=DraftIndex(suffix) if spec else None))
         stats["time_setup"] = time.perf_counter() - t_start
         if seqs:
             prefix = self._prefix_for(template, stats) if self.reuse_prefix else None
@@ -554,6 +593,84 @@ class Engine:
                 out[dense_rows[todo]] = picked.cpu().numpy()
         return out
 
+    # -- speculation -------------------------------------------------------------------
+    def _speculation_possible(self) -> bool:
+        return self.speculate != 0 and self.runner.kind == "native"
+
+    def _spec_drafts(self, n_rows: int, graphs: bool, temperature: float) -> int:
+        """Drafts a row this step: `speculate` (an int), or with "auto" `SPEC_DRAFTS` on CPU
+        while the step has at most `SPEC_MAX_ROWS` rows (a CPU step's cost grows with the
+        positions it feeds, so drafts pay only where a step is mostly fixed cost). Only
+        greedy, eager steps of the native runner with masks filled before the forward pass."""
+        mode = self.speculate
+        if mode == 0 or graphs or temperature > 0.0 or self.overlap_masks or self.runner.kind != "native":
+            return 0
+        if mode == "auto":
+            return SPEC_DRAFTS if self.device.type == "cpu" and n_rows <= SPEC_MAX_ROWS else 0
+        return int(mode)
+
+    def _draft(self, rows: list[Sequence], k: int) -> "_SpecStep":
+        """Each row's drafts (up to `k` tokens from its `DraftIndex`, cut before the first
+        one its matcher refuses and after one that ends the output) and the bitmask that
+        follows each draft but an ending one (the matcher walks the drafts, then rolls back)."""
+        need = len(rows) * k
+        if self._spec_mask is None or self._spec_mask.shape[0] < need:
+            self._spec_mask = np.zeros((need, self.vocab.words), dtype=np.int32)
+        buf = self._spec_mask
+        drafts: list[list[int]] = []
+        masked: list[int] = []
+        n = 0
+        for s in rows:
+            proposal = s.drafts.propose(k) if s.drafts is not None else []
+            m = s.matcher
+            ok: list[int] = []
+            filled = 0
+            for t in proposal:
+                if not m.accept(t):
+                    break
+                ok.append(t)
+                if m.is_finished():
+                    break
+                m.fill_bitmask(buf, n + filled)
+                filled += 1
+            if ok:
+                m.rollback(len(ok))
+            drafts.append(ok)
+            masked.append(filled)
+            n += filled
+        return _SpecStep(drafts, masked, buf[:n])
+
+    def _verify(self, active: list[Sequence], spec: "_SpecStep", states: torch.Tensor, mask: np.ndarray,
+                new: list[Sequence], gen: Optional[torch.Generator], stats: dict) -> np.ndarray:
+        """Picks every position of a speculative step, accepts each active row's drafts up
+        to the first its picks contradict, and returns one pick per row (active rows: the
+        pick after the last accepted draft, or `_FINISHED_BY_DRAFT`; new rows: their pick)."""
+        n_old, n = len(active), len(active) + len(new)
+        idx = []                                   # bitmask row of each state, in `states` order
+        j = n                                      # the drafts' bitmasks follow the rows' own
+        for i, nm in enumerate(spec.masked):
+            idx.append(i)
+            idx.extend(range(j, j + nm))
+            j += nm
+        idx.extend(range(n_old, n))
+        both = np.concatenate([mask[:n], spec.masks])
+        got = self._pick(states, both[idx], 0.0, 1.0, gen, stats)
+        out = np.empty(n_old + len(new), dtype=np.int64)
+        pos = 0
+        for i, (s, d, nm) in enumerate(zip(active, spec.drafts, spec.masked)):
+            p = got[pos:pos + nm + 1]
+            pos += nm + 1
+            acc = 0
+            while acc < len(d) and acc <= nm and p[acc] == d[acc]:
+                acc += 1
+            for t in d[:acc]:
+                s.accept(t, fed=True)
+            stats["draft_tokens"] += len(d)
+            stats["accepted_draft_tokens"] += acc
+            out[i] = p[acc] if acc <= nm else _FINISHED_BY_DRAFT
+        out[n_old:] = got[pos:]
+        return out
+
     def _logit_screen(self) -> Optional[LogitScreen]:
         """The bf16 screen of the lm_head for greedy dense picks, when it applies: the
         native runner on CPU with fp32 weights, `screen_logits` True, or "auto" on a CPU with
@@ -619,8 +736,16 @@ class Engine:
             feeds = [s.pending[:cap] for s in active] + [s.pending for s in new]
             parts = []
             graph_picks = None                  # the active rows' picks, from the graph step
+            k = self._spec_drafts(n_old, graphs, temperature) if active else 0
+            spec = self._draft(active, k) if k else None
             if active:
-                if graphs:
+                if spec is not None:
+                    # drafts after the pending tokens; states of the last pending token and of
+                    # every draft a pick follows
+                    out = runner.forward(0, [f + d for f, d in zip(feeds, spec.drafts)],
+                                         [s.own_len for s in active], return_all=True)
+                    parts.append(out[torch.from_numpy(spec.state_index(feeds)).to(out.device)])
+                elif graphs:
                     pick_mask = None
                     if self.graph_picks and temperature == 0.0 and not self.overlap_masks:
                         pick_mask = self._mask_t[:n_old]
@@ -650,6 +775,9 @@ class Engine:
             t2 = time.perf_counter()
             picks = np.empty(len(ready), dtype=np.int64)
             rest = ready                        # rows picked here, not by the graph
+            if spec is not None:                # every row is ready (eager step)
+                rest = []
+                picks[:] = self._verify(active, spec, states, mask, new, gen, stats)
             if graph_picks is not None:
                 got = graph_picks.cpu().numpy()
                 done_old = [j for j, i in enumerate(ready) if i < n_old]
@@ -664,9 +792,11 @@ class Engine:
                     pick_mask = mask[rest]
                 picks[len(ready) - len(rest):] = self._pick(pick_states, pick_mask, temperature, top_p, gen, stats)
             stats["time_logits"] += time.perf_counter() - t2
-            stats["picked_tokens"] += len(ready)
+            stats["picked_tokens"] += len(ready) - int((picks == _FINISHED_BY_DRAFT).sum())
             for i, t in zip(ready, picks.tolist()):
                 s = rows[i]
+                if t == _FINISHED_BY_DRAFT:
+                    continue
                 if t < 0:
                     s.error = "no allowed token (internal error)"
                 else:

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..matcher import Matcher
+from .draft import DraftIndex
 
 
 @dataclass(eq=False)
@@ -27,16 +28,23 @@ class Sequence:
     forwards: int = 0          # forward passes this sequence took part in
     jumped: int = 0            # tokens appended without a pick (jump-forward)
     error: Optional[str] = None
+    drafts: Optional[DraftIndex] = None   # its tokens so far, for speculative drafts
 
     @property
     def finished(self) -> bool:
         return self.error is not None or self.matcher.is_finished()
 
-    def accept(self, token: int) -> bool:
+    def accept(self, token: int, fed: bool = False) -> bool:
+        """Accepts the next output token; it joins `pending` unless `fed` (a verified draft
+        whose KV the last forward pass already computed) or it ends the output."""
         if not self.matcher.accept(token):
             self.error = f"decoder rejected token {token} (internal error)"
             return False
         self.out_ids.append(token)
-        if not self.matcher.is_finished():
+        if self.drafts is not None:
+            self.drafts.append(token)
+        if fed:
+            self.own_len += 1
+        elif not self.matcher.is_finished():
             self.pending.append(token)
         return True
