@@ -50,3 +50,14 @@ def test_proposals_on_a_qp_like_stream():
 def test_speculate_argument_errors(bad):
     with pytest.raises(ValueError, match="speculate"):
         Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", speculate=bad)
+
+
+def test_speculate_is_checked_when_set_later_too():
+    eng = Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu")
+    for bad in (-1, "AUTO", 2.5, True):
+        with pytest.raises(ValueError, match="speculate"):
+            eng.speculate = bad
+    eng.speculate = 3
+    assert eng.speculate == 3
+    eng.generate(["兰蔻小黑瓶适合什么肤质"], max_new_tokens=64)
+    assert eng.last_stats["speculate"] == 3

@@ -108,6 +108,12 @@ def test_declines_where_its_bound_cannot_help():
     x = torch.randn(2, 16)
     x[1, 3] = float("nan")
     assert LogitScreen(w).argmax(x, bm) is None                       # non-finite states
+    # states whose fp32 squares underflow (a review found the bound collapsing there) and
+    # products near bf16's denormals: declined, the caller computes the fp32 logits
+    tiny = torch.tensor([[1.004, 0.0], [1.0035, 0.003]])
+    assert LogitScreen(tiny).argmax(torch.full((1, 2), 1e-24), _bitmask(torch.ones(1, 2, dtype=torch.bool))) is None
+    got = LogitScreen(tiny).argmax(torch.full((1, 2), 1e-9), _bitmask(torch.ones(1, 2, dtype=torch.bool)))
+    assert got.tolist() == [1]                                           # 1.0065e-9 > 1.004e-9
     flat = torch.ones(MAX_CANDIDATES * 10, 16)                          # every logit equal
     bm = _bitmask(torch.ones(2, flat.shape[0], dtype=torch.bool))
     assert LogitScreen(flat).argmax(torch.randn(2, 16), bm) is None    # too many candidates

@@ -107,6 +107,8 @@ def test_warmup_argument_errors():
         eng.warmup(query=None)
     with pytest.raises(TypeError, match="rules"):
         eng.warmup(rules=3)
+    with pytest.raises(ValueError, match="query"):         # a budget its query cannot fit: said, not skipped
+        eng.warmup(max_new_tokens=5)
     g = _graph_engine().runner
     g.reserve(2, 8)
     with pytest.raises(ValueError, match="mask_words"):

@@ -238,9 +238,6 @@ class Engine:
             raise ValueError(f"cuda_graphs: expected 'auto', True or False, got {cuda_graphs!r}")
         if screen_logits not in ("auto", True, False):
             raise ValueError(f"screen_logits: expected 'auto', True or False, got {screen_logits!r}")
-        if speculate != "auto" and (isinstance(speculate, bool) or not isinstance(speculate, numbers.Integral)
-                                    or speculate < 0):
-            raise ValueError(f"speculate: expected 'auto' or an int >= 0 (drafts a row), got {speculate!r}")
         self.schema = schema
         self.batch_size = _check_positive_int("batch_size", batch_size)
         self.max_new_tokens = _check_positive_int("max_new_tokens", max_new_tokens)
@@ -386,8 +383,10 @@ class Engine:
                 picks = {self.graph_picks and not self.overlap_masks} | ({False} if sampling else set())
                 graphs = g.warmup(bs, sorted(picks), mask_words=self.vocab.words)
         for temperature in (0.0, 1.0) if sampling else (0.0,):
-            self.generate([query], max_new_tokens=budget, batch_size=bs, rules=rules, context=context,
-                          temperature=temperature, seed=0)
+            r = self.generate([query], max_new_tokens=budget, batch_size=bs, rules=rules, context=context,
+                              temperature=temperature, seed=0)[0]
+            if r.error is not None:
+                raise ValueError(f"query: the warm-up query {query!r} was not served ({r.error})")
         cache = getattr(self.runner, "cache", None)
         return {"seconds": time.perf_counter() - t0, "graphs": graphs,
                 "cache_slots": cache.slots if cache is not None else 0,
@@ -443,7 +442,8 @@ class Engine:
         stats = self._new_stats()
         stats.update(queries=len(queries), max_new_tokens=budget, batch_size=bs, runner=self.runner.kind,
                      attention=getattr(self.runner, "attention", None), jump_forward=self.jump_forward,
-                     sparse_threshold=self._sparse_threshold(), reuse_prefix=self.reuse_prefix)
+                     sparse_threshold=self._sparse_threshold(), reuse_prefix=self.reuse_prefix,
+                     speculate=self.speculate)
         schema = self.schema
         results: list[Optional[QPResult]] = [None] * len(queries)
         token_ids: list[Optional[list[int]]] = [None] * len(queries)
@@ -594,6 +594,17 @@ class Engine:
         return out
 
     # -- speculation -------------------------------------------------------------------
+    @property
+    def speculate(self) -> int | str:
+        """Draft tokens a row ("auto", or an int >= 0; checked when set)."""
+        return self._speculate
+
+    @speculate.setter
+    def speculate(self, value: int | str) -> None:
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0):
+            raise ValueError(f"speculate: expected 'auto' or an int >= 0 (drafts a row), got {value!r}")
+        self._speculate = value if value == "auto" else int(value)
+
     def _speculation_possible(self) -> bool:
         return self.speculate != 0 and self.runner.kind == "native"
 
@@ -738,6 +749,10 @@ class Engine:
             graph_picks = None                  # the active rows' picks, from the graph step
             k = self._spec_drafts(n_old, graphs, temperature) if active else 0
             spec = self._draft(active, k) if k else None
+            if spec is not None:                # the matchers' walk over the drafts is mask work
+                t_draft = time.perf_counter()
+                stats["time_masks"] += t_draft - t0
+                t0 = t_draft
             if active:
                 if spec is not None:
                     # drafts after the pending tokens; states of the last pending token and of

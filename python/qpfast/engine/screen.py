@@ -20,7 +20,8 @@ The recheck is a gathered fp32 product (like sparse logits), so it equals the fu
 product's logits up to the rounding of a different summation order; equal maxima go to the
 lowest id, as `qpfast.kernels.masked_argmax`. `argmax` returns None (the caller then
 computes the full fp32 logits) when the bound cannot help: non-finite states or weights,
-or more candidates than `MAX_CANDIDATES` a row on average (near-constant logits).
+states so small that their products come near bf16's denormals (`TINY`), or more candidates than
+`MAX_CANDIDATES` a row on average (near-constant logits).
 """
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ from .. import kernels
 
 #: candidates a row may average before the screen gives up (the recheck gathers their rows)
 MAX_CANDIDATES = 64
+#: the screen declines rows whose ||x|| * max ||w|| is below this (states after a norm layer
+#: are O(1); products this small would sit near bf16's denormal range)
+TINY = 1e-20
 
 
 @functools.lru_cache(maxsize=1)
@@ -79,7 +83,7 @@ class LogitScreen:
             return
         with torch.no_grad():
             self.weight_bf16 = self.weight.to(torch.bfloat16)
-            self.radius = float(self.weight.norm(dim=1).max()) if self.weight.numel() else 0.0
+            self.radius = float(self.weight.double().norm(dim=1).max()) if self.weight.numel() else 0.0
             self.bias_max = float(self.bias.abs().max()) if self.bias is not None and self.bias.numel() else 0.0
         self._version = v
 
@@ -93,13 +97,16 @@ class LogitScreen:
         if n == 0:
             return np.empty(0, dtype=np.int64)
         x = states.float()
-        norms = x.norm(dim=1)
+        norms = x.double().norm(dim=1)            # fp32 squares of tiny states would underflow
         if not (bool(torch.isfinite(norms).all()) and np.isfinite(self.radius) and np.isfinite(self.bias_max)):
             return None
+        if float(norms.min()) * self.radius < TINY:
+            return None                           # products near bf16's denormals, which the CPU may flush
         approx = F.linear(x.to(torch.bfloat16), self.weight_bf16).float()
         if self.bias is not None:
             approx += self.bias
-        err = norms * self.radius * self.coef + 2.0 ** -22 * (norms * self.radius + self.bias_max) + 1e-30
+        err = (norms * self.radius * self.coef + 2.0 ** -22 * (norms * self.radius + self.bias_max)
+               + x.shape[1] * 2.0 ** -125 * (self.radius + norms + 1.0))     # flushed denormal products
         best = approx.argmax(dim=1).numpy()
         rows = np.arange(n)
         ok = _allowed(bitmask, rows, best)
