@@ -81,6 +81,9 @@ def test_native_forward_matches_hf_logits(arch, attention):
     with torch.no_grad():
         ref = model(ids).logits[0].float()
     r = NativeRunner(model, "cpu", attention)
+    # on CPU the projections are held [in, out] (x @ w), the model's own stay [out, in]
+    q_proj = model.model.layers[0].self_attn.q_proj.weight
+    assert r.weights_in_out and r.layers[0].wqkv.shape[0] == q_proj.shape[1]
     r.reserve(3, 64)
     full = r.full_logits(r.forward(0, [ids[0].tolist()], [0], return_all=True))
     torch.testing.assert_close(full, ref, atol=2e-5, rtol=1e-4)
