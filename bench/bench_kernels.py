@@ -625,8 +625,9 @@ def engine_benchmark(batch: int = 64, repeats: int = 3, profile_path: str | None
     layout, CUDA-graph decode steps of up to ``DecodeGraphs.max_tokens`` tokens a row that
     also pick), the same with the host picking, the same with one token a row per step, the
     same without graphs, and the "cascade" layout (prompt prefix stored once, the
-    shared-prefix kernels) with graphs.  Skipped with a note when ``qpfast.Engine`` is
-    unavailable.
+    shared-prefix kernels) with graphs; then speculative drafts on the graph steps with the
+    shipped default model (``_speculation_benchmark``).  Skipped with a note when
+    ``qpfast.Engine`` is unavailable.
     """
     import qpfast
     engine_cls = getattr(qpfast, "Engine", None)
@@ -684,6 +685,11 @@ def engine_benchmark(batch: int = 64, repeats: int = 3, profile_path: str | None
                 _profile_engine(eng, queries, profile_path)
             except Exception:
                 traceback.print_exc()
+        try:
+            out["speculation"] = _speculation_benchmark(engine_cls, queries, repeats, hbm)
+        except Exception as exc:
+            traceback.print_exc()
+            out["speculation"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
         out["xgrammar_baseline"] = _xgrammar_baseline(eng, queries)
         for key, e in (("step_ms", eng), ("cascade_step_ms", casc)):
             if e is None:
@@ -704,6 +710,13 @@ def engine_benchmark(batch: int = 64, repeats: int = 3, profile_path: str | None
               f"  forward {st.get('time_forward', 0):.3f} s  masks {st.get('time_masks', 0):.3f} s"
               f"  logits {st.get('time_logits', 0):.3f} s  floor {cfg.get('weights_floor_s', 0):.3f} s"
               f"  errors {cfg['errors']}")
+    sp = out.get("speculation") or {}
+    if "spec4" in sp:
+        a, b = sp["spec0"], sp["spec4"]
+        print(f"  default model, graphs, drafts 0 / 4: wall {a['wall_s']:.3f} / {b['wall_s']:.3f} s, decode passes "
+              f"{a['stats'].get('decode_forward_passes')} / {b['stats'].get('decode_forward_passes')}, drafts "
+              f"accepted {b['stats'].get('accepted_draft_tokens')} of {b['stats'].get('draft_tokens')}, "
+              f"same rows {sp['same_rows']}")
     w = out.get("warmup") or {}
     if "seconds" in w:
         print(f"  warmup: {w['seconds']:.2f} s, {w['graphs']} graphs, cache {w['cache_slots']} slots x "
@@ -721,6 +734,22 @@ def engine_benchmark(batch: int = 64, repeats: int = 3, profile_path: str | None
         for name, cfg in out["configs"].items():
             if "wall_s" in cfg:
                 print(f"  speedup {name} vs HF generate + xgrammar: {base / cfg['wall_s']:.2f}x")
+    return out
+
+
+def _speculation_benchmark(engine_cls, queries: list[str], repeats: int, hbm) -> dict:
+    """Speculative drafts on the CUDA-graph steps (`speculate=4`) against none, on the
+    shipped default model: trained, so its outputs repeat their queries and drafts get
+    accepted (the random 0.6B model's do not). Wall times, decode passes, accepted drafts,
+    and how many rows gave the same tokens (bf16: a step's shape may round differently)."""
+    from qpfast.generate import default_model_dir
+    out: dict = {}
+    ids = {}
+    for name, spec in (("spec0", 0), ("spec4", 4)):
+        eng = engine_cls(default_model_dir(), device="cuda", dtype="bfloat16", speculate=spec)
+        weight_bytes = sum(p.numel() * p.element_size() for p in eng.model.parameters())
+        out[name], ids[name] = _time_engine(eng, queries, repeats, weight_bytes, hbm)
+    out["same_rows"] = sum(a == b for a, b in zip(ids["spec0"], ids["spec4"]))
     return out
 
 

@@ -61,3 +61,11 @@ def test_speculate_is_checked_when_set_later_too():
     assert eng.speculate == 3
     eng.generate(["兰蔻小黑瓶适合什么肤质"], max_new_tokens=64)
     assert eng.last_stats["speculate"] == 3
+
+
+def test_every_position_needs_the_graph_step():
+    eng = Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", cuda_graphs=False)
+    r = eng.runner
+    r.reserve(2, 16)
+    with pytest.raises(ValueError, match="graph step"):
+        r.decode_step([[1], [2]], [0, 0], every=True)

@@ -89,6 +89,28 @@ def test_speculative_drafts_on_vs_off(baseline):
         assert eng.last_stats["draft_tokens"] == 0
 
 
+def test_speculative_drafts_through_the_graph_step(baseline):
+    """Drafts on the CUDA-graph step (run eagerly on CPU): a row carries its drafts within the
+    step's tokens a row, the step returns the state of every position (graph mode "every"),
+    the host verifies; the same tokens at several batch sizes, also with oracle drafts."""
+    from qpfast.engine.cuda_graph import EVERY
+    ids, stats = baseline
+    for attention in ("kernels", "cascade"):
+        eng = Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", attention=attention,
+                     cuda_graphs=True, speculate=4)
+        g = eng.runner.graphs
+        for bs in (16, 5):
+            assert _ids(eng, batch_size=bs) == ids, (attention, bs)
+            st = eng.last_stats
+            assert st["accepted_draft_tokens"] > 0
+            assert st["output_tokens"] == st["picked_tokens"] + st["jump_forward_tokens"] + st["accepted_draft_tokens"]
+        assert any(mode == EVERY for _, _, mode in g._graphs)
+        with engine_options(eng, speculate="auto"):        # "auto" drafts nothing on graph steps
+            assert _ids(eng) == ids and eng.last_stats["draft_tokens"] == 0
+    g.max_step_tokens = 16                                  # one token a row at 16 rows: no room
+    assert _ids(eng) == ids
+
+
 class _OracleDrafts(DraftIndex):
     """Proposes each sequence's known future tokens (right ones) or them with every second
     token replaced (partly wrong ones): every draft ends up accepted, the end token included,
@@ -110,10 +132,12 @@ class _OracleDrafts(DraftIndex):
         return out
 
 
+@pytest.mark.parametrize("graphs", [False, True])
 @pytest.mark.parametrize("wrong", [False, True])
-def test_speculation_with_oracle_drafts(baseline, monkeypatch, wrong):
+def test_speculation_with_oracle_drafts(baseline, monkeypatch, wrong, graphs):
     ids, stats = baseline
-    eng = qwen3_engine()
+    eng = Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", cuda_graphs=True) if graphs \
+        else qwen3_engine()
     tmpl = qpfast.prompt.prompt_template(eng.tokenizer, eng.schema)
     future = {tuple(tmpl.encode(q).suffix_ids): i for q, i in zip(QUERIES16, ids)}
     monkeypatch.setattr(_OracleDrafts, "future", future)
@@ -126,7 +150,7 @@ def test_speculation_with_oracle_drafts(baseline, monkeypatch, wrong):
         assert 0 < st["accepted_draft_tokens"] < st["draft_tokens"]
     else:                                    # every draft right: whole outputs in a few passes
         assert st["accepted_draft_tokens"] == st["draft_tokens"] > 0
-        assert st["decode_forward_passes"] < stats["decode_forward_passes"] // 3
+        assert st["decode_forward_passes"] < stats["decode_forward_passes"] // (2 if graphs else 3)
 
 
 def test_prefix_reuse_on_vs_off(baseline):
@@ -329,6 +353,19 @@ def test_multi_token_graph_step_matches_the_forward_and_writes_only_past_real_ro
             changed = (k != b).any(dim=(1, 3)).nonzero().tolist()
             assert changed and all(pos == last or (slot < 3 and p + 3 <= pos < p + 3 + 4)
                                    for slot, pos in changed), changed
+        # the speculative mode: the state of every position, each row's real ones equal to
+        # the plain forward's (return_all)
+        for k, b in zip(r.cache.k, before):
+            k.copy_(b)
+        every = r.decode_step(feeds, [3, 3, 3], every=True)
+        assert every.shape == (3, 4, plain.shape[1]) and (4, 4, "every") in r.graphs._graphs
+        for k, b in zip(r.cache.k, before):
+            k.copy_(b)
+        want_all = r.forward(0, feeds, [3, 3, 3], return_all=True)
+        got_all = torch.cat([every[i, :len(f)] for i, f in enumerate(feeds)])
+        torch.testing.assert_close(got_all, want_all, rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match="does not pick"):
+            r.decode_step(feeds, [3, 3, 3], mask=mask, every=True)
         with pytest.raises(ValueError, match="each row appends 1 to 8 tokens"):
             r.decode_step([[1] * 9, [2], [3]], [3, 3, 3])
         with pytest.raises(ValueError, match="each row appends 1 to 8 tokens"):

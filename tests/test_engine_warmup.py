@@ -73,6 +73,18 @@ def test_warmup_for_sampling_and_host_picks():
     assert len(g._graphs) == 2 * len(shapes)
 
 
+def test_warmup_records_the_speculative_shapes(plain_ids):
+    from qpfast.engine.cuda_graph import EVERY
+    eng = _graph_engine(speculate=2)
+    g = eng.runner.graphs
+    eng.warmup(batch_size=16, max_new_tokens=BUDGET)
+    assert {mode for _, _, mode in g._graphs} == {True, EVERY}
+    n = len(g._graphs)
+    eng.generate(QUERIES16, max_new_tokens=BUDGET, batch_size=16)
+    assert eng.last_token_ids == plain_ids and len(g._graphs) == n
+    assert eng.last_stats["accepted_draft_tokens"] > 0
+
+
 def test_warmup_shapes_follow_the_step_budget():
     eng = _graph_engine()
     g = eng.runner.graphs

@@ -33,6 +33,8 @@ A step may also pick the next token of every row (greedy): given the rows' bitma
 graph ends with the full-vocabulary logits and `qpfast.kernels.masked_argmax` against a
 static device copy of them, so the host gets the picks with one copy back instead of
 gathering logits and picking with a dozen small launches and several synchronizations.
+A speculative step (`every=True`) returns the state of every position instead, so that the
+host can verify the draft tokens the rows carry after their pending ones.
 
 The graphs hold pointers into the runner's KV cache (shared prefix buffers included) and
 rope table, so they are dropped whenever one of them is reallocated. With `capture=False`
@@ -62,6 +64,8 @@ SCRATCH = max(TOKEN_BUCKETS)
 #: several tokens: up to ~128 rows the GEMMs of a 0.6B model cost about what reading its
 #: weights costs, so the extra rows are nearly free (an estimate, not fitted on a GPU)
 MAX_STEP_TOKENS = 128
+#: the graph mode that returns the state of every position (speculative steps verify drafts)
+EVERY = "every"
 #: query rows (tokens x query heads of one KV head) the Triton decode kernel takes
 #: (qpfast.kernels.decode.MAX_TILE_ROWS)
 TILE_ROWS = 64
@@ -131,14 +135,16 @@ class DecodeGraphs:
                 best = t
         return best
 
-    def step(self, token_lists: Sequence[Sequence[int]], starts: Sequence[int], mask: Optional[torch.Tensor] = None):
+    def step(self, token_lists: Sequence[Sequence[int]], starts: Sequence[int], mask: Optional[torch.Tensor] = None,
+             every: bool = False):
         """Appends `token_lists[i]` (1 to `max_tokens(b)` token ids; `NativeRunner.decode_step`
         turns single ids into lists) to the row in slot i (which holds `starts[i]` own
         tokens); returns the final hidden state of each row's last new token `[b, hidden]`
         (a view of the graph's output, valid until the next step). With `mask` (int32 `[b, words]` on the CPU, pinned for
         an asynchronous copy) the step also picks each row's greedy next token under its
         mask row and returns `(states, picks)`, picks int64 `[b]` on the device (-1 where a
-        row allows nothing)."""
+        row allows nothing). With `every` (speculative steps; not with `mask`) it returns the
+        state of every position instead, `[b, T, hidden]` (row i's tokens at `[i, :len]`)."""
         r = self.runner
         b = len(token_lists)
         if b == 0 or b > r.cache.slots:
@@ -174,6 +180,8 @@ class DecodeGraphs:
         self._pad_rows(host, b, B, T)
         self._idx[:, :n].copy_(self._host[:, :n], non_blocking=True)
         pick = mask is not None
+        if pick and every:
+            raise ValueError("decode step: `every` returns states, it does not pick (mask must be None)")
         if pick:
             if mask.dtype != torch.int32 or mask.dim() != 2 or mask.shape[0] != b:
                 raise ValueError(f"decode step: mask must be int32 [{b}, words], got {mask.dtype} {tuple(mask.shape)}")
@@ -181,15 +189,18 @@ class DecodeGraphs:
         if r.device.type == "cuda":
             self._copied = torch.cuda.Event()
             self._copied.record()
-        key = (B, T, pick)
+        mode = EVERY if every else pick
+        key = (B, T, mode)
         graph, out = self._graphs.get(key, (None, None))
         if out is None:
-            graph, out = self._record(B, T, pick)
+            graph, out = self._record(B, T, mode)
             self._graphs[key] = (graph, out)
         if graph is None:                      # capture=False: run the same step eagerly
-            out = self._core(B, T, pick)
+            out = self._core(B, T, mode)
         else:
             graph.replay()
+        if every:
+            return out[:b * T].view(b, T, out.shape[-1])
         return (out[0][:b], out[1][:b]) if pick else out[:b]
 
     def _pad_rows(self, host: np.ndarray, b: int, B: int, T: int) -> None:
@@ -204,20 +215,22 @@ class DecodeGraphs:
     def _mask_buffer(self, words: int) -> torch.Tensor:
         """The device copy of the rows' bitmasks the picking graphs read, `[slots, words]`."""
         if self._mask is None or self._mask.shape[1] != words:
-            for k in [k for k in self._graphs if k[2]]:
+            for k in [k for k in self._graphs if k[2] is True]:
                 del self._graphs[k]            # the graphs that pick read the old buffer
             r = self.runner
             self._mask = torch.zeros((r.cache.slots, words), dtype=torch.int32, device=r.device)
         return self._mask
 
-    def shapes(self, max_batch: int, picks: Sequence[bool] = (False,)) -> list[tuple[int, int, bool]]:
-        """Every graph key `(B, T, pick)` a step of 1 to `max_batch` rows can use."""
+    def shapes(self, max_batch: int, picks: Sequence[Any] = (False,)) -> list[tuple[int, int, Any]]:
+        """Every graph key `(B, T, mode)` a step of 1 to `max_batch` rows can use, for each
+        mode in `picks`: False (states of each row's last token), True (also its greedy pick),
+        `EVERY` (the states of every position: speculative steps)."""
         slots = self.runner.cache.slots
         top = self.bucket(min(max_batch, slots))
         sizes = sorted({s for s in BUCKETS if s <= top} | {top})
         return [(B, T, pick) for B in sizes for T in TOKEN_BUCKETS if T <= self.max_tokens(B) for pick in picks]
 
-    def warmup(self, max_batch: int, picks: Sequence[bool] = (False,), mask_words: Optional[int] = None) -> int:
+    def warmup(self, max_batch: int, picks: Sequence[Any] = (False,), mask_words: Optional[int] = None) -> int:
         """Records the step of every shape in `shapes(max_batch, picks)` that has no graph
         yet (captures it on CUDA: the Triton kernels compile and cuBLAS sets up here, not
         during the first steps that need them; without capture the step runs once
@@ -231,7 +244,7 @@ class DecodeGraphs:
             self._copied = None
         new = 0
         for B, T, pick in self.shapes(max_batch, picks):
-            if pick:
+            if pick is True:
                 self._mask_buffer(mask_words)
             if (B, T, pick) in self._graphs:
                 continue
@@ -244,7 +257,7 @@ class DecodeGraphs:
             new += 1
         return new
 
-    def _record(self, B: int, T: int, pick: bool):
+    def _record(self, B: int, T: int, pick: Any):
         if not self.capture:
             return None, torch.empty(0)
         # Warm up on a side stream (compiles the Triton kernels, sets up cuBLAS); the run
@@ -270,7 +283,7 @@ class DecodeGraphs:
             self._slot_idx[(B, T)] = idx
         return idx
 
-    def _core(self, B: int, T: int, pick: bool = False):
+    def _core(self, B: int, T: int, pick: Any = False):
         r = self.runner
         cache = r.cache
         idx = self._idx[:, :B * T]
@@ -282,6 +295,8 @@ class DecodeGraphs:
                                             **(cache.prefix_args(li) if shared else {}))
 
         h = r.layers_forward(r.embed[idx[0]], idx[2], cache, self._slots(B, T), idx[1], attend)
+        if pick == EVERY:
+            return r.final_norm(h)
         if T > 1:
             h = h[idx[4, :B]]
         states = r.final_norm(h)

@@ -51,6 +51,7 @@ from ..schema import Schema, model_schema
 from ..vocab import Vocab
 from .model_runner import HFRunner, NativeRunner, lm_head_rows, native_support
 from .sampler import pick_dense, pick_sparse, split_rows
+from .cuda_graph import EVERY
 from .draft import DraftIndex
 from .screen import LogitScreen, cpu_has_bf16_dot
 from .sequence import Sequence
@@ -82,15 +83,16 @@ class _SpecStep:
     def __init__(self, drafts: list[list[int]], masked: list[int], masks: np.ndarray):
         self.drafts, self.masked, self.masks = drafts, masked, masks
 
-    def state_index(self, feeds: list[list[int]]) -> np.ndarray:
-        """Where, among all the new tokens of a forward over `pending + drafts` per row, the
-        states that pick are: each row's last pending token and the drafts a pick follows."""
+    def state_index(self, feeds: list[list[int]], rows: list[int], stride: Optional[int] = None) -> np.ndarray:
+        """Where the states that pick are among the new tokens of a pass over `feeds[i] +
+        drafts[i]` per row (packed, or `stride` positions a row: the graph step's layout): for
+        each of `rows`, its last fed token and the drafts a pick follows."""
+        starts = np.arange(len(self.drafts)) * stride if stride is not None else \
+            np.concatenate([[0], np.cumsum([len(f) + len(d) for f, d in zip(feeds, self.drafts)])])
         idx: list[int] = []
-        off = 0
-        for f, d, nm in zip(feeds, self.drafts, self.masked):
-            last = off + len(f) - 1
-            idx.extend(range(last, last + nm + 1))
-            off += len(f) + len(d)
+        for i in rows:
+            last = int(starts[i]) + len(feeds[i]) - 1
+            idx.extend(range(last, last + self.masked[i] + 1))
         return np.asarray(idx, dtype=np.int64)
 
 
@@ -214,7 +216,8 @@ class Engine:
     speculate ("auto": on CPU, greedy, eager steps of at most 32 rows feed up to 4 draft tokens
     a row after its pending ones, looked up in its own tokens (`qpfast.engine.draft`); the
     step's picks verify them and the longest confirmed run is kept, so the tokens are the
-    same in fewer passes; an int: that many drafts a row at any batch size; 0: off).
+    same in fewer passes; an int: that many drafts a row at any batch size, CUDA-graph steps
+    included (within their tokens a row; "auto" drafts nothing there until timed); 0: off).
 
     After each `generate`, `last_stats` holds counters and timings and `last_token_ids` the
     output token ids of each query (None for a query that got an error result).
@@ -380,8 +383,10 @@ class Engine:
             self.runner.reserve(bs, own + budget + 1)
             g = getattr(self.runner, "graphs", None)
             if g is not None:
-                picks = {self.graph_picks and not self.overlap_masks} | ({False} if sampling else set())
-                graphs = g.warmup(bs, sorted(picks), mask_words=self.vocab.words)
+                modes = sorted({self.graph_picks and not self.overlap_masks} | ({False} if sampling else set()))
+                if self.speculate != "auto" and self.speculate > 0:
+                    modes.append(EVERY)                 # the speculative steps' graphs
+                graphs = g.warmup(bs, modes, mask_words=self.vocab.words)
         for temperature in (0.0, 1.0) if sampling else (0.0,):
             r = self.generate([query], max_new_tokens=budget, batch_size=bs, rules=rules, context=context,
                               temperature=temperature, seed=0)[0]
@@ -609,30 +614,32 @@ class Engine:
         return self.speculate != 0 and self.runner.kind == "native"
 
     def _spec_drafts(self, n_rows: int, graphs: bool, temperature: float) -> int:
-        """Drafts a row this step: `speculate` (an int), or with "auto" `SPEC_DRAFTS` on CPU
-        while the step has at most `SPEC_MAX_ROWS` rows (a CPU step's cost grows with the
-        positions it feeds, so drafts pay only where a step is mostly fixed cost). Only
-        greedy, eager steps of the native runner with masks filled before the forward pass."""
+        """Drafts a row this step: `speculate` (an int; with CUDA graphs within the step's
+        tokens a row), or with "auto" `SPEC_DRAFTS` on CPU eager steps of at most
+        `SPEC_MAX_ROWS` rows (a CPU step's cost grows with the positions it feeds, so drafts
+        pay only where a step is mostly fixed cost; on CUDA "auto" drafts nothing until the
+        graph steps with drafts are timed). Only greedy steps of the native runner with masks
+        filled before the forward pass."""
         mode = self.speculate
-        if mode == 0 or graphs or temperature > 0.0 or self.overlap_masks or self.runner.kind != "native":
+        if mode == 0 or temperature > 0.0 or self.overlap_masks or self.runner.kind != "native":
             return 0
         if mode == "auto":
-            return SPEC_DRAFTS if self.device.type == "cpu" and n_rows <= SPEC_MAX_ROWS else 0
+            return SPEC_DRAFTS if self.device.type == "cpu" and not graphs and n_rows <= SPEC_MAX_ROWS else 0
         return int(mode)
 
-    def _draft(self, rows: list[Sequence], k: int) -> "_SpecStep":
-        """Each row's drafts (up to `k` tokens from its `DraftIndex`, cut before the first
-        one its matcher refuses and after one that ends the output) and the bitmask that
+    def _draft(self, rows: list[Sequence], limits: list[int]) -> "_SpecStep":
+        """Each row's drafts (up to `limits[i]` tokens from its `DraftIndex`, cut before the
+        first one its matcher refuses and after one that ends the output) and the bitmask that
         follows each draft but an ending one (the matcher walks the drafts, then rolls back)."""
-        need = len(rows) * k
+        need = sum(limits)
         if self._spec_mask is None or self._spec_mask.shape[0] < need:
-            self._spec_mask = np.zeros((need, self.vocab.words), dtype=np.int32)
+            self._spec_mask = np.zeros((max(need, 1), self.vocab.words), dtype=np.int32)
         buf = self._spec_mask
         drafts: list[list[int]] = []
         masked: list[int] = []
         n = 0
-        for s in rows:
-            proposal = s.drafts.propose(k) if s.drafts is not None else []
+        for s, k in zip(rows, limits):
+            proposal = s.drafts.propose(k) if s.drafts is not None and k > 0 else []
             m = s.matcher
             ok: list[int] = []
             filled = 0
@@ -651,24 +658,26 @@ class Engine:
             n += filled
         return _SpecStep(drafts, masked, buf[:n])
 
-    def _verify(self, active: list[Sequence], spec: "_SpecStep", states: torch.Tensor, mask: np.ndarray,
-                new: list[Sequence], gen: Optional[torch.Generator], stats: dict) -> np.ndarray:
-        """Picks every position of a speculative step, accepts each active row's drafts up
-        to the first its picks contradict, and returns one pick per row (active rows: the
-        pick after the last accepted draft, or `_FINISHED_BY_DRAFT`; new rows: their pick)."""
+    def _verify(self, active: list[Sequence], spec_rows: list[int], spec: "_SpecStep", states: torch.Tensor,
+                mask: np.ndarray, new: list[Sequence], gen: Optional[torch.Generator], stats: dict) -> np.ndarray:
+        """Picks every position of a speculative step (`states`: those of `spec.state_index`
+        for the active rows `spec_rows`, then one per new row), accepts each of those rows'
+        drafts up to the first its picks contradict, and returns one pick per picking row
+        (`spec_rows`: the pick after the last accepted draft, or `_FINISHED_BY_DRAFT`; new rows:
+        their pick)."""
         n_old, n = len(active), len(active) + len(new)
-        idx = []                                   # bitmask row of each state, in `states` order
-        j = n                                      # the drafts' bitmasks follow the rows' own
-        for i, nm in enumerate(spec.masked):
+        first = np.concatenate([[0], np.cumsum(spec.masked)]).astype(np.int64)   # each row's draft bitmasks
+        idx: list[int] = []                        # bitmask row of each state, in `states` order
+        for i in spec_rows:                        # the drafts' bitmasks follow the rows' own
             idx.append(i)
-            idx.extend(range(j, j + nm))
-            j += nm
+            idx.extend(range(n + int(first[i]), n + int(first[i + 1])))
         idx.extend(range(n_old, n))
         both = np.concatenate([mask[:n], spec.masks])
         got = self._pick(states, both[idx], 0.0, 1.0, gen, stats)
-        out = np.empty(n_old + len(new), dtype=np.int64)
+        out = np.empty(len(spec_rows) + len(new), dtype=np.int64)
         pos = 0
-        for i, (s, d, nm) in enumerate(zip(active, spec.drafts, spec.masked)):
+        for r, i in enumerate(spec_rows):
+            s, d, nm = active[i], spec.drafts[i], spec.masked[i]
             p = got[pos:pos + nm + 1]
             pos += nm + 1
             acc = 0
@@ -678,8 +687,8 @@ class Engine:
                 s.accept(t, fed=True)
             stats["draft_tokens"] += len(d)
             stats["accepted_draft_tokens"] += acc
-            out[i] = p[acc] if acc <= nm else _FINISHED_BY_DRAFT
-        out[n_old:] = got[pos:]
+            out[r] = p[acc] if acc <= nm else _FINISHED_BY_DRAFT
+        out[len(spec_rows):] = got[pos:]
         return out
 
     def _logit_screen(self) -> Optional[LogitScreen]:
@@ -748,18 +757,29 @@ class Engine:
             parts = []
             graph_picks = None                  # the active rows' picks, from the graph step
             k = self._spec_drafts(n_old, graphs, temperature) if active else 0
-            spec = self._draft(active, k) if k else None
-            if spec is not None:                # the matchers' walk over the drafts is mask work
-                t_draft = time.perf_counter()
+            spec = None
+            if k:
+                # drafts for the rows whose pending tokens all go in this step, within the
+                # graph step's tokens a row
+                spec = self._draft(active, [k if cap is None else max(0, min(k, cap - len(s.pending)))
+                                            for s in active])
+                t_draft = time.perf_counter()   # the matchers' walk over the drafts is mask work
                 stats["time_masks"] += t_draft - t0
                 t0 = t_draft
             if active:
                 if spec is not None:
-                    # drafts after the pending tokens; states of the last pending token and of
-                    # every draft a pick follows
-                    out = runner.forward(0, [f + d for f, d in zip(feeds, spec.drafts)],
-                                         [s.own_len for s in active], return_all=True)
-                    parts.append(out[torch.from_numpy(spec.state_index(feeds)).to(out.device)])
+                    # drafts after the pending tokens; the states of the last pending token and
+                    # of every draft a pick follows, for the rows that pick this step
+                    fed = [f + d for f, d in zip(feeds, spec.drafts)]
+                    starts = [s.own_len for s in active]
+                    if graphs:
+                        out = runner.decode_step(fed, starts, every=True)          # [b, T, hidden]
+                        flat, stride = out.reshape(-1, out.shape[-1]), out.shape[1]
+                    else:
+                        flat, stride = runner.forward(0, fed, starts, return_all=True), None
+                    spec_rows = [i for i, s in enumerate(active) if len(s.pending) == len(feeds[i])]
+                    at = spec.state_index(feeds, spec_rows, stride)
+                    parts.append(flat[torch.from_numpy(at).to(flat.device)])
                 elif graphs:
                     pick_mask = None
                     if self.graph_picks and temperature == 0.0 and not self.overlap_masks:
@@ -790,9 +810,9 @@ class Engine:
             t2 = time.perf_counter()
             picks = np.empty(len(ready), dtype=np.int64)
             rest = ready                        # rows picked here, not by the graph
-            if spec is not None:                # every row is ready (eager step)
+            if spec is not None:                # the ready rows: spec_rows, then the new ones
                 rest = []
-                picks[:] = self._verify(active, spec, states, mask, new, gen, stats)
+                picks[:] = self._verify(active, spec_rows, spec, states, mask, new, gen, stats)
             if graph_picks is not None:
                 got = graph_picks.cpu().numpy()
                 done_old = [j for j, i in enumerate(ready) if i < n_old]

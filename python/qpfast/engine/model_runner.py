@@ -204,15 +204,19 @@ class NativeRunner:
         return self.graphs.max_tokens(b) if self.graphs is not None else 1 << 30
 
     @torch.no_grad()
-    def decode_step(self, tokens: Sequence, starts: Sequence[int], mask: Optional[torch.Tensor] = None):
+    def decode_step(self, tokens: Sequence, starts: Sequence[int], mask: Optional[torch.Tensor] = None,
+                    every: bool = False):
         """New tokens for each row in slots [0, b): `tokens[i]` is a token id or a list of
         at most `step_tokens(b)` of them; returns the final hidden state of each row's last
         new token [b, hidden]. Through the CUDA graphs when they are enabled, else a plain
         `forward`. With `mask` (int32 [b, words] on the CPU) also each row's greedy pick
-        under it: `(states, picks)` (see `DecodeGraphs.step`)."""
+        under it: `(states, picks)`; with `every` (graphs only) the states of every position,
+        `[b, T, hidden]` (see `DecodeGraphs.step`)."""
         lists = [[int(t)] if isinstance(t, (int, np.integer)) else [int(x) for x in t] for t in tokens]
         if self.graphs is not None:
-            return self.graphs.step(lists, starts, mask)
+            return self.graphs.step(lists, starts, mask, every)
+        if every:
+            raise ValueError("decode step: `every` needs the graph step (enable_graphs)")
         states = self.forward(0, lists, starts)
         if mask is None:
             return states
