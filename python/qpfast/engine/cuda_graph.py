@@ -135,6 +135,12 @@ class DecodeGraphs:
                 best = t
         return best
 
+    @staticmethod
+    def step_width(token_lists: Sequence[Sequence[int]]) -> int:
+        """The positions a row runs (`T`) in the step that appends `token_lists`."""
+        most = max(len(t) for t in token_lists)
+        return next(t for t in TOKEN_BUCKETS if t >= most)
+
     def step(self, token_lists: Sequence[Sequence[int]], starts: Sequence[int], mask: Optional[torch.Tensor] = None,
              every: bool = False):
         """Appends `token_lists[i]` (1 to `max_tokens(b)` token ids; `NativeRunner.decode_step`
@@ -156,7 +162,7 @@ class DecodeGraphs:
                              f"to {int(lens.max())}")
         self._prepare()
         B = self.bucket(b)
-        T = next(t for t in TOKEN_BUCKETS if t >= int(lens.max()))
+        T = self.step_width(token_lists)
         plen = r.prefix_len
         if self._copied is not None:           # the last step's copy may not have read the host buffer yet
             self._copied.synchronize()

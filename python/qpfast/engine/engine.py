@@ -384,7 +384,7 @@ class Engine:
             g = getattr(self.runner, "graphs", None)
             if g is not None:
                 modes = sorted({self.graph_picks and not self.overlap_masks} | ({False} if sampling else set()))
-                if self.speculate != "auto" and self.speculate > 0:
+                if self.speculate != "auto" and self.speculate > 0 and not self.overlap_masks:
                     modes.append(EVERY)                 # the speculative steps' graphs
                 graphs = g.warmup(bs, modes, mask_words=self.vocab.words)
         for temperature in (0.0, 1.0) if sampling else (0.0,):
@@ -758,11 +758,14 @@ class Engine:
             graph_picks = None                  # the active rows' picks, from the graph step
             k = self._spec_drafts(n_old, graphs, temperature) if active else 0
             spec = None
-            if k:
+            limits = [k if cap is None else max(0, min(k, cap - len(s.pending))) for s in active] if k else []
+            if any(limits):
                 # drafts for the rows whose pending tokens all go in this step, within the
-                # graph step's tokens a row
-                spec = self._draft(active, [k if cap is None else max(0, min(k, cap - len(s.pending)))
-                                            for s in active])
+                # graph step's tokens a row; a step where no row got one runs as usual (the
+                # matchers are back where they were)
+                spec = self._draft(active, limits)
+                if not any(spec.drafts):
+                    spec = None
                 t_draft = time.perf_counter()   # the matchers' walk over the drafts is mask work
                 stats["time_masks"] += t_draft - t0
                 t0 = t_draft
@@ -772,14 +775,15 @@ class Engine:
                     # of every draft a pick follows, for the rows that pick this step
                     fed = [f + d for f, d in zip(feeds, spec.drafts)]
                     starts = [s.own_len for s in active]
+                    spec_rows = [i for i, s in enumerate(active) if len(s.pending) == len(feeds[i])]
+                    stride = runner.graphs.step_width(fed) if graphs else None
+                    at = torch.from_numpy(spec.state_index(feeds, spec_rows, stride)).to(self.device)
                     if graphs:
                         out = runner.decode_step(fed, starts, every=True)          # [b, T, hidden]
-                        flat, stride = out.reshape(-1, out.shape[-1]), out.shape[1]
+                        flat = out.reshape(-1, out.shape[-1])
                     else:
-                        flat, stride = runner.forward(0, fed, starts, return_all=True), None
-                    spec_rows = [i for i, s in enumerate(active) if len(s.pending) == len(feeds[i])]
-                    at = spec.state_index(feeds, spec_rows, stride)
-                    parts.append(flat[torch.from_numpy(at).to(flat.device)])
+                        flat = runner.forward(0, fed, starts, return_all=True)
+                    parts.append(flat[at])
                 elif graphs:
                     pick_mask = None
                     if self.graph_picks and temperature == 0.0 and not self.overlap_masks:
