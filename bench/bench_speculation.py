@@ -1,11 +1,11 @@
 """Speculative drafts on CPU: the shipped default model with `speculate=0` against the
-default (`"auto"`: up to 4 drafts a row at steps of at most 32 rows), same queries, greedy.
+default (`"auto"`: up to 4 drafts a row at steps of at most 64 rows), same queries, greedy.
 
     python bench/bench_speculation.py [--reps 3] [--threads 2] [--json OUT]
 
 Rows: one query at a time (the online QP case: median and p90 latency over 40 queries), then
-batches of 4, 16 and 64 queries at batch sizes 4, 16 and 64 (64: above the "auto" limit, so
-both columns run without drafts there unless `--speculate N` forces them). Each cell is the
+batches of 4, 16, 64 and 128 queries at batch sizes 4, 16, 64 and 128 (128 rows: above the
+"auto" limit, so drafts start there once the batch has thinned to 64 rows). Each cell is the
 fastest of `--reps` interleaved repetitions; every row also checks that the token ids are the
 same with and without drafts, and reports decode passes and accepted / fed drafts.
 """
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                      drafted_p90_s=p90["drafted"], plain_passes=passes["plain"] / len(singles),
                      drafted_passes=passes["drafted"] / len(singles), accepted=acc, fed=fed, same=same))
 
-    for n in (4, 16, 64):
+    for n in (4, 16, 64, 128):
         qs = _queries(n, seed=5)
         best = {"plain": float("inf"), "drafted": float("inf")}
         stats: dict[str, dict] = {}

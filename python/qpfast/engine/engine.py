@@ -67,9 +67,10 @@ _DTYPES = {
 _VOCABS: "weakref.WeakKeyDictionary[Any, dict[int, Vocab]]" = weakref.WeakKeyDictionary()
 _VOCABS_LOCK = threading.Lock()
 
-#: speculate="auto": drafts a row, and the most rows a step may have for them (CPU, eager)
+#: speculate="auto": drafts a row, and the most rows a step may have for them (CPU, eager;
+#: bench/RESULTS.md: drafts pay at 64 rows, 1.05-1.16x, and break even at 128)
 SPEC_DRAFTS = 4
-SPEC_MAX_ROWS = 32
+SPEC_MAX_ROWS = 64
 #: a row's pick in a speculative step when an accepted draft ended its output
 _FINISHED_BY_DRAFT = -2
 
@@ -213,7 +214,7 @@ class Engine:
     fp32 weights and a CPU with native bf16 dot products, greedy picks over large allowed
     sets compute the logits from a bf16 copy of the lm_head and recheck in fp32 only the ids
     within a rigorous error bound of the best: `qpfast.engine.screen`; True/False force it),
-    speculate ("auto": on CPU, greedy, eager steps of at most 32 rows feed up to 4 draft tokens
+    speculate ("auto": on CPU, greedy, eager steps of at most 64 rows feed up to 4 draft tokens
     a row after its pending ones, looked up in its own tokens (`qpfast.engine.draft`); the
     step's picks verify them and the longest confirmed run is kept, so the tokens are the
     same in fewer passes; an int: that many drafts a row at any batch size, CUDA-graph steps
