@@ -31,8 +31,8 @@ per token it produced; 1.0 for HF; below 1 for qpfast thanks to jump-forward); J
 and strict (query-grounded) validity. Ratios: hf+xgrammar / qpfast and hf / qpfast, of the
 median wall times and within each repetition (the three runs of a repetition follow each
 other, so they see similar machine load). --ablations adds qpfast runs with one feature off
-(jump-forward, sparse logits, prefix reuse, the bf16 logit screen) or masks filled during the
-forward pass, and checks that they produce the same token ids.
+(jump-forward, sparse logits, prefix reuse, the bf16 logit screen, speculative drafts) or masks
+filled during the forward pass, and checks that they produce the same token ids.
 
 Torch runs with --threads intra-op threads (default 1: on a shared 2-core machine two
 threads per process mostly wait for each other; pass --threads 2 on an idle machine).
@@ -219,6 +219,7 @@ ABLATIONS = {
     "qpfast, no prefix reuse": lambda qs, n: run_qpfast(qs, n, reuse_prefix=False),
     "qpfast, masks filled during forward": lambda qs, n: run_qpfast(qs, n, overlap_masks=True),
     "qpfast, no bf16 logit screen": lambda qs, n: run_qpfast(qs, n, screen_logits=False),
+    "qpfast, no speculative drafts": lambda qs, n: run_qpfast(qs, n, speculate=0),
 }
 
 
