@@ -90,6 +90,23 @@ def test_cuda_warmup_captures_every_graph_before_serving(attention):
     assert g.captured == captured
 
 
+def test_cuda_speculative_drafts_on_graph_steps_same_tokens_fp32():
+    """Drafts carried by the CUDA-graph steps (the "every" graphs, captured): the same tokens
+    as without drafts in fp32, drafts accepted, and warmup captures the "every" shapes."""
+    plain = _engine("float32", speculate=0)
+    spec = _engine("float32", speculate=4)
+    g = spec.runner.graphs
+    spec.warmup(batch_size=16, max_new_tokens=96)
+    captured = g.captured
+    assert any(mode == "every" for _, _, mode in g._graphs)
+    for bs in (16, 5):
+        plain.generate(QUERIES16, max_new_tokens=96, batch_size=bs)
+        spec.generate(QUERIES16, max_new_tokens=96, batch_size=bs)
+        assert spec.last_token_ids == plain.last_token_ids, bs
+        assert spec.last_stats["accepted_draft_tokens"] > 0
+    assert g.captured == captured
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_cuda_cascade_half_precision_outputs_parse_strictly(dtype):
     eng = _engine(dtype, attention="cascade")
