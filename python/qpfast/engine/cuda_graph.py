@@ -164,9 +164,7 @@ class DecodeGraphs:
         B = self.bucket(b)
         T = self.step_width(token_lists)
         plen = r.prefix_len
-        if self._copied is not None:           # the last step's copy may not have read the host buffer yet
-            self._copied.synchronize()
-            self._copied = None
+        self._wait_copied()
         host = self._host.numpy()
         own = np.asarray(starts, dtype=np.int64)
         pos = own + plen if r.attention == "kernels" else own          # where the first new K/V goes
@@ -209,6 +207,13 @@ class DecodeGraphs:
             return out[:b * T].view(b, T, out.shape[-1])
         return (out[0][:b], out[1][:b]) if pick else out[:b]
 
+    def _wait_copied(self) -> None:
+        """Waits for the last step's host-to-device copy (it may not have read the pinned host
+        buffer yet), before the host buffer is rewritten."""
+        if self._copied is not None:
+            self._copied.synchronize()
+            self._copied = None
+
     def _pad_rows(self, host: np.ndarray, b: int, B: int, T: int) -> None:
         """Rows `b..B-1` of the host buffer as padding rows: token 0 at every position,
         K/V written at the last cache position, attending to their slot's first `T` keys."""
@@ -245,9 +250,7 @@ class DecodeGraphs:
         if True in picks and mask_words is None:
             raise ValueError("mask_words: needed to record the steps that pick")
         self._prepare()
-        if self._copied is not None:
-            self._copied.synchronize()
-            self._copied = None
+        self._wait_copied()
         new = 0
         for B, T, pick in self.shapes(max_batch, picks):
             if pick is True:

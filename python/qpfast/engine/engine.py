@@ -50,7 +50,7 @@ from ..result import QPResult
 from ..schema import Schema, model_schema
 from ..vocab import Vocab
 from .model_runner import HFRunner, NativeRunner, lm_head_rows, native_support
-from .sampler import pick_dense, pick_sparse, split_rows
+from .sampler import allowed_at, pick_dense, pick_sparse, split_rows
 from .cuda_graph import EVERY
 from .draft import DraftIndex
 from .screen import LogitScreen, cpu_has_bf16_dot
@@ -369,9 +369,7 @@ class Engine:
             raise ValueError(f"query: expected a non-empty query string, got {query!r}")
         budget = _check_positive_int("max_new_tokens", max_new_tokens)
         bs = _check_positive_int("batch_size", batch_size)
-        template = prompt_template(self.tokenizer, self.schema, rules, context)   # checks rules/context
-        budget = budget or self.max_new_tokens or default_max_new_tokens(self.schema)
-        bs = bs or self.batch_size or self._default_batch_size()
+        template, budget, bs = self._call_settings(budget, bs, rules, context)
         t0 = time.perf_counter()
         graphs = 0
         with self._lock, torch.inference_mode():
@@ -398,6 +396,13 @@ class Engine:
                 "cache_slots": cache.slots if cache is not None else 0,
                 "cache_positions": cache.capacity if cache is not None else 0,
                 "cache_bytes": cache.nbytes() if cache is not None else 0}
+
+    def _call_settings(self, budget: Optional[int], bs: Optional[int], rules: Any, context: Any):
+        """(prompt template, token budget, batch size) of one call: its checked arguments, else
+        the engine's options, else the defaults."""
+        template = prompt_template(self.tokenizer, self.schema, rules, context)   # checks rules/context
+        budget = budget or self.max_new_tokens or default_max_new_tokens(self.schema)
+        return template, budget, bs or self.batch_size or self._default_batch_size()
 
     def _default_batch_size(self) -> int:
         return 128 if self.device.type == "cuda" else 64
@@ -429,9 +434,7 @@ class Engine:
             raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
         if progress is not None and not callable(progress):
             raise TypeError(f"progress: expected a callable or None, got {type(progress).__name__}")
-        template = prompt_template(self.tokenizer, self.schema, rules, context)   # checks rules/context
-        budget = budget or self.max_new_tokens or default_max_new_tokens(self.schema)
-        bs = bs or self.batch_size or self._default_batch_size()
+        template, budget, bs = self._call_settings(budget, bs, rules, context)
         with self._lock, torch.inference_mode():
             return self._generate(queries, template, budget, bs, float(temperature), float(top_p), seed, progress)
 
@@ -588,8 +591,7 @@ class Engine:
                 # equal maxima, like masked_argmax) is the answer whenever it is allowed;
                 # only the other rows pay for expanding their bitmask.
                 best = lg.argmax(dim=1).cpu().numpy()
-                word = mask[dense_rows, best >> 5].view(np.uint32)
-                ok = ((word >> (best & 31).astype(np.uint32)) & 1).astype(bool)
+                ok = allowed_at(mask, dense_rows, best)
                 out[dense_rows[ok]] = best[ok]
                 todo = np.flatnonzero(~ok)
             if todo.size:

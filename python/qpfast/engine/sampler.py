@@ -45,6 +45,12 @@ def split_rows(mask: np.ndarray, threshold: int) -> tuple[np.ndarray, np.ndarray
     return sparse, ids[sparse, :k], counts[sparse], dense
 
 
+def allowed_at(bitmask: np.ndarray, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Whether id `ids[k]` is allowed in bitmask row `rows[k]` (bool array like `ids`)."""
+    word = bitmask[rows, ids >> 5].view(np.uint32)
+    return ((word >> (ids & 31).astype(np.uint32)) & 1).astype(bool)
+
+
 def pick_sparse(logits: torch.Tensor, ids: torch.Tensor, temperature: float, top_p: float,
                 generator: Optional[torch.Generator]) -> torch.Tensor:
     """Picks from `[rows, K]` logits over candidate `ids` (padding -1); returns token ids."""

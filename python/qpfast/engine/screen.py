@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import kernels
+from .sampler import allowed_at
 
 #: candidates a row may average before the screen gives up (the recheck gathers their rows)
 MAX_CANDIDATES = 64
@@ -109,7 +110,7 @@ class LogitScreen:
                + x.shape[1] * 2.0 ** -125 * (self.radius + norms + 1.0))     # flushed denormal products
         best = approx.argmax(dim=1).numpy()
         rows = np.arange(n)
-        ok = _allowed(bitmask, rows, best)
+        ok = allowed_at(bitmask, rows, best)
         bad = np.flatnonzero(~ok)
         if bad.size:                              # the unmasked best is not allowed: mask those rows
             allowed = kernels.reference.bitmask_to_bool(torch.from_numpy(np.ascontiguousarray(bitmask[bad])), vocab)
@@ -123,7 +124,7 @@ class LogitScreen:
         if cand_r.numel() > MAX_CANDIDATES * n:
             return None
         cr, ci = cand_r.numpy(), cand_i.numpy()
-        keep = _allowed(bitmask, cr, ci)
+        keep = allowed_at(bitmask, cr, ci)
         cr, ci = cr[keep], ci[keep]
         exact = (self.weight[torch.from_numpy(ci)] * x[torch.from_numpy(cr)]).sum(dim=1)
         if self.bias is not None:
@@ -136,9 +137,3 @@ class LogitScreen:
         first = np.unique(cr[order], return_index=True)[1]
         out[cr[order][first]] = ci[order][first]
         return out
-
-
-def _allowed(bitmask: np.ndarray, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Whether id `ids[k]` is allowed in bitmask row `rows[k]`."""
-    word = bitmask[rows, ids >> 5].view(np.uint32)
-    return ((word >> (ids & 31).astype(np.uint32)) & 1).astype(bool)
