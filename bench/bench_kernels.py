@@ -642,6 +642,7 @@ def engine_benchmark(batch: int = 64, repeats: int = 3, profile_path: str | None
         weight_bytes = sum(p.numel() * p.element_size() for p in eng.model.parameters())
         hbm = datasheet_hbm(torch.cuda.get_device_name())
         out = dict(batch=batch, weight_bytes=weight_bytes, configs={})
+        print(f"\n== engine, as timed (batch {batch})", flush=True)
         ids = {}
         # "graphs": CUDA-graph decode steps, forced tokens up to DecodeGraphs.max_tokens a
         # step, greedy picks inside the graph (the default on CUDA); "graphs_host_picks":
@@ -662,10 +663,12 @@ def engine_benchmark(batch: int = 64, repeats: int = 3, profile_path: str | None
                 # what a server pays once at start: every graph shape up to the default batch
                 try:
                     out["warmup"] = eng.warmup()
+                    print(f"  warmup: {out['warmup']}", flush=True)
                 except Exception as exc:
                     traceback.print_exc()
                     out["warmup"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
             out["configs"][name], ids[name] = _time_engine(eng, queries, repeats, weight_bytes, hbm)
+            _print_engine_config(name, out["configs"][name])
         eng.graph_picks = True
         out["same_tokens_graphs_vs_eager"] = ids["graphs"] == ids["eager"]
         out["same_rows_graphs_vs_1tok"] = sum(a == b for a, b in zip(ids["graphs"], ids["graphs_1tok"]))
@@ -674,6 +677,7 @@ def engine_benchmark(batch: int = 64, repeats: int = 3, profile_path: str | None
         try:
             casc = engine_cls(model_dir, device="cuda", dtype="bfloat16", attention="cascade")
             out["configs"]["cascade"], ids["cascade"] = _time_engine(casc, queries, repeats, weight_bytes, hbm)
+            _print_engine_config("cascade", out["configs"]["cascade"])
             # bf16: the two layouts sum in different orders, so a near-tie may pick differently
             out["cascade_same_rows_vs_graphs"] = sum(a == b for a, b in zip(ids["cascade"], ids["graphs"]))
         except Exception as exc:
@@ -701,15 +705,7 @@ def engine_benchmark(batch: int = 64, repeats: int = 3, profile_path: str | None
                 out[key] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     print("\n== engine (0.6B Qwen3-shaped, random weights, bf16, batch %d)" % batch)
     for name, cfg in out["configs"].items():
-        if "error" in cfg:
-            print(f"  {name:>7}: {cfg['error']}")
-            continue
-        st = cfg["stats"]
-        print(f"  {name:>7}: wall {cfg['wall_s']:.3f} s  forward passes {cfg['forward_passes']}"
-              f"  ({st.get('decode_forward_passes')} decode)  output tokens {st.get('output_tokens')}"
-              f"  forward {st.get('time_forward', 0):.3f} s  masks {st.get('time_masks', 0):.3f} s"
-              f"  logits {st.get('time_logits', 0):.3f} s  floor {cfg.get('weights_floor_s', 0):.3f} s"
-              f"  errors {cfg['errors']}")
+        _print_engine_config(name, cfg)
     sp = out.get("speculation") or {}
     if "spec4" in sp:
         a, b = sp["spec0"], sp["spec4"]
@@ -737,6 +733,20 @@ def engine_benchmark(batch: int = 64, repeats: int = 3, profile_path: str | None
     return out
 
 
+def _print_engine_config(name: str, cfg: dict) -> None:
+    """One engine configuration's line (printed as soon as it is timed, so that a run cut
+    short by its time limit still reports what it measured, and again in the summary)."""
+    if "error" in cfg:
+        print(f"  {name:>7}: {cfg['error']}", flush=True)
+        return
+    st = cfg["stats"]
+    print(f"  {name:>7}: wall {cfg['wall_s']:.3f} s  forward passes {cfg['forward_passes']}"
+          f"  ({st.get('decode_forward_passes')} decode)  output tokens {st.get('output_tokens')}"
+          f"  forward {st.get('time_forward', 0):.3f} s  masks {st.get('time_masks', 0):.3f} s"
+          f"  logits {st.get('time_logits', 0):.3f} s  floor {cfg.get('weights_floor_s', 0):.3f} s"
+          f"  errors {cfg['errors']}", flush=True)
+
+
 def _speculation_benchmark(engine_cls, queries: list[str], repeats: int, hbm) -> dict:
     """Speculative drafts on the CUDA-graph steps (`speculate=4`) against none, on the
     shipped default model: trained, so its outputs repeat their queries and drafts get
@@ -749,6 +759,7 @@ def _speculation_benchmark(engine_cls, queries: list[str], repeats: int, hbm) ->
         eng = engine_cls(default_model_dir(), device="cuda", dtype="bfloat16", speculate=spec)
         weight_bytes = sum(p.numel() * p.element_size() for p in eng.model.parameters())
         out[name], ids[name] = _time_engine(eng, queries, repeats, weight_bytes, hbm)
+        _print_engine_config(name, out[name])
     out["same_rows"] = sum(a == b for a, b in zip(ids["spec0"], ids["spec4"]))
     return out
 

@@ -203,6 +203,22 @@ def test_bad_queries_get_error_results_and_the_rest_is_unaffected():
     assert ref[0].error is None
 
 
+def test_a_bare_cuda_device_gets_its_index(monkeypatch):
+    """`torch.device("cuda") != torch.device("cuda:0")`: the engine and the runner hold the
+    indexed device, so the cache check (`KVCache.fits`) matches the tensors made on it and a
+    second `generate` does not reallocate the cache and drop every CUDA graph."""
+    from qpfast.engine.engine import resolve_device
+    from qpfast.engine.kv_cache import canonical_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert canonical_device("cuda") == torch.device("cuda", 1)
+    assert canonical_device(torch.device("cuda")) == torch.device("cuda", 1)
+    assert canonical_device("cuda:0") == torch.device("cuda", 0)
+    assert canonical_device("cpu") == torch.device("cpu")
+    assert resolve_device("cuda") == resolve_device(torch.device("cuda")) == torch.device("cuda", 1)
+    assert resolve_device(None) == torch.device("cuda", 1)
+
+
 def test_argument_errors_name_the_argument():
     eng = qwen3_engine()
     with pytest.raises(TypeError, match="queries"):

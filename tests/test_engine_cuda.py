@@ -38,6 +38,23 @@ def test_cuda_defaults_use_kernels_and_graphs():
     assert eng.runner.graphs.captured >= 1
 
 
+def test_cuda_serving_again_reuses_the_cache_and_graphs():
+    """A second `generate` at the same settings (device given as the bare "cuda") keeps the
+    cache and captures nothing; graphs dropped on purpose are captured again into a fresh
+    memory pool (a capture into the retired pool failed PyTorch's allocator assertion)."""
+    eng = _engine("float32")
+    assert eng.device == torch.device("cuda", torch.cuda.current_device())
+    eng.generate(QUERIES16, max_new_tokens=96, batch_size=16)
+    g, stamp = eng.runner.graphs, eng.runner.cache.stamp
+    captured, ids = g.captured, eng.last_token_ids
+    eng.generate(QUERIES16, max_new_tokens=96, batch_size=16)
+    assert eng.runner.cache.stamp == stamp and g.captured == captured
+    assert eng.last_token_ids == ids
+    g.reset()
+    eng.generate(QUERIES16, max_new_tokens=96, batch_size=16)
+    assert g.captured > captured and eng.last_token_ids == ids
+
+
 def test_cuda_graphs_on_vs_off_same_tokens_fp32():
     on = _engine("float32")
     off = _engine("float32", cuda_graphs=False)

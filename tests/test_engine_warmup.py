@@ -126,3 +126,24 @@ def test_warmup_argument_errors():
     with pytest.raises(ValueError, match="mask_words"):
         g.graphs.warmup(2, [True])
     assert torch.is_tensor(g.cache.k[0])
+
+
+def test_dropped_graphs_send_later_captures_to_a_new_memory_pool():
+    """PyTorch retires a graph memory pool once its last graph is gone, and a capture into a
+    retired pool fails an allocator assertion (seen on an H200): whenever graphs are dropped
+    (new cache or rope table, a new mask width), later captures get a new pool."""
+    eng = _graph_engine()
+    g = eng.runner.graphs
+    eng.warmup(batch_size=4, max_new_tokens=BUDGET, sampling=True)
+    words = g._mask.shape[1]
+    pool = g._pool = object()                  # as if captured (CPU runs the steps eagerly)
+    g._mask_buffer(words)                      # same width: nothing dropped
+    assert g._pool is pool
+    g._mask_buffer(words + 1)                  # the picking graphs read the old buffer
+    assert g._pool is None and g._graphs and {pick for _, _, pick in g._graphs} == {False}
+    g._pool = object()
+    g.reset()
+    assert g._pool is None and not g._graphs
+    g._pool = pool
+    g.reset()                                  # nothing left to drop: the pool stays
+    assert g._pool is pool

@@ -61,9 +61,11 @@ TOKEN_BUCKETS = (1, 2, 4, 8)
 #: cache positions past every row's capacity kept free for padding tokens
 SCRATCH = max(TOKEN_BUCKETS)
 #: query positions (batch bucket x tokens per row) a step runs at most when rows take
-#: several tokens: up to ~128 rows the GEMMs of a 0.6B model cost about what reading its
-#: weights costs, so the extra rows are nearly free (an estimate, not fitted on a GPU)
-MAX_STEP_TOKENS = 128
+#: several tokens. Fitted on an H200 (bench/RESULTS.md, run 14: a 0.6B Qwen3-shaped model,
+#: bf16): 512 against 128 took a batch of 64 from 89 to 77 passes (0.308 -> 0.279 s) and one
+#: of 128 from 119 to 78 (0.621 -> 0.478 s); 256 lay between. The replayed step grows
+#: little with its rows there (batch 64: 1.88 ms at one token a row, 1.98 ms at two).
+MAX_STEP_TOKENS = 512
 #: the graph mode that returns the state of every position (speculative steps verify drafts)
 EVERY = "every"
 #: query rows (tokens x query heads of one KV head) the Triton decode kernel takes
@@ -96,8 +98,17 @@ class DecodeGraphs:
 
     def reset(self) -> None:
         """Drops every graph (the cache or rope table they point into is gone)."""
-        self._graphs.clear()
+        self._drop(list(self._graphs))
         self._key = None
+
+    def _drop(self, keys: Sequence[tuple]) -> None:
+        """Drops the graphs of `keys`; later captures go to a new memory pool. (PyTorch's
+        allocator retires a pool once the last graph that used it is gone, and a capture
+        into a retired pool fails an internal assertion, `use_count > 0`, seen on an H200.)"""
+        for k in keys:
+            del self._graphs[k]
+        if keys:
+            self._pool = None
 
     def _prepare(self) -> None:
         r = self.runner
@@ -226,8 +237,7 @@ class DecodeGraphs:
     def _mask_buffer(self, words: int) -> torch.Tensor:
         """The device copy of the rows' bitmasks the picking graphs read, `[slots, words]`."""
         if self._mask is None or self._mask.shape[1] != words:
-            for k in [k for k in self._graphs if k[2] is True]:
-                del self._graphs[k]            # the graphs that pick read the old buffer
+            self._drop([k for k in self._graphs if k[2] is True])   # they read the old buffer
             r = self.runner
             self._mask = torch.zeros((r.cache.slots, words), dtype=torch.int32, device=r.device)
         return self._mask

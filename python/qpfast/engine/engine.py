@@ -52,6 +52,7 @@ from ..vocab import Vocab
 from .model_runner import HFRunner, NativeRunner, lm_head_rows, native_support
 from .sampler import allowed_at, pick_dense, pick_sparse, split_rows
 from .cuda_graph import EVERY
+from .kv_cache import canonical_device
 from .draft import DraftIndex
 from .screen import LogitScreen, cpu_has_bf16_dot
 from .sequence import Sequence
@@ -109,12 +110,12 @@ def resolve_device(device: Any, model: Any = None) -> torch.device:
                 return next(model.parameters()).device
             except StopIteration:
                 pass
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return canonical_device("cuda" if torch.cuda.is_available() else "cpu")
     if isinstance(device, torch.device):
-        return device
+        return canonical_device(device)
     if isinstance(device, str):
         try:
-            return torch.device(device)
+            return canonical_device(device)
         except RuntimeError as e:
             raise ValueError(f"device: {device!r} is not a torch device ({e})") from None
     raise TypeError(f"device: expected 'auto', a str or a torch.device, got {type(device).__name__}")
@@ -218,7 +219,8 @@ class Engine:
     a row after its pending ones, looked up in its own tokens (`qpfast.engine.draft`); the
     step's picks verify them and the longest confirmed run is kept, so the tokens are the
     same in fewer passes; an int: that many drafts a row at any batch size, CUDA-graph steps
-    included (within their tokens a row; "auto" drafts nothing there until timed); 0: off).
+    included (within their tokens a row; "auto" drafts nothing there: on an H200 the host
+    picks at every draft position cost more than the passes saved); 0: off).
 
     After each `generate`, `last_stats` holds counters and timings and `last_token_ids` the
     output token ids of each query (None for a query that got an error result).
@@ -614,14 +616,20 @@ class Engine:
         self._speculate = value if value == "auto" else int(value)
 
     def _speculation_possible(self) -> bool:
-        return self.speculate != 0 and self.runner.kind == "native"
+        """Whether any step of a greedy run can carry drafts (else no row keeps a
+        `DraftIndex`: on the H200 its upkeep was ~10% of a CUDA run that drafts nothing)."""
+        if self.speculate == 0 or self.runner.kind != "native" or self.overlap_masks:
+            return False
+        if self.speculate == "auto":           # `_spec_drafts`: CPU eager steps only
+            return self.device.type == "cpu" and getattr(self.runner, "graphs", None) is None
+        return True
 
     def _spec_drafts(self, n_rows: int, graphs: bool, temperature: float) -> int:
         """Drafts a row this step: `speculate` (an int; with CUDA graphs within the step's
         tokens a row), or with "auto" `SPEC_DRAFTS` on CPU eager steps of at most
         `SPEC_MAX_ROWS` rows (a CPU step's cost grows with the positions it feeds, so drafts
-        pay only where a step is mostly fixed cost; on CUDA "auto" drafts nothing until the
-        graph steps with drafts are timed). Only greedy steps of the native runner with masks
+        pay only where a step is mostly fixed cost; on CUDA "auto" drafts nothing: timed on an
+        H200, bench/RESULTS.md run 13, they lost 0.110 -> 0.149 s). Only greedy steps of the native runner with masks
         filled before the forward pass."""
         mode = self.speculate
         if mode == 0 or temperature > 0.0 or self.overlap_masks or self.runner.kind != "native":

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -30,6 +30,17 @@ _stamps = itertools.count(1)
 
 def new_stamp() -> int:
     return next(_stamps)
+
+
+def canonical_device(device: Any) -> torch.device:
+    """`device` with its index filled in ("cuda" -> "cuda:<current device>"): the device of
+    the tensors made on it. `torch.device("cuda") != torch.device("cuda:0")`, so a cache check
+    against the bare name failed on every call and reallocated the cache (and dropped every
+    CUDA graph) at each `generate`."""
+    d = torch.device(device)
+    if d.type == "cuda" and d.index is None and torch.cuda.is_available():
+        d = torch.device("cuda", torch.cuda.current_device())
+    return d
 
 
 @dataclass
@@ -69,7 +80,8 @@ class KVCache:
 
     def fits(self, slots: int, capacity: int, dtype: torch.dtype, device: torch.device) -> bool:
         t = self.k[0]
-        return self.slots >= slots and self.capacity >= capacity and t.dtype == dtype and t.device == device
+        return (self.slots >= slots and self.capacity >= capacity and t.dtype == dtype
+                and t.device == canonical_device(device))
 
     def write_prefix(self, prefix: Optional[PrefixKV]) -> None:
         """Copies the prefix into positions [0, P) of every slot (kernels layout)."""

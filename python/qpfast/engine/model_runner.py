@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from .. import kernels
 from .cuda_graph import SCRATCH, DecodeGraphs
-from .kv_cache import KVCache, PrefixKV, new_stamp
+from .kv_cache import KVCache, PrefixKV, canonical_device, new_stamp
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 
@@ -137,7 +137,7 @@ class NativeRunner:
         if why is not None:
             raise ValueError(f"model: the native runner cannot run it ({why})")
         cfg = _text_config(model)
-        self.device = torch.device(device)
+        self.device = canonical_device(device)
         if attention == "auto":
             attention = "kernels" if self.device.type == "cuda" else "cascade"
         if attention not in ("kernels", "cascade"):
@@ -487,7 +487,7 @@ class HFRunner:
 
     def __init__(self, model: Any, device: torch.device, vocab_size: int):
         self.model = model
-        self.device = torch.device(device)
+        self.device = canonical_device(device)
         self.vocab_size = vocab_size
         self.prefix: Optional[PrefixKV] = None
         self.rows: dict[int, list] = {}     # slot -> [ids, cache or None]

@@ -1,0 +1,39 @@
+"""`bench/bench_engine_layouts.py` (GPU: the two cache layouts end to end), run on the CPU
+with tiny engines so that a device session cannot fail on it: both layouts generate,
+take turns, and give the same tokens in fp32. Timings are not checked."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+import qpfast
+from qpfast.engine import Engine
+
+from bench_scripts import bench_module
+from test_engine_support import qwen3_model
+
+pytest.importorskip("triton")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_compare_layouts_rows(capsys):
+    bl = bench_module("bench_engine_layouts")
+    configs = {}
+    for name in bl.LAYOUTS:
+        eng = Engine(copy.deepcopy(qwen3_model()), qpfast.testing.qwen_tokenizer(), device="cpu", attention=name,
+                     cuda_graphs=True)               # CPU: the graph steps run eagerly
+        eng.warmup(batch_size=3)
+        configs[name] = (eng, eng.runner.graphs.max_step_tokens)
+        configs[name + "/4"] = (eng, 4)              # one token a row at 3 rows (a bucket of 4)
+    rows = bl.compare_layouts(configs, [3], reps=2, baseline_at=None)
+    (row,) = rows
+    assert row["batch"] == 3 and list(row["configs"]) == list(configs)
+    for name, r in row["configs"].items():
+        assert len(r["wall_s_all"]) == 2 and r["wall_s"] > 0 and r["errors"] == 0
+        assert r["decode_passes"] > 0 and r["output_tokens"] > 0
+        if name != "kernels":                     # fp32: every configuration gives the same tokens
+            assert r["same_rows"] == 3, name
+    # fewer tokens a step, more steps
+    assert row["configs"]["kernels/4"]["decode_passes"] > row["configs"]["kernels"]["decode_passes"]
+    assert "rows as the first" in capsys.readouterr().out
