@@ -2,12 +2,7 @@
 # A device call for the engine's cache layouts and graph step sizes (bench_engine_layouts.py),
 # then the engine's CUDA tests. carry: .whl (the qpfast wheel + xgrammar and its deps),
 # .devcache (the Qwen tokenizer). Env: LAYOUT_ARGS, LAYOUT_TIMEOUT, TEST_ARGS, TEST_TIMEOUT.
-set -u
-export PYTHONUNBUFFERED=1 QPFAST_TEST_CACHE=$PWD/.devcache
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || { echo "wheel install failed"; exit 1; }
-export PYTHONPATH=/tmp/site
+source "$(dirname "$0")/gpu_setup.sh"
 timeout ${LAYOUT_TIMEOUT:-240} python3 bench/bench_engine_layouts.py --out "$OUT/layouts.json" ${LAYOUT_ARGS:-} 2>&1 \
   | grep -v "it/s\]" | tee "$OUT/layouts.log"
 timeout ${TEST_TIMEOUT:-90} python3 -m pytest -q -p no:cacheprovider ${TEST_ARGS:-} tests/test_engine_cuda.py 2>&1 \

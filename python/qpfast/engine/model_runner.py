@@ -306,7 +306,11 @@ class NativeRunner:
         slot_plen = plen if attention == "kernels" else 0        # prefix keys each slot holds
         via_kernels = attention == "kernels" or self.cascade_kernels
         write_pos = inp.own_pos + slot_plen
-        meta = self._attn_meta(inp, slot_plen, via_kernels)
+        # a multi-token step through the kernels in the "kernels" layout gathers only each
+        # row's own keys and reads the prefix as a shared one from slot 0's copy (every
+        # slot holds the same), instead of gathering every row's copy of it
+        slot0_prefix = via_kernels and attention == "kernels" and inp.T > 1 and plen > 0
+        meta = self._attn_meta(inp, slot_plen, via_kernels, skip_prefix=slot0_prefix)
 
         shared = via_kernels and attention == "cascade" and plen > 0
         if shared and cache.prefix is not prefix:
@@ -314,7 +318,13 @@ class NativeRunner:
 
         def attend(li: int, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
             if via_kernels:
-                return self._attn_kernels(q, kc, vc, inp, meta, cache.prefix_args(li) if shared else {})
+                if shared:
+                    pre = cache.prefix_args(li)
+                elif slot0_prefix:
+                    pre = dict(prefix_k=kc[0, :, :plen], prefix_v=vc[0, :, :plen])
+                else:
+                    pre = {}
+                return self._attn_kernels(q, kc, vc, inp, meta, pre)
             pk = pv = None
             if plen:
                 if prefix is self.prefix and self._prefix_f32 is not None:
@@ -374,16 +384,18 @@ class NativeRunner:
         return h
 
     # -- attention ---------------------------------------------------------------------
-    def _attn_meta(self, inp: StepInputs, plen: int, via_kernels: bool) -> dict:
+    def _attn_meta(self, inp: StepInputs, plen: int, via_kernels: bool, skip_prefix: bool = False) -> dict:
         """Index tensors of one step's attention: for the kernels (`plen` = prefix keys each
-        slot holds before its own), or for the torch cascade path."""
+        slot holds before its own; with `skip_prefix` a multi-token step gathers only the
+        keys after them), or for the torch cascade path."""
         meta: dict[str, Any] = {}
         own_after = inp.starts_t + inp.lens_t
         if via_kernels:
             if inp.T == 1:
                 meta["seq_lens"] = (own_after + plen).to(torch.int32)
             else:
-                kl = (own_after + plen).tolist()
+                skip = plen if skip_prefix else 0
+                kl = (own_after + plen - skip).tolist()
                 cu_k = [0]
                 for x in kl:
                     cu_k.append(cu_k[-1] + x)
@@ -393,7 +405,7 @@ class NativeRunner:
                 meta["cu_q"] = torch.tensor(cu_q, dtype=torch.int32, device=self.device)
                 meta["cu_k"] = torch.tensor(cu_k, dtype=torch.int32, device=self.device)
                 slots = torch.cat([torch.full((n,), inp.slot0 + i, dtype=torch.long) for i, n in enumerate(kl)])
-                pos = torch.cat([torch.arange(n) for n in kl])
+                pos = torch.cat([torch.arange(skip, skip + n) for n in kl])
                 meta["k_slot"], meta["k_pos"] = slots.to(self.device), pos.to(self.device)
         else:
             lmax = int(own_after.max())
