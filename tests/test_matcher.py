@@ -374,6 +374,17 @@ def test_mask_rows_on_matcher_masks_views_and_bad_input(vocab):
 # ------------------------------------------------------------------ batch and threads
 
 
+def test_fill_bitmasks_threads_only_for_hundreds_of_rows(monkeypatch):
+    """A row's mask takes ~1 µs and a thread tens: batches of an engine step (up to a few
+    hundred rows) stay on one thread, more rows split up to the CPU count."""
+    import qpfast.matcher as qm
+    monkeypatch.setattr(qm, "_CPUS", 16)
+    assert [qm.default_threads(n) for n in (0, 1, 64, 128, 511)] == [1, 1, 1, 1, 1]
+    assert [qm.default_threads(n) for n in (512, 1024, 10_000)] == [2, 4, 16]
+    monkeypatch.setattr(qm, "_CPUS", 2)
+    assert qm.default_threads(10_000) == 2
+
+
 def test_fill_bitmasks_matches_rows_and_threads(vocab):
     rng = random.Random(0)
     queries = [rng.choice(ADVERSARIAL) for _ in range(24)]
