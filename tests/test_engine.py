@@ -217,6 +217,10 @@ def test_a_bare_cuda_device_gets_its_index(monkeypatch):
     assert canonical_device("cpu") == torch.device("cpu")
     assert resolve_device("cuda") == resolve_device(torch.device("cuda")) == torch.device("cuda", 1)
     assert resolve_device(None) == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match="device: 'gpu7' is not a torch device"):
+        resolve_device("gpu7")
+    with pytest.raises(TypeError, match="device"):
+        resolve_device(7)
 
 
 def test_argument_errors_name_the_argument():

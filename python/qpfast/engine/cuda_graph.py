@@ -289,8 +289,13 @@ class DecodeGraphs:
         graph = torch.cuda.CUDAGraph()
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        with torch.cuda.graph(graph, pool=self._pool):
-            out = self._core(B, T, pick)
+        try:
+            with torch.cuda.graph(graph, pool=self._pool):
+                out = self._core(B, T, pick)
+        except BaseException:
+            if not self._graphs:               # the failed capture may be the pool's only user
+                self._pool = None
+            raise
         self.captured += 1
         return graph, out
 

@@ -115,9 +115,10 @@ def resolve_device(device: Any, model: Any = None) -> torch.device:
         return canonical_device(device)
     if isinstance(device, str):
         try:
-            return canonical_device(device)
+            parsed = torch.device(device)
         except RuntimeError as e:
             raise ValueError(f"device: {device!r} is not a torch device ({e})") from None
+        return canonical_device(parsed)
     raise TypeError(f"device: expected 'auto', a str or a torch.device, got {type(device).__name__}")
 
 
