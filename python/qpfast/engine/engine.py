@@ -386,7 +386,7 @@ class Engine:
             g = getattr(self.runner, "graphs", None)
             if g is not None:
                 modes = sorted({self.graph_picks and not self.overlap_masks} | ({False} if sampling else set()))
-                if self.speculate != "auto" and self.speculate > 0 and not self.overlap_masks:
+                if self._speculation_possible():       # with graphs: an int speculate > 0
                     modes.append(EVERY)                 # the speculative steps' graphs
                 graphs = g.warmup(bs, modes, mask_words=self.vocab.words)
         for temperature in (0.0, 1.0) if sampling else (0.0,):
@@ -617,27 +617,27 @@ class Engine:
         self._speculate = value if value == "auto" else int(value)
 
     def _speculation_possible(self) -> bool:
-        """Whether any step of a greedy run can carry drafts (else no row keeps a
-        `DraftIndex`: on the H200 its upkeep was ~10% of a CUDA run that drafts nothing)."""
+        """Whether any greedy step can carry drafts: the native runner with masks filled
+        before the forward pass, and `speculate` an int > 0 (CUDA-graph steps included), or
+        "auto" on CPU eager steps (a CPU step's cost grows with the positions it feeds, so
+        drafts pay only where a step is mostly fixed cost; on CUDA "auto" drafts nothing:
+        timed on an H200, bench/RESULTS.md run 13, they lost 0.110 -> 0.149 s). Otherwise no
+        row keeps a `DraftIndex` (its upkeep was ~10% of a CUDA run that drafts nothing)."""
         if self.speculate == 0 or self.runner.kind != "native" or self.overlap_masks:
             return False
-        if self.speculate == "auto":           # `_spec_drafts`: CPU eager steps only
+        if self.speculate == "auto":
             return self.device.type == "cpu" and getattr(self.runner, "graphs", None) is None
         return True
 
-    def _spec_drafts(self, n_rows: int, graphs: bool, temperature: float) -> int:
+    def _spec_drafts(self, n_rows: int, temperature: float) -> int:
         """Drafts a row this step: `speculate` (an int; with CUDA graphs within the step's
-        tokens a row), or with "auto" `SPEC_DRAFTS` on CPU eager steps of at most
-        `SPEC_MAX_ROWS` rows (a CPU step's cost grows with the positions it feeds, so drafts
-        pay only where a step is mostly fixed cost; on CUDA "auto" drafts nothing: timed on an
-        H200, bench/RESULTS.md run 13, they lost 0.110 -> 0.149 s). Only greedy steps of the native runner with masks
-        filled before the forward pass."""
-        mode = self.speculate
-        if mode == 0 or temperature > 0.0 or self.overlap_masks or self.runner.kind != "native":
+        tokens a row), or with "auto" `SPEC_DRAFTS` at steps of at most `SPEC_MAX_ROWS` rows;
+        none unless greedy and `_speculation_possible`."""
+        if temperature > 0.0 or not self._speculation_possible():
             return 0
-        if mode == "auto":
-            return SPEC_DRAFTS if self.device.type == "cpu" and not graphs and n_rows <= SPEC_MAX_ROWS else 0
-        return int(mode)
+        if self.speculate == "auto":
+            return SPEC_DRAFTS if n_rows <= SPEC_MAX_ROWS else 0
+        return self.speculate
 
     def _draft(self, rows: list[Sequence], limits: list[int]) -> "_SpecStep":
         """Each row's drafts (up to `limits[i]` tokens from its `DraftIndex`, cut before the
@@ -768,7 +768,7 @@ class Engine:
             feeds = [s.pending[:cap] for s in active] + [s.pending for s in new]
             parts = []
             graph_picks = None                  # the active rows' picks, from the graph step
-            k = self._spec_drafts(n_old, graphs, temperature) if active else 0
+            k = self._spec_drafts(n_old, temperature) if active else 0
             spec = None
             limits = [k if cap is None else max(0, min(k, cap - len(s.pending))) for s in active] if k else []
             if any(limits):
