@@ -24,4 +24,4 @@ export LD_PRELOAD="$libasan $(g++ -print-file-name=libubsan.so)"
 python -S -c "import qpfast, sys; assert qpfast.__file__.startswith('$PWD/$build'), qpfast.__file__"
 python -S -m pytest -q -p no:cacheprovider \
   tests/test_parse_strict.py tests/test_parse_lenient.py tests/test_matcher.py \
-  -k "not 100k and (walks or example or bad_arguments or hostile or budget or rollback or fill_bitmasks or mask_rows or strict or lenient)"
+  -k "not 100k and (walks or example or bad_arguments or hostile or budget or rollback or fill_bitmasks or mask_rows or advance_rows or strict or lenient)"

@@ -1,9 +1,9 @@
 #include "matcher.h"
+#include "parallel.h"
 
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
-#include <thread>
 
 namespace qpfast {
 
@@ -462,20 +462,10 @@ void Matcher::fill_bitmask(uint32_t* row) const {
 }
 
 void fill_bitmasks(const std::vector<const Matcher*>& matchers, uint32_t* data, int64_t stride_words, int nthreads) {
-  const int n = static_cast<int>(matchers.size());
-  auto work = [&](int lo, int hi) {
+  for_row_ranges(static_cast<int>(matchers.size()), nthreads, [&](int lo, int hi) {
     for (int i = lo; i < hi; ++i)
       if (matchers[i]) matchers[i]->fill_bitmask(data + static_cast<int64_t>(i) * stride_words);
-  };
-  if (nthreads <= 1 || n < 4) { work(0, n); return; }
-  nthreads = std::min(nthreads, n);
-  std::vector<std::thread> threads;
-  int per = (n + nthreads - 1) / nthreads;
-  for (int t = 0; t < nthreads; ++t) {
-    int lo = t * per, hi = std::min(n, lo + per);
-    if (lo < hi) threads.emplace_back(work, lo, hi);
-  }
-  for (auto& th : threads) th.join();
+  });
 }
 
 }  // namespace qpfast

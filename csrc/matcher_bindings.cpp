@@ -3,10 +3,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <climits>
 #include <stdexcept>
+#include <unordered_set>
 #include <thread>
 #include <tuple>
 
+#include "advance.h"
 #include "grammar.h"
 #include "mask_rows.h"
 #include "matcher.h"
@@ -191,6 +194,44 @@ void bind_matcher(py::module_& m) {
     py::gil_scoped_release nogil;
     fill_bitmasks(ptrs, base, stride, nthreads);
   }, py::arg("matchers"), py::arg("bitmask"), py::arg("words"), py::arg("nthreads") = 1);
+
+  m.def("advance_rows", [](const std::vector<std::shared_ptr<Matcher>>& ms, const std::vector<int64_t>& picks,
+                           const std::vector<int64_t>& slots, const py::buffer& buf, int words, bool jump_forward,
+                           bool fill, int nthreads) {
+    int64_t rows, stride;
+    uint32_t* base = check_mask(buf, words, rows, stride, "bitmask");
+    const size_t n = ms.size();
+    if (picks.size() != n) throw py::value_error("picks: expected one per matcher (" + std::to_string(n) + "), got " + std::to_string(picks.size()));
+    if (slots.size() != n) throw py::value_error("slots: expected one per matcher (" + std::to_string(n) + "), got " + std::to_string(slots.size()));
+    std::vector<AdvanceRow> todo(n);
+    std::vector<bool> used(static_cast<size_t>(rows), false);
+    std::unordered_set<const Matcher*> seen;
+    for (size_t i = 0; i < n; ++i) {
+      if (!ms[i]) throw py::type_error("matchers: None is not a matcher");
+      if (!seen.insert(ms[i].get()).second) throw py::value_error("matchers: the same matcher appears twice");
+      if (slots[i] < 0 || slots[i] >= rows) throw py::index_error("slots: " + std::to_string(slots[i]) + " out of range for " + std::to_string(rows) + " bitmask rows");
+      if (used[slots[i]]) throw py::value_error("slots: row " + std::to_string(slots[i]) + " appears twice");
+      used[slots[i]] = true;
+      if (picks[i] < -1 || picks[i] > INT_MAX) throw py::value_error("picks: " + std::to_string(picks[i]) + " is neither a token id nor -1");
+      todo[i] = AdvanceRow{ms[i].get(), picks[i], slots[i]};
+    }
+    std::vector<AdvanceResult> res;
+    std::vector<std::vector<int>> toks;
+    {
+      py::gil_scoped_release nogil;
+      advance_rows(todo, base, stride, words, jump_forward, fill, nthreads, res, toks);
+    }
+    std::vector<int64_t> rejected(n);
+    std::vector<bool> filled(n);
+    for (size_t i = 0; i < n; ++i) {
+      rejected[i] = res[i].rejected;
+      filled[i] = res[i].filled;
+    }
+    return py::make_tuple(toks, rejected, filled);
+  }, py::arg("matchers"), py::arg("picks"), py::arg("slots"), py::arg("bitmask"), py::arg("words"),
+     py::arg("jump_forward") = true, py::arg("fill") = true, py::arg("nthreads") = 1,
+     "One engine step's host work for rows: accept picks[i] (-1: none), the forced tokens, fill bitmask row\n"
+     "slots[i] (unless fill is false: then stop), and while it allows one token take it. Returns (tokens per row, rejected token or -1, filled).");
 
   m.def("mask_rows", [](const py::buffer& buf, int words, int k, const py::buffer& counts_buf, const py::buffer& ids_buf) {
     int64_t rows, stride;

@@ -503,3 +503,118 @@ def test_vocab_bytes_match_the_tokenizer():
     q = _vocab("qwen")
     assert q.vocab_size == QWEN_LM_HEAD and q.words == (QWEN_LM_HEAD + 31) // 32
     assert {151643, 151645} <= set(q.end_ids)
+
+
+def _advance_reference(vocab, m, pick, jump_forward=True, fill=True):
+    """The engine's per-row step in plain Python (what `advance_rows` does in C++):
+    (tokens accepted, refused token or -1, next mask row or None)."""
+    got, row = [], np.zeros((1, vocab.words), dtype=np.int32)
+
+    def take(t):
+        if not m.accept(t):
+            return False
+        got.append(t)
+        return True
+
+    def forced():
+        while not m.is_finished():
+            f = m.forced_tokens()
+            if not f:
+                return -1
+            for t in f:
+                if not take(t):
+                    return t
+                if m.is_finished():
+                    return -1
+        return -1
+
+    if pick >= 0 and not take(pick):
+        return got, pick, None
+    if jump_forward and (bad := forced()) >= 0:
+        return got, bad, None
+    while fill and not m.is_finished():
+        m.fill_bitmask(row)
+        ok = allowed(row[0])
+        if not jump_forward or len(ok) != 1:
+            return got, -1, row[0]
+        (t,) = ok
+        if not take(t):
+            return got, t, None
+        if (bad := forced()) >= 0:
+            return got, bad, None
+    return got, -1, None
+
+
+@pytest.mark.parametrize("jump_forward,fill", [(True, True), (False, True), (True, False)])
+def test_advance_rows_matches_the_step_in_python(vocab, jump_forward, fill):
+    """Random walks of many rows at once: each step picks an allowed token per row (now and
+    then a refused one, or none), and `advance_rows` (rows in shuffled bitmask slots, on 1
+    or 2 threads) gives the tokens, refusals and masks of the Python step on twin matchers."""
+    rng = random.Random(7)
+    queries, budgets = _walk_inputs(48, seed=3)
+    pairs = []
+    for q, b in zip(queries, budgets):
+        try:
+            pairs.append((Matcher(vocab, q, max_tokens=None if b < 0 else b), Matcher(vocab, q, max_tokens=None if b < 0 else b)))
+        except ValueError:               # empty after normalization, or a budget below the minimum
+            continue
+    picks = {id(a): -1 for a, _ in pairs}
+    steps = 0
+    while pairs and steps < 400:
+        steps += 1
+        slots = rng.sample(range(len(pairs) + 3), len(pairs))
+        mask = np.full((len(pairs) + 3, vocab.words), -7, dtype=np.int32)
+        toks, rejected, filled = qpfast.matcher.advance_rows(
+            [a for a, _ in pairs], [picks[id(a)] for a, _ in pairs], mask, slots,
+            jump_forward=jump_forward, fill=fill, nthreads=rng.choice([1, 2]))
+        unused = sorted(set(range(len(pairs) + 3)) - set(slots))
+        assert (mask[unused] == -7).all()
+        keep = []
+        for (a, b), slot, got, bad, was_filled in zip(pairs, slots, toks, rejected, filled):
+            want, want_bad, want_row = _advance_reference(vocab, b, picks[id(a)], jump_forward, fill)
+            assert (got, bad, was_filled) == (want, want_bad, want_row is not None), a.query
+            assert a.text_bytes() == b.text_bytes() and a.is_finished() == b.is_finished()
+            if was_filled:
+                assert (mask[slot] == want_row).all()
+            if bad >= 0 or a.is_finished():
+                continue
+            if not fill:                   # the caller fills the mask
+                a.fill_bitmask(mask, slot)
+            ok = sorted(allowed(mask[slot]))
+            if not ok:
+                continue
+            r = rng.random()
+            picks[id(a)] = -1 if r < 0.05 else rng.randrange(vocab.vocab_size) if r < 0.08 else rng.choice(ok)
+            keep.append((a, b))
+        pairs = keep
+    assert steps > 20
+
+
+def test_advance_rows_bad_arguments():
+    vocab = _vocab("qwen")
+    a, b = Matcher(vocab, "q"), Matcher(vocab, "r")
+    mask = np.zeros((2, vocab.words), dtype=np.int32)
+    adv = qpfast.matcher.advance_rows
+    assert adv([], [], mask, []) == ([], [], [])
+    with pytest.raises(ValueError, match="slots.*twice"):
+        adv([a, b], [-1, -1], mask, [1, 1])
+    with pytest.raises(ValueError, match="matchers.*twice"):
+        adv([a, a], [-1, -1], mask, [0, 1])
+    with pytest.raises(IndexError, match="slots"):
+        adv([a], [-1], mask, [2])
+    with pytest.raises(ValueError, match="picks"):
+        adv([a, b], [-1], mask, [0, 1])
+    with pytest.raises(ValueError, match="picks"):
+        adv([a], [-3], mask, [0])
+    with pytest.raises(ValueError, match="picks"):
+        adv([a], [1 << 40], mask, [0])
+    with pytest.raises(ValueError, match="slots"):
+        adv([a], [-1], mask, [0, 1])
+    with pytest.raises(ValueError, match="bitmask"):
+        adv([a], [-1], np.zeros((2, vocab.words + 1), dtype=np.int32), [0])
+    with pytest.raises(TypeError, match="matchers"):
+        adv([a, "b"], [-1, -1], mask, [0, 1])
+    # nothing changed by the refused calls; a refused pick is reported, not raised
+    assert a.num_tokens == 0 and b.num_tokens == 0
+    toks, rejected, filled = adv([a], [vocab.end_ids[0]], mask, [0])
+    assert (toks, rejected, filled) == ([[]], [vocab.end_ids[0]], [False]) and a.num_tokens == 0

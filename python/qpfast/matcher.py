@@ -148,3 +148,29 @@ def fill_bitmasks(matchers: Sequence[Matcher], bitmask: Any, nthreads: int | Non
     if nthreads is None:
         nthreads = default_threads(len(matchers))
     _C.fill_bitmasks([m._m for m in matchers], _as_mask_array(bitmask), words, int(nthreads))
+
+
+def advance_rows(matchers: Sequence[Matcher], picks: Sequence[int], bitmask: Any, slots: Sequence[int],
+                 jump_forward: bool = True, fill: bool = True, nthreads: int | None = None
+                 ) -> tuple[list[list[int]], list[int], list[bool]]:
+    """One decoding step's host work for a batch of rows, in one call with the GIL released.
+
+    For each row i: accepts ``picks[i]`` (-1: none), then, with `jump_forward`, the tokens
+    its matcher forces; unless it finished (or `fill` is False: then it stops here), writes
+    its next mask into ``bitmask[slots[i]]``; then, with `jump_forward`, while that mask allows a single token, accepts it and the
+    tokens forced after it and refills the mask. Returns, per row, the tokens accepted (the
+    pick first), the token the matcher refused (the row stops there; -1 when none) and
+    whether its bitmask row now holds its next mask (False once it finished or failed).
+    Matchers and slots must be distinct."""
+    if not matchers:
+        return [], [], []
+    words = matchers[0].vocab.words
+    for m in matchers:
+        if not isinstance(m, Matcher):
+            raise TypeError(f"matchers: expected qpfast.Matcher items, got {type(m).__name__}")
+        if m.vocab.words != words:
+            raise ValueError("matchers: all matchers must share one vocabulary size")
+    if nthreads is None:
+        nthreads = default_threads(len(matchers))
+    return _C.advance_rows([m._m for m in matchers], [int(p) for p in picks], [int(s) for s in slots],
+                           _as_mask_array(bitmask), words, bool(jump_forward), bool(fill), int(nthreads))

@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 import torch
 
-from ..matcher import Matcher, fill_bitmasks, mask_rows
+from ..matcher import Matcher, advance_rows, fill_bitmasks
 from ..normalize import normalize
 from ..parse import ParseError, parse
 from ..prompt import prompt_template
@@ -504,59 +504,26 @@ class Engine:
         return results  # type: ignore[return-value]
 
     # -- the loop ------------------------------------------------------------------------
-    def _take_forced(self, s: Sequence, stats: dict) -> None:
-        while not s.finished:
-            forced = s.matcher.forced_tokens()
-            if not forced:
-                return
-            for t in forced:
-                if not s.accept(t):
-                    return
-                s.jumped += 1
-                stats["jump_forward_tokens"] += 1
-                if s.finished:
-                    return
-
-    def _fill(self, rows: list[tuple[int, Sequence]], mask: np.ndarray) -> None:
-        """Fills mask[slot] for each (slot, sequence)."""
-        if not rows:
-            return
-        matchers = [s.matcher for _, s in rows]
-        s0 = rows[0][0]
-        if all(slot == s0 + j for j, (slot, _) in enumerate(rows)):
-            fill_bitmasks(matchers, mask[s0:s0 + len(rows)])
-        else:
-            tmp = np.empty((len(rows), mask.shape[1]), dtype=np.int32)
-            fill_bitmasks(matchers, tmp)
-            mask[[slot for slot, _ in rows]] = tmp
-
-    def _advance(self, rows: list[tuple[int, Sequence]], mask: np.ndarray, stats: dict) -> None:
-        """After accepting tokens: jump forward, then fill each live row's next mask."""
+    def _advance(self, rows: list[tuple[int, Sequence, int]], mask: np.ndarray, stats: dict) -> None:
+        """For each (slot, sequence, pick): accepts the pick (-1: none), jumps forward and
+        fills the row's next mask in mask[slot] (`qpfast.matcher.advance_rows`, one C++
+        call); with `overlap_masks` the masks are filled during the next forward pass instead."""
         t0 = time.perf_counter()
-        live = [(slot, s) for slot, s in rows if not s.finished]
-        if self.jump_forward:
-            for _, s in live:
-                self._take_forced(s, stats)
-            live = [(slot, s) for slot, s in live if not s.finished]
-        if self.overlap_masks:       # filled during the next forward pass instead
-            stats["time_masks"] += time.perf_counter() - t0
-            return
-        self._fill(live, mask)
-        while self.jump_forward and live:
-            # rows whose mask allows one token take it now (then any forced ones after it)
-            counts, ids = mask_rows(mask[:max(slot for slot, _ in live) + 1], 1)
-            single: list[tuple[int, Sequence]] = []
-            for slot, s in live:
-                if counts[slot] != 1:
-                    continue
-                single.append((slot, s))
-                if not s.accept(int(ids[slot, 0])):
-                    continue
-                s.jumped += 1
-                stats["jump_forward_tokens"] += 1
-                self._take_forced(s, stats)
-            live = [(slot, s) for slot, s in single if not s.finished]
-            self._fill(live, mask)
+        live = [r for r in rows if not r[1].finished]
+        if live:
+            toks, rejected, _ = advance_rows([s.matcher for _, s, _ in live], [p for _, _, p in live], mask,
+                                             [slot for slot, _, _ in live], jump_forward=self.jump_forward,
+                                             fill=not self.overlap_masks)
+            jumped = 0
+            for (_, s, p), got, bad in zip(live, toks, rejected):
+                if got:
+                    s.accepted(got)
+                    n = len(got) - (p >= 0)
+                    s.jumped += n
+                    jumped += n
+                if bad >= 0:
+                    s.error = f"decoder rejected token {bad} (internal error)"
+            stats["jump_forward_tokens"] += jumped
         stats["time_masks"] += time.perf_counter() - t0
 
     def _pick(self, states: torch.Tensor, mask: np.ndarray, temperature: float, top_p: float,
@@ -753,7 +720,7 @@ class Engine:
                     s = waiting.popleft()
                     s.pending = list(s.suffix_ids)
                     new.append(s)
-                self._advance([(n_old + j, s) for j, s in enumerate(new)], mask, stats)
+                self._advance([(n_old + j, s, -1) for j, s in enumerate(new)], mask, stats)
             rows = active + new
             # 2. forward (masks of this step filled by _advance, or now, in parallel)
             fut = None
@@ -844,15 +811,15 @@ class Engine:
                 picks[len(ready) - len(rest):] = self._pick(pick_states, pick_mask, temperature, top_p, gen, stats)
             stats["time_logits"] += time.perf_counter() - t2
             stats["picked_tokens"] += len(ready) - int((picks == _FINISHED_BY_DRAFT).sum())
+            todo = []
             for i, t in zip(ready, picks.tolist()):
-                s = rows[i]
                 if t == _FINISHED_BY_DRAFT:
                     continue
                 if t < 0:
-                    s.error = "no allowed token (internal error)"
+                    rows[i].error = "no allowed token (internal error)"
                 else:
-                    s.accept(int(t))
-            self._advance([(i, rows[i]) for i in ready], mask, stats)
+                    todo.append((i, rows[i], t))
+            self._advance(todo, mask, stats)
             # 5. retire finished rows; the last active row moves into each hole
             t3 = time.perf_counter()
             done = 0

@@ -48,3 +48,13 @@ class Sequence:
         elif not self.matcher.is_finished():
             self.pending.append(token)
         return True
+
+    def accepted(self, tokens: list[int]) -> None:
+        """Records output tokens its matcher already accepted (`qpfast.matcher.advance_rows`):
+        they join `pending`, but for an end token."""
+        if not tokens:
+            return
+        self.out_ids.extend(tokens)
+        if self.drafts is not None:
+            self.drafts.extend(tokens)
+        self.pending.extend(tokens[:-1] if self.matcher.is_finished() else tokens)
