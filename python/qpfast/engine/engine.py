@@ -14,7 +14,8 @@ join):
 4. **accept** the picks; **jump-forward**: append every token the matcher forces next
    (`Matcher.forced_tokens()`, then any step whose mask allows a single token) to the row's
    pending list, so they all enter the next forward pass together; fill the masks of the
-   rows' next step (`qpfast.fill_bitmasks`: C++ threads, GIL released);
+   rows' next step. One C++ call does this for all rows (`qpfast.matcher.advance_rows`,
+   GIL released);
 5. **retire** finished rows (end token accepted): parse the text, free the slot (the last
    active slot moves into it, so active rows stay contiguous).
 
