@@ -2,7 +2,7 @@
 """The engine's two KV-cache layouts end to end, side by side, at several batch sizes.
 
     python bench/bench_engine_layouts.py [--batches 16,64,128] [--reps 5] [--step-tokens 256,512]
-                                         [--out layouts.json]
+                                         [--one-graph kernels,cascade] [--out layouts.json]
 
 "kernels": the prompt prefix copied into every slot of the cache, each decode step reading
 it once per row; "cascade": the prefix stored once and attended by all rows together
@@ -11,7 +11,9 @@ GPU (`bench_kernels._qwen3_06b_dir`), warmed up (`Engine.warmup`: every graph sh
 cache) before anything is timed; then for each batch size the two take turns, `--reps`
 times each, and the medians, decode passes and rows with the same tokens are printed;
 `--step-tokens` adds, for each layout, graph steps of up to that many query positions
-(`DecodeGraphs.max_step_tokens`, 512 by default: more tokens a row per step at a batch).
+(`DecodeGraphs.max_step_tokens`, 512 by default: more tokens a row per step at a batch);
+`--one-graph` adds, for the layouts named, an engine launching each step as one CUDA graph
+instead of the default pieces (`DecodeGraphs.pieces`).
 At batch 64 it also times `model.generate` + xgrammar on the same queries (the
 `bench_kernels` baseline). Without CUDA it runs on the CPU (a smoke run: the CPU has no
 graphs or Triton kernels, so its times say nothing about the GPU).
@@ -102,6 +104,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--step-tokens", default="",
                     help="extra max_step_tokens values to time for each layout (e.g. 256,512)")
+    ap.add_argument("--one-graph", default="",
+                    help="layouts to also time with each step launched as one graph (e.g. kernels)")
     ap.add_argument("--out", help="write the rows as JSON here")
     args = ap.parse_args(argv)
     batches = [int(x) for x in args.batches.split(",") if x.strip()]
@@ -112,6 +116,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="qpfast-layouts-") as tmp:
         model_dir = bk._qwen3_06b_dir(tmp)
         configs = {}
+        one_graph = [x.strip() for x in args.one_graph.split(",") if x.strip()]
         for name in LAYOUTS:
             eng = qpfast.Engine(model_dir, device=device, dtype=dtype, attention=name)
             out[f"warmup_{name}"] = eng.warmup(batch_size=max(batches))
@@ -120,8 +125,14 @@ def main(argv=None) -> int:
             if graphs is not None:
                 for n in [int(x) for x in args.step_tokens.split(",") if x.strip()]:
                     configs[f"{name}/{n}"] = (eng, n)
+            if graphs is not None and name in one_graph:
+                one = qpfast.Engine(model_dir, device=device, dtype=dtype, attention=name)
+                one.runner.graphs.set_pieces([0, len(one.runner.layers)])
+                out[f"warmup_{name}/1graph"] = one.warmup(batch_size=max(batches))
+                configs[f"{name}/1graph"] = (one, None)
         print(f"== engine layouts ({out['device']}, {dtype}; warm-up "
-              + ", ".join(f"{n} {out[f'warmup_{n}']['seconds']:.1f} s" for n in LAYOUTS) + ")", flush=True)
+              + ", ".join(f"{k[7:]} {v['seconds']:.1f} s" for k, v in out.items() if k.startswith("warmup_"))
+              + ")", flush=True)
         out["rows"] = compare_layouts(configs, batches, args.reps)
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1, default=str))

@@ -792,6 +792,23 @@ def _step_times(eng, batches=(1, 16, 64, 128)) -> list[dict]:
             row.update(tokens=t, graph_multi_ms=triton.testing.do_bench(lambda: r.decode_step(multi, starts),
                                                                          return_mode="median"))
         rows.append(row)
+    g = r.graphs
+    if g is not None and len(g.pieces) > 2:
+        # the same picking step launched as one graph instead of pieces (the host launches
+        # the whole graph before the GPU starts on it)
+        pieces = g.pieces
+        g.set_pieces([0, len(r.layers)])
+        try:
+            for row in rows:
+                b = row["batch"]
+                toks, starts = [100] * b, [40] * b
+                mask = torch.full((b, -(-r.vocab_size // 32)), -1, dtype=torch.int32,
+                                  pin_memory=r.device.type == "cuda")
+                row["one_graph_pick_ms"] = triton.testing.do_bench(
+                    lambda: r.decode_step(toks, starts, mask=mask)[1].cpu(), return_mode="median")
+                row["pieces"] = len(pieces) - 1
+        finally:
+            g.set_pieces(pieces)
     return rows
 
 

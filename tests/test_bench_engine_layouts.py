@@ -26,6 +26,9 @@ def test_compare_layouts_rows(capsys):
         eng.warmup(batch_size=3)
         configs[name] = (eng, eng.runner.graphs.max_step_tokens)
         configs[name + "/4"] = (eng, 4)              # one token a row at 3 rows (a bucket of 4)
+    one = Engine(copy.deepcopy(qwen3_model()), qpfast.testing.qwen_tokenizer(), device="cpu", cuda_graphs=True)
+    one.runner.graphs.set_pieces([0, 2])             # each step one graph (--one-graph)
+    configs["kernels/1graph"] = (one, None)
     rows = bl.compare_layouts(configs, [3], reps=2, baseline_at=None)
     (row,) = rows
     assert row["batch"] == 3 and list(row["configs"]) == list(configs)

@@ -36,6 +36,12 @@ gathering logits and picking with a dozen small launches and several synchroniza
 A speculative step (`every=True`) returns the state of every position instead, so that the
 host can verify the draft tokens the rows carry after their pending ones.
 
+Each shape's step is captured as a few graphs over growing runs of layers (`pieces`,
+`piece_bounds`) and replayed in turn: the host pays ~2 µs a kernel to launch a graph and
+the GPU starts on it only once that launch is done, so with pieces it starts after the
+first few layers' launch while the host launches the rest. The pieces pass the residual
+stream, the next layer's normalized input and the rows' key counts on in static tensors.
+
 The graphs hold pointers into the runner's KV cache (shared prefix buffers included) and
 rope table, so they are dropped whenever one of them is reallocated. With `capture=False`
 the same bucketed step runs eagerly (no CUDA needed): the tests check it against the plain
@@ -66,11 +72,33 @@ SCRATCH = max(TOKEN_BUCKETS)
 #: of 128 from 119 to 78 (0.621 -> 0.478 s); 256 lay between. The replayed step grows
 #: little with its rows there (batch 64: 1.88 ms at one token a row, 1.98 ms at two).
 MAX_STEP_TOKENS = 512
+#: A captured step is launched as a few graphs ("pieces") over growing runs of layers. A
+#: graph's launch costs the host ~2 µs a kernel, and the GPU only starts on a graph once its
+#: launch is done (H200, run 13: a replay took 0.54 ms of host time for the 0.6B model's
+#: ~290-kernel step, then 1.84 ms of waiting for the GPU, about a whole step). With pieces,
+#: the GPU starts after the first piece's launch (FIRST_PIECE_LAYERS layers) and the host
+#: launches each later piece (PIECE_GROWTH times the layers of the one before) while the GPU
+#: runs the earlier ones. Not yet timed on a GPU.
+FIRST_PIECE_LAYERS = 1
+PIECE_GROWTH = 3
 #: the graph mode that returns the state of every position (speculative steps verify drafts)
 EVERY = "every"
 #: query rows (tokens x query heads of one KV head) the Triton decode kernel takes
 #: (qpfast.kernels.decode.MAX_TILE_ROWS)
 TILE_ROWS = 64
+
+
+def piece_bounds(n_layers: int, first: int = FIRST_PIECE_LAYERS, growth: int = PIECE_GROWTH) -> list[int]:
+    """Layer bounds of a captured step's pieces: piece k runs layers `bounds[k]` to
+    `bounds[k+1] - 1`; the first has `first` layers, each next one `growth` times more
+    (`first >= n_layers`: one piece)."""
+    if n_layers < 1 or first < 1 or growth < 1:
+        raise ValueError(f"piece_bounds: needs n_layers, first, growth >= 1, got {n_layers}, {first}, {growth}")
+    bounds, size = [0], first
+    while bounds[-1] < n_layers:
+        bounds.append(min(n_layers, bounds[-1] + size))
+        size *= growth
+    return bounds
 
 
 class DecodeGraphs:
@@ -86,7 +114,10 @@ class DecodeGraphs:
         self.captured = 0                     # graphs captured so far (stats)
         self.max_step_tokens = MAX_STEP_TOKENS
         self._key: Optional[tuple] = None
-        self._graphs: dict[tuple[int, int, bool], tuple[Optional[torch.cuda.CUDAGraph], Any]] = {}
+        #: (B, T, mode) -> (its pieces' graphs, or None without capture; the step's output;
+        #: the tensors the pieces pass on, kept alive)
+        self._graphs: dict[tuple[int, int, Any], tuple[Optional[list], Any, list]] = {}
+        self.pieces = piece_bounds(len(runner.layers))
         self._slot_idx: dict[tuple[int, int], torch.Tensor] = {}
         self._idx: Optional[torch.Tensor] = None
         self._host: Optional[torch.Tensor] = None
@@ -100,6 +131,16 @@ class DecodeGraphs:
         """Drops every graph (the cache or rope table they point into is gone)."""
         self._drop(list(self._graphs))
         self._key = None
+
+    def set_pieces(self, bounds: Sequence[int]) -> None:
+        """Launches each step as the graphs of these layer bounds from now on (`[0,
+        n_layers]`: one graph a step; default `piece_bounds(n_layers)`); drops the graphs."""
+        n = len(self.runner.layers)
+        b = [int(x) for x in bounds]
+        if len(b) < 2 or b[0] != 0 or b[-1] != n or any(x >= y for x, y in zip(b, b[1:])):
+            raise ValueError(f"pieces: expected increasing layer bounds from 0 to {n}, got {list(bounds)}")
+        self.reset()
+        self.pieces = b
 
     def _drop(self, keys: Sequence[tuple]) -> None:
         """Drops the graphs of `keys`; later captures go to a new memory pool. (PyTorch's
@@ -206,14 +247,15 @@ class DecodeGraphs:
             self._copied.record()
         mode = EVERY if every else pick
         key = (B, T, mode)
-        graph, out = self._graphs.get(key, (None, None))
-        if out is None:
-            graph, out = self._record(B, T, mode)
-            self._graphs[key] = (graph, out)
-        if graph is None:                      # capture=False: run the same step eagerly
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._graphs[key] = self._record(B, T, mode)
+        graphs, out, _ = entry
+        if graphs is None:                     # capture=False: run the same step eagerly
             out = self._core(B, T, mode)
         else:
-            graph.replay()
+            for g in graphs:
+                g.replay()
         if every:
             return out[:b * T].view(b, T, out.shape[-1])
         return (out[0][:b], out[1][:b]) if pick else out[:b]
@@ -269,35 +311,41 @@ class DecodeGraphs:
                 continue
             self._pad_rows(self._host.numpy(), 0, B, T)
             self._idx[:, :B * T].copy_(self._host[:, :B * T])
-            graph, out = self._record(B, T, pick)
-            if graph is None:
+            entry = self._graphs[(B, T, pick)] = self._record(B, T, pick)
+            if entry[0] is None:
                 self._core(B, T, pick)
-            self._graphs[(B, T, pick)] = (graph, out)
             new += 1
         return new
 
-    def _record(self, B: int, T: int, pick: Any):
+    def _record(self, B: int, T: int, pick: Any) -> tuple[Optional[list], Any, list]:
+        """Captures the step of this shape as one graph per piece (`pieces`); returns
+        (the graphs, the last piece's output, the tensors the pieces pass on)."""
         if not self.capture:
-            return None, torch.empty(0)
+            return None, torch.empty(0), []
         # Warm up on a side stream (compiles the Triton kernels, sets up cuBLAS); the run
         # writes the same K/V the replay writes, so running the step twice is harmless.
-        stream = torch.cuda.Stream(self.runner.device)
-        stream.wait_stream(torch.cuda.current_stream(self.runner.device))
+        dev = self.runner.device
+        stream = torch.cuda.Stream(dev)
+        stream.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(stream):
             self._core(B, T, pick)
-        torch.cuda.current_stream(self.runner.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
+        torch.cuda.current_stream(dev).wait_stream(stream)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
+        graphs, states, state = [], [], None
         try:
-            with torch.cuda.graph(graph, pool=self._pool):
-                out = self._core(B, T, pick)
+            for k in range(len(self.pieces) - 1):
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=self._pool):
+                    state = self._piece(B, T, pick, k, state)
+                graphs.append(graph)
+                states.append(state)
         except BaseException:
             if not self._graphs:               # the failed capture may be the pool's only user
                 self._pool = None
             raise
         self.captured += 1
-        return graph, out
+        return graphs, state, states[:-1]
 
     def _slots(self, B: int, T: int) -> torch.Tensor:
         """The slot of each of the step's `B * T` query positions (static per shape)."""
@@ -308,17 +356,33 @@ class DecodeGraphs:
         return idx
 
     def _core(self, B: int, T: int, pick: Any = False):
+        """The whole step of this shape, eagerly: its pieces in turn."""
+        state = None
+        for k in range(len(self.pieces) - 1):
+            state = self._piece(B, T, pick, k, state)
+        return state
+
+    def _piece(self, B: int, T: int, pick: Any, k: int, state: Any):
+        """Piece `k` of the step: the embedding (first piece), layers `pieces[k]` to
+        `pieces[k+1] - 1`, then (last piece) the final norm and the step's output (see
+        `step`). Returns what the next piece takes, `(x, h, seq_lens)`, or the output."""
         r = self.runner
         cache = r.cache
         idx = self._idx[:, :B * T]
-        seq_lens = idx[3, :B].to(torch.int32)
+        lo, hi = self.pieces[k], self.pieces[k + 1]
+        if k == 0:
+            x, h, seq_lens = None, r.embed[idx[0]], idx[3, :B].to(torch.int32)
+        else:
+            x, h, seq_lens = state
         shared = r.attention == "cascade" and cache.shared_capacity > 0
 
         def attend(li: int, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
             return kernels.decode_attention(q.to(kc.dtype), kc[:B], vc[:B], seq_lens, r.scale, queries_per_seq=T,
                                             **(cache.prefix_args(li) if shared else {}))
 
-        h = r.layers_forward(r.embed[idx[0]], idx[2], cache, self._slots(B, T), idx[1], attend)
+        x, h = r.layer_span(x, h, lo, hi, idx[2], cache, self._slots(B, T), idx[1], attend)
+        if hi < len(r.layers):
+            return x, h, seq_lens
         if pick == EVERY:
             return r.final_norm(h)
         if T > 1:

@@ -358,15 +358,26 @@ class NativeRunner:
         The elementwise work goes through `qpfast.kernels` (add_rms_norm,
         qk_norm_rope_store, silu_mul): three fused Triton kernels a layer on CUDA, the
         torch references (Hugging Face's arithmetic) on CPU."""
-        hq, hkv, d = self.hq, self.hkv, self.d
+        return self.layer_span(None, h, 0, len(self.layers), rope_pos, cache, slot, write_pos, attend)[1]
+
+    def layer_span(self, x: Optional[torch.Tensor], h: torch.Tensor, lo: int, hi: int, rope_pos: torch.Tensor,
+                   cache: KVCache, slot: torch.Tensor, write_pos: torch.Tensor, attend
+                   ) -> tuple[Optional[torch.Tensor], torch.Tensor]:
+        """Layers `lo..hi-1` of `layers_forward` (a piece of a captured decode step): `h` is
+        the residual stream entering layer `lo` and `x` its normalized input (None at layer
+        0: computed here). Returns `(x, h)` entering layer `hi`, or `(None, output)` after
+        the last layer."""
+        hq, d = self.hq, self.d
         N = h.shape[0]
         layers = self.layers
-        x, h = kernels.add_rms_norm(h, None, layers[0].ln1, self.eps)
-        for li, L in enumerate(layers):
+        if lo == 0:
+            x, h = kernels.add_rms_norm(h, None, layers[0].ln1, self.eps)
+        for li in range(lo, hi):
+            L = layers[li]
             kc, vc = cache.k[li], cache.v[li]
             qkv = self.project(x, L.wqkv, L.bqkv)
             q = kernels.qk_norm_rope_store(qkv, L.qn, L.kn, self._cos, self._sin, rope_pos, kc, vc, slot,
-                                           write_pos, hq, hkv, self.eps)
+                                           write_pos, hq, self.hkv, self.eps)
             o = attend(li, q, kc, vc)
             a = self.project(o.reshape(N, hq * d).to(h.dtype), L.wo, L.bo)
             x, h = kernels.add_rms_norm(a, h, L.ln2, self.eps)
@@ -380,8 +391,8 @@ class NativeRunner:
             if li + 1 < len(layers):
                 x, h = kernels.add_rms_norm(m, h, layers[li + 1].ln1, self.eps)
             else:
-                h = h + m
-        return h
+                x, h = None, h + m
+        return x, h
 
     # -- attention ---------------------------------------------------------------------
     def _attn_meta(self, inp: StepInputs, plen: int, via_kernels: bool, skip_prefix: bool = False) -> dict:
