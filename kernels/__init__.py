@@ -111,18 +111,19 @@ def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None, *, pre
 
 
 def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=None, prefix_v=None,
-                     prefix_len=None, queries_per_seq=1):
+                     prefix_len=None, queries_per_seq=1, row0_prefix_len=None):
     """New-token attention against the KV cache; see
     :func:`qpfast.kernels.reference.decode_attention`.
 
     q ``[B, Hq, D]``; caches ``[B, Hkv, max_len, D]``; int32 seq_lens ``[B]``;
     returns ``[B, Hq, D]``.  Optional shared prefix as in :func:`prefill_attention`.
     ``queries_per_seq=T``: T new tokens per sequence, q ``[B * T, Hq, D]``, causal.
+    ``row0_prefix_len``: keys below it come from row 0 of the caches for every row.
     """
     mod = _kernel_module("decode", q)
     impl = mod.decode_attention if mod is not None else reference.decode_attention
     return impl(q, k_cache, v_cache, seq_lens, sm_scale, prefix_k=prefix_k, prefix_v=prefix_v,
-                prefix_len=prefix_len, queries_per_seq=queries_per_seq)
+                prefix_len=prefix_len, queries_per_seq=queries_per_seq, row0_prefix_len=row0_prefix_len)
 
 
 def apply_bitmask_(logits, bitmask):

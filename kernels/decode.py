@@ -42,7 +42,7 @@ from .cascade import split_scratch
 from .common import attend_key_range, cdiv, cut, merge_partials
 from .common import num_sms as _num_sms
 from .common import pow2 as _pow2
-from .reference import check_decode_args, check_prefix_args
+from .reference import check_decode_args, check_prefix_args, check_row0_prefix
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64
@@ -54,7 +54,7 @@ MAX_TILE_ROWS = 64
 
 @triton.jit
 def _decode_kernel(
-    Q, K, V, OUT, PART_O, PART_LSE, SEQ_LENS, COUNTERS,
+    Q, K, V, OUT, PART_O, PART_LSE, SEQ_LENS, COUNTERS, ROW0_LEN,
     qk_scale,                                   # sm_scale * log2(e)
     stride_qb, stride_qh, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
     stride_ob, stride_oh,
@@ -69,6 +69,7 @@ def _decode_kernel(
     FUSED_MERGE: tl.constexpr,                  # the last split merges (COUNTERS [B * Hkv])
     PART_BASE: tl.constexpr,                    # shared-prefix partials in scratch slots 0..PART_BASE-1
     QPS: tl.constexpr,                          # new tokens (query rows) per sequence, causal among them
+    ROW0_PREFIX: tl.constexpr,                  # keys < ROW0_LEN[0] come from row 0 of the caches
 ):
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -108,7 +109,14 @@ def _decode_kernel(
         # The first block holds key `start` < seq_len, so with one query row per sequence
         # no row is ever fully masked; with several, the split holding key 0 is seen by
         # every row (seq_len >= QPS) and a later split may be seen by none of some rows.
-        m_i, l_i, acc = attend_key_range(q, k_base, v_base, stride_kt, stride_vt, start, end, qk_scale,
+        own = start
+        if ROW0_PREFIX:                         # the prefix part of the split, from row 0's copy
+            own = tl.maximum(start, tl.minimum(end, tl.load(ROW0_LEN)))
+            m_i, l_i, acc = attend_key_range(q, K + kv_head.to(tl.int64) * stride_kh,
+                                             V + kv_head.to(tl.int64) * stride_vh, stride_kt, stride_vt,
+                                             start, own, qk_scale, m_i, l_i, acc, offs_n, offs_d, d_ok, row_end,
+                                             BLOCK_N, DOT_PRECISION, QPS > 1)
+        m_i, l_i, acc = attend_key_range(q, k_base, v_base, stride_kt, stride_vt, own, end, qk_scale,
                                          m_i, l_i, acc, offs_n, offs_d, d_ok, row_end, BLOCK_N, DOT_PRECISION,
                                          QPS > 1)
         if QPS == 1:
@@ -266,8 +274,8 @@ def merge_counters(device: torch.device, rows: int) -> torch.Tensor | None:
 
 
 def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=None, prefix_v=None,
-                     prefix_len=None, queries_per_seq=1, out=None, num_splits=None, block_n=None,
-                     num_stages=None, num_warps=None, fused_merge=None, prefix_splits=None):
+                     prefix_len=None, queries_per_seq=1, row0_prefix_len=None, out=None, num_splits=None,
+                     block_n=None, num_stages=None, num_warps=None, fused_merge=None, prefix_splits=None):
     """Triton version of :func:`qpfast.kernels.reference.decode_attention`.
 
     ``out`` (optional, like q) receives the result; ``num_splits`` overrides
@@ -285,12 +293,18 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=N
     (sequence, KV head, split) once, for the ``T x G`` query rows of its new tokens and
     heads together (causal among the new tokens); at most ``MAX_TILE_ROWS`` of them (one
     token per sequence takes any group size, as before).
+
+    ``row0_prefix_len`` (the engine's "kernels" layout, where every slot holds a copy of the
+    prompt prefix): each program reads the keys of its split below that length from row 0
+    and the rest from its own row, so the batch streams one copy of the prefix from memory
+    and the other programs find it in the L2.
     """
     scale = check_decode_args(q, k_cache, v_cache, seq_lens, sm_scale, queries_per_seq)
     rows, hq, d = q.shape
     b, hkv, max_len = k_cache.shape[0], k_cache.shape[1], k_cache.shape[2]
     qps = int(queries_per_seq)
     check_prefix_args(q, hkv, prefix_k, prefix_v, prefix_len)
+    check_row0_prefix(q, prefix_k, row0_prefix_len)
     if d > 256:
         raise ValueError(f"the Triton decode kernel supports head dims up to 256, got {d}")
     group = hq // hkv
@@ -330,13 +344,13 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=N
     dot_precision = "ieee" if q.dtype == torch.float32 else "tf32"
     _decode_kernel[(b, hkv, num_splits)](
         q, k_cache, v_cache, dst, part_o, part_lse, seq_lens, counters if counters is not None else seq_lens,
-        scale * LOG2E,
+        row0_prefix_len if row0_prefix_len is not None else seq_lens, scale * LOG2E,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), dst.stride(0), dst.stride(1),
         split_len,
         GROUP=group, BLOCK_H=block_h, HEAD_DIM=d, BLOCK_D=block_d,
         BLOCK_N=block_n, NUM_SPLITS=num_splits, DOT_PRECISION=dot_precision,
-        FUSED_MERGE=counters is not None, PART_BASE=base, QPS=qps,
+        FUSED_MERGE=counters is not None, PART_BASE=base, QPS=qps, ROW0_PREFIX=row0_prefix_len is not None,
         num_warps=num_warps or auto_warps, num_stages=num_stages or auto_stages,
     )
     if num_splits > 1 and counters is None:

@@ -227,6 +227,20 @@ def check_prefix_args(q, hkv: int, prefix_k, prefix_v, prefix_len) -> int:
     return cap
 
 
+def check_row0_prefix(q, prefix_k, row0_prefix_len) -> None:
+    """Validate ``decode_attention``'s ``row0_prefix_len`` (an int32 tensor of one element
+    on q's device, >= 0, checked on the CPU only; not together with a shared prefix)."""
+    if row0_prefix_len is None:
+        return
+    if prefix_k is not None:
+        raise ValueError("row0_prefix_len: not with prefix_k/prefix_v (the prefix is in the caches' row 0 or "
+                         "in the shared buffers, not both)")
+    _int32_vector("row0_prefix_len", row0_prefix_len, 1)
+    _same_device("row0_prefix_len", row0_prefix_len, "q", q)
+    if row0_prefix_len.device.type == "cpu" and int(row0_prefix_len[0]) < 0:
+        raise ValueError(f"row0_prefix_len must be >= 0, got {int(row0_prefix_len[0])}")
+
+
 def _prefix_keys(prefix_k, prefix_v, prefix_len, rows: int):
     """The shared prefix as float32 ``[rows, Hkv, P, D]`` keys and values (zeros past
     ``prefix_len``) and its key mask ``[P]``, or Nones without a prefix."""
@@ -339,7 +353,7 @@ def prefill_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, sm_scale=None, *, pre
 
 
 def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=None, prefix_v=None,
-                     prefix_len=None, queries_per_seq=1):
+                     prefix_len=None, queries_per_seq=1, row0_prefix_len=None):
     """New tokens of each sequence attending to its KV cache: one per sequence, or the
     same number ``T = queries_per_seq`` of each (a multi-token step: jump-forward,
     speculation).
@@ -358,6 +372,10 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=N
         queries_per_seq: ``T``; new token ``t`` sits at position ``seq_lens[b] - T + t``
             and attends to the sequence's keys up to that position (causal), as
             :func:`prefill_attention` would with the cache as its keys.
+        row0_prefix_len: optional int32 tensor of one element on q's device, ``L``: every
+            sequence reads its keys and values at positions ``< L`` from row 0 of the
+            caches (a prefix every row holds a copy of: the batch reads one copy, which the
+            GPU then serves from its L2). Not with ``prefix_k``.
 
     Returns:
         ``[B * T, Hq, D]`` in q's dtype.
@@ -367,6 +385,7 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=N
     b, hkv = k_cache.shape[0], k_cache.shape[1]
     t = int(queries_per_seq)
     check_prefix_args(q, hkv, prefix_k, prefix_v, prefix_len)
+    check_row0_prefix(q, prefix_k, row0_prefix_len)
     if rows == 0:
         return q.new_empty(q.shape)
     lens = seq_lens.to(device=q.device, dtype=torch.long)
@@ -377,6 +396,10 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=N
     live = valid[:, None, :, None]
     kc = torch.where(live, k_cache[:, :, :n].float(), 0.0)
     vc = torch.where(live, v_cache[:, :, :n].float(), 0.0)
+    if row0_prefix_len is not None:
+        p = min(int(row0_prefix_len[0]), n)
+        kc[:, :, :p] = torch.where(live[:, :, :p], k_cache[:1, :, :p].float(), 0.0)
+        vc[:, :, :p] = torch.where(live[:, :, :p], v_cache[:1, :, :p].float(), 0.0)
     # new token i of sequence b sees keys < seq_lens[b] - (T - 1 - i)
     ends = lens[:, None] - (t - 1 - torch.arange(t, device=q.device))[None, :]      # [B, T]
     mask = j[None, None, :] < ends[:, :, None]                          # [B, T, n]

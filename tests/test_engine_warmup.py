@@ -148,33 +148,3 @@ def test_dropped_graphs_send_later_captures_to_a_new_memory_pool():
     g.reset()                                  # nothing left to drop: the pool stays
     assert g._pool is pool
 
-
-def test_piece_bounds():
-    from qpfast.engine.cuda_graph import piece_bounds
-    assert piece_bounds(28) == [0, 1, 4, 13, 28]          # the 0.6B model: 1, 3, 9, 15 layers
-    assert piece_bounds(2) == [0, 1, 2] and piece_bounds(1) == [0, 1]
-    assert piece_bounds(5, first=5) == [0, 5] and piece_bounds(7, first=2, growth=1) == [0, 2, 4, 6, 7]
-    for bad in [(0,), (3, 0), (3, 1, 0)]:
-        with pytest.raises(ValueError, match="piece_bounds"):
-            piece_bounds(*bad)
-
-
-def test_graph_steps_launched_in_pieces_give_the_same_tokens():
-    """A captured step is launched as several graphs over runs of layers (the GPU starts on
-    the first while the host launches the rest); on CPU the same pieces run eagerly. Any
-    split gives the tokens of the plain forward."""
-    plain = Engine(qwen3_model(layers=5), qpfast.testing.qwen_tokenizer(), device="cpu")
-    plain.generate(QUERIES16[:6], max_new_tokens=BUDGET)
-    eng = Engine(qwen3_model(layers=5), qpfast.testing.qwen_tokenizer(), device="cpu", cuda_graphs=True)
-    g = eng.runner.graphs
-    assert g.pieces == [0, 1, 4, 5]
-    for bounds in ([0, 1, 4, 5], [0, 5], [0, 2, 3, 5], [0, 1, 2, 3, 4, 5]):
-        g.set_pieces(bounds)
-        assert g.pieces == bounds and not g._graphs
-        eng.generate(QUERIES16[:6], max_new_tokens=BUDGET)
-        assert eng.last_token_ids == plain.last_token_ids, bounds
-        assert eng.last_stats["graph_pick_steps"] > 0
-    for bad in ([0, 4], [1, 5], [0, 3, 3, 5], [0], [0, 6]):
-        with pytest.raises(ValueError, match="pieces"):
-            g.set_pieces(bad)
-    assert g.pieces == [0, 1, 2, 3, 4, 5]

@@ -332,6 +332,56 @@ def test_reference_decode_matches_naive(case):
     assert rel_err(out, naive_decode(q, kc, vc, lens, 0.2)) < 1e-5
 
 
+def make_row0_prefix(case: str, t: int, dtype=torch.float32, seed=0):
+    """A decode case for ``row0_prefix_len``: rows ordered longest first (row 0, the
+    engine's slot 0, holds the prefix), every row's own copy of the first keys different
+    from row 0's, and the lengths ``L`` to try: inside a key block, every row's whole
+    length, past some rows' lengths (never past row 0's)."""
+    q, kc, vc, lens = make_decode_multi(case, t, dtype, seed)
+    order = torch.argsort(lens, descending=True, stable=True)
+    kc, vc, lens = kc[order], vc[order], lens[order]
+    plens = sorted({1, int(lens.min()), max(1, int(lens[0]) // 2 + 3), int(lens[0])} - {0})
+    return q, kc, vc, lens, [p for p in plens if p <= int(lens[0])]
+
+
+def row0_copied(kc, vc, lens, p):
+    """The caches with every row's first ``p`` positions copied from row 0 (what
+    ``row0_prefix_len=p`` reads)."""
+    kc, vc = kc.clone(), vc.clone()
+    kc[1:, :, :p] = kc[:1, :, :p]
+    vc[1:, :, :p] = vc[:1, :, :p]
+    return kc, vc
+
+
+@pytest.mark.parametrize("t", [1, 3])
+@pytest.mark.parametrize("case", list(DECODE_CASES))
+def test_reference_decode_row0_prefix(case, t):
+    # keys below row0_prefix_len come from row 0 == the caches with row 0's copy everywhere
+    q, kc, vc, lens, plens = make_row0_prefix(case, t, seed=seed_of("row0", case, t))
+    for p in plens + [int(lens[0]) + 5]:
+        out = R.decode_attention(q, kc, vc, lens, queries_per_seq=t, row0_prefix_len=torch.tensor([p], dtype=torch.int32))
+        k2, v2 = row0_copied(kc, vc, lens, p)
+        assert rel_err(out, R.decode_attention(q, k2, v2, lens, queries_per_seq=t)) < 1e-6, p
+    zero = R.decode_attention(q, kc, vc, lens, queries_per_seq=t, row0_prefix_len=torch.zeros(1, dtype=torch.int32))
+    assert torch.equal(zero, R.decode_attention(q, kc, vc, lens, queries_per_seq=t))
+    if int(lens[1:].max()) > 0 and len(lens) > 1:      # the rows' own copies are not read
+        assert not torch.equal(out, R.decode_attention(q, kc, vc, lens, queries_per_seq=t))
+
+
+def test_decode_row0_prefix_bad_arguments():
+    q, kc, vc, lens = make_decode("gqa2", seed=3)
+    pk, pv, plen = make_prefix("short", kc.shape[1], kc.shape[3], seed=4)
+    for fn in [R.decode_attention] + ([K.decode_attention] if K.HAS_TRITON else []):
+        with pytest.raises(ValueError, match="row0_prefix_len.*prefix_k"):
+            fn(q, kc, vc, lens, prefix_k=pk, prefix_v=pv, row0_prefix_len=torch.tensor([2], dtype=torch.int32))
+        with pytest.raises(ValueError, match="row0_prefix_len"):
+            fn(q, kc, vc, lens, row0_prefix_len=torch.tensor([-1], dtype=torch.int32))
+        with pytest.raises((TypeError, ValueError), match="row0_prefix_len"):
+            fn(q, kc, vc, lens, row0_prefix_len=torch.tensor([2], dtype=torch.int64))
+        with pytest.raises((TypeError, ValueError), match="row0_prefix_len"):
+            fn(q, kc, vc, lens, row0_prefix_len=torch.tensor([2, 3], dtype=torch.int32))
+
+
 def test_reference_decode_ignores_cache_past_seq_len():
     q, kc, vc, lens = make_decode("gqa2", seed=5)
     out = R.decode_attention(q, kc, vc, lens)
@@ -1012,6 +1062,27 @@ def test_interp_decode_shared_prefix(case, prefix, dtype):
         decode.decode_attention(q, kc, vc, lens, prefix_k=pk, prefix_v=pv, prefix_len=plen, out=out,
                                 block_n=16, **kw)
         assert rel_err(out, ref) < TOL[dtype], kw
+    assert int(decode.merge_counters(q.device, 1).abs().sum()) == 0
+
+
+@interp_only
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("case,t", [("mha", 1), ("gqa2", 3), ("gqa4", 1), ("gqa8", 3), ("gqa2_d24", 2)])
+def test_interp_decode_row0_prefix(case, t, dtype):
+    # keys below row0_prefix_len from row 0 (the cut inside a key block, at a split, past
+    # some rows' lengths), unsplit and split, fused merge or not; caches NaN past every
+    # length (row 0's copy is read only below its own length)
+    from qpfast.kernels import decode
+    q, kc, vc, lens, plens = make_row0_prefix(case, t, dtype, seed=seed_of("row0", case, t, str(dtype)))
+    kcp, vcp = poison_past_lens(kc, vc, lens)
+    for p in plens:
+        plen = torch.tensor([p], dtype=torch.int32)
+        ref = R.decode_attention(q, kc, vc, lens, queries_per_seq=t, row0_prefix_len=plen)
+        for kw in (dict(num_splits=1), dict(num_splits=3) if p % 2 else dict(num_splits=2, fused_merge=False)):
+            out = torch.full_like(q, float("nan"))
+            decode.decode_attention(q, kcp, vcp, lens, queries_per_seq=t, row0_prefix_len=plen, out=out,
+                                    block_n=16, **kw)
+            assert rel_err(out, ref) < TOL[dtype], (p, kw)
     assert int(decode.merge_counters(q.device, 1).abs().sum()) == 0
 
 

@@ -327,3 +327,20 @@ def test_cuda_layer_kernels(shape, dtype):
     inp = make_layer_inputs(dtype, seed=seed_of("cuda-layers", str(shape), str(dtype)), **shape)
     inp = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in inp.items()}
     check_layer_kernels(layers, inp, TOL[dtype])
+
+
+@pytest.mark.parametrize("hq,hkv,batch,t", [(16, 8, 64, 1), (16, 8, 64, 8), (16, 2, 1, 1), (8, 1, 16, 4)])
+def test_cuda_row0_prefix_qp_shape_in_graph(hq, hkv, batch, t):
+    """The "kernels" layout's graph step at QP shapes: every row reads its first 389 keys
+    (the prompt prefix, length on the device) from row 0's copy and its own after them,
+    bf16, captured once and replayed with new queries and a new prefix length."""
+    g = torch.Generator().manual_seed(hq * 1000 + batch * 10 + t + 7)
+    dt = torch.bfloat16
+    q = torch.randn(batch * t, hq, 128, generator=g).to(dt).cuda()
+    kc = torch.randn(batch, hkv, 560, 128, generator=g).to(dt).cuda()
+    vc = torch.randn(batch, hkv, 560, 128, generator=g).to(dt).cuda()
+    lens = torch.randint(389 + t, 561, (batch,), generator=g, dtype=torch.int32).cuda()
+    lens[0] = 560
+    plen = torch.tensor([389], dtype=torch.int32).cuda()
+    _decode_graph_replays(q, kc, vc, lens, dict(row0_prefix_len=plen, queries_per_seq=t),
+                          before=(None, lambda: plen.fill_(130), lambda: plen.fill_(0)))

@@ -374,11 +374,15 @@ class DecodeGraphs:
             x, h, seq_lens = None, r.embed[idx[0]], idx[3, :B].to(torch.int32)
         else:
             x, h, seq_lens = state
-        shared = r.attention == "cascade" and cache.shared_capacity > 0
+        if r.attention == "cascade":
+            shared = cache.shared_capacity > 0
+            pre = (lambda li: cache.prefix_args(li)) if shared else (lambda li: {})
+        else:                   # every slot holds the prefix: the rows read slot 0's copy
+            pre = (lambda li: dict(row0_prefix_len=cache.row0_len))
 
         def attend(li: int, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
             return kernels.decode_attention(q.to(kc.dtype), kc[:B], vc[:B], seq_lens, r.scale, queries_per_seq=T,
-                                            **(cache.prefix_args(li) if shared else {}))
+                                            **pre(li))
 
         x, h = r.layer_span(x, h, lo, hi, idx[2], cache, self._slots(B, T), idx[1], attend)
         if hi < len(r.layers):

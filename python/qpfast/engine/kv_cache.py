@@ -75,6 +75,9 @@ class KVCache:
         self.shared_k: list[torch.Tensor] = []   # cascade layout: per layer [kv_heads, shared_capacity, head_dim]
         self.shared_v: list[torch.Tensor] = []
         self.shared_len = torch.zeros(1, dtype=torch.int32, device=device)
+        # kernels layout: the prefix length every slot holds a copy of, on the device (decode
+        # steps read those keys from slot 0's copy: `decode_attention(row0_prefix_len=)`)
+        self.row0_len = torch.zeros(1, dtype=torch.int32, device=device)
         self._n_layers, self._kv_heads, self._head_dim = n_layers, kv_heads, head_dim
         self.stamp = new_stamp()                 # changes whenever buffers are (re)allocated
 
@@ -84,12 +87,14 @@ class KVCache:
                 and t.device == canonical_device(device))
 
     def write_prefix(self, prefix: Optional[PrefixKV]) -> None:
-        """Copies the prefix into positions [0, P) of every slot (kernels layout)."""
-        if prefix is not None and prefix.length:
-            p = prefix.length
+        """Copies the prefix into positions [0, P) of every slot (kernels layout) and sets
+        `row0_len` to P."""
+        p = prefix.length if prefix is not None else 0
+        if p:
             for kc, vc, pk, pv in zip(self.k, self.v, prefix.k, prefix.v):
                 kc[:, :, :p] = pk.to(kc.dtype)[None]
                 vc[:, :, :p] = pv.to(vc.dtype)[None]
+        self.row0_len.fill_(p)
         self.prefix = prefix
 
     @property

@@ -322,6 +322,8 @@ class NativeRunner:
                     pre = cache.prefix_args(li)
                 elif slot0_prefix:
                     pre = dict(prefix_k=kc[0, :, :plen], prefix_v=vc[0, :, :plen])
+                elif attention == "kernels" and inp.T == 1:
+                    pre = dict(row0_prefix_len=cache.row0_len)     # every row reads the first slot's copy
                 else:
                     pre = {}
                 return self._attn_kernels(q, kc, vc, inp, meta, pre)
@@ -429,7 +431,8 @@ class NativeRunner:
 
     def _attn_kernels(self, q, kc, vc, inp: StepInputs, meta, pre: dict) -> torch.Tensor:
         """Attention through `qpfast.kernels` over the slots' cached keys, plus the shared
-        prefix (`pre`: `KVCache.prefix_args`, empty without one)."""
+        prefix (`pre`: `KVCache.prefix_args`, slot 0's prefix copy, or for one token a row
+        `row0_prefix_len`; empty without one)."""
         s0, b = inp.slot0, inp.b
         if inp.T == 1:
             return kernels.decode_attention(q.to(kc.dtype), kc[s0:s0 + b], vc[s0:s0 + b], meta["seq_lens"],

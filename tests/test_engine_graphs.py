@@ -1,0 +1,81 @@
+"""`DecodeGraphs`: how the decode step is launched and what it reads.
+
+On CPU the graph step runs eagerly (`cuda_graphs=True`, no capture), through the same code
+as a capture: the pieces a step is launched as, and the "kernels" layout's rows reading the
+prompt prefix from slot 0's copy.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import qpfast
+from qpfast.engine import Engine
+from qpfast.engine.model_runner import NativeRunner
+
+from test_engine_support import QUERIES16, qwen3_model
+
+BUDGET = 96
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_piece_bounds():
+    from qpfast.engine.cuda_graph import piece_bounds
+    assert piece_bounds(28) == [0, 1, 4, 13, 28]          # the 0.6B model: 1, 3, 9, 15 layers
+    assert piece_bounds(2) == [0, 1, 2] and piece_bounds(1) == [0, 1]
+    assert piece_bounds(5, first=5) == [0, 5] and piece_bounds(7, first=2, growth=1) == [0, 2, 4, 6, 7]
+    for bad in [(0,), (3, 0), (3, 1, 0)]:
+        with pytest.raises(ValueError, match="piece_bounds"):
+            piece_bounds(*bad)
+
+
+def test_graph_steps_launched_in_pieces_give_the_same_tokens():
+    """A captured step is launched as several graphs over runs of layers (the GPU starts on
+    the first while the host launches the rest); on CPU the same pieces run eagerly. Any
+    split gives the tokens of the plain forward."""
+    plain = Engine(qwen3_model(layers=5), qpfast.testing.qwen_tokenizer(), device="cpu")
+    plain.generate(QUERIES16[:6], max_new_tokens=BUDGET)
+    eng = Engine(qwen3_model(layers=5), qpfast.testing.qwen_tokenizer(), device="cpu", cuda_graphs=True)
+    g = eng.runner.graphs
+    assert g.pieces == [0, 1, 4, 5]
+    for bounds in ([0, 1, 4, 5], [0, 5], [0, 2, 3, 5], [0, 1, 2, 3, 4, 5]):
+        g.set_pieces(bounds)
+        assert g.pieces == bounds and not g._graphs
+        eng.generate(QUERIES16[:6], max_new_tokens=BUDGET)
+        assert eng.last_token_ids == plain.last_token_ids, bounds
+        assert eng.last_stats["graph_pick_steps"] > 0
+    for bad in ([0, 4], [1, 5], [0, 3, 3, 5], [0], [0, 6]):
+        with pytest.raises(ValueError, match="pieces"):
+            g.set_pieces(bad)
+    assert g.pieces == [0, 1, 2, 3, 4, 5]
+
+
+def test_kernels_layout_steps_read_the_prefix_from_slot_0():
+    """Every slot of the "kernels" layout holds a copy of the prompt prefix; decode steps
+    (graph and plain) read it from slot 0 for all rows (`row0_prefix_len`: one copy
+    streamed from memory, the rest from the L2). Other slots' copies are never read: the
+    step gives the same states with them garbled."""
+    r = NativeRunner(qwen3_model(), "cpu", "kernels")
+    r.enable_graphs(capture=False)
+    r.use_prefix(r.compute_prefix([11, 12, 13, 14, 15, 16, 17, 18, 19]))
+    r.reserve(4, 32)
+    assert int(r.cache.row0_len[0]) == 9
+    r.forward(0, [[1, 2, 3], [4, 5], [6, 7, 8, 9]], [0, 0, 0])
+    saved = r.cache._k.clone(), r.cache._v.clone()
+
+    def steps():
+        r.cache._k.copy_(saved[0])
+        r.cache._v.copy_(saved[1])
+        return (r.decode_step([20, 21, 22], [3, 2, 4]), r.decode_step([[23, 24], [25], [26, 27]], [4, 3, 5]),
+                r.forward(0, [[28], [29], [30]], [6, 4, 7]))
+
+    want = steps()
+    g = torch.Generator().manual_seed(0)
+    saved[0][:, 1:, :, :9] = torch.randn(saved[0][:, 1:, :, :9].shape, generator=g) * 50
+    saved[1][:, 1:, :, :9] = torch.randn(saved[1][:, 1:, :, :9].shape, generator=g) * 50
+    got = steps()
+    for a, b in zip(want, got):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    r.use_prefix(None)
+    assert int(r.cache.row0_len[0]) == 0
