@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """GPU benchmark of cascade decode attention: the prompt prefix stored once for the batch
 (``decode_attention(..., prefix_k=, prefix_v=, prefix_len=)``) against the engine's
-"kernels" cache layout, where every sequence's cache starts with its own copy of it.
+"kernels" cache layout, where every sequence's cache starts with its own copy of it, read
+either from each sequence's copy or (``row0_prefix_len``, the engine's steps since session
+18) from the first sequence's copy for all (one copy from HBM, the rest from the L2).
 
     python bench/bench_cascade.py [--out cascade.json] [--quick]
 
@@ -80,6 +82,7 @@ def _cascade_shape(hq: int, hkv: int, bsz: int, plen: int, sms: int) -> dict:
     ref = R.decode_attention(q, full_k, full_v, full_lens)
     casc = K.decode_attention(q, kc, vc, lens, prefix_k=pk, prefix_v=pv, prefix_len=plen_t)
     copied = K.decode_attention(q, full_k, full_v, full_lens)
+    row0 = K.decode_attention(q, full_k, full_v, full_lens, row0_prefix_len=plen_t)
     del full_k, full_v
     auto_splits = prefix_plan(bsz, hkv, hq // hkv, HEAD_DIM, plen, sms)[2]
     own_splits = D.decode_num_splits(bsz, hkv, OWN, sms)
@@ -87,12 +90,14 @@ def _cascade_shape(hq: int, hkv: int, bsz: int, plen: int, sms: int) -> dict:
     b_copied = _bytes(hq, hkv, bsz, plen + OWN, partial_slots=copied_splits if copied_splits > 1 else 0)
     b_casc = _bytes(hq, hkv, bsz, OWN, shared=plen,
                     partial_slots=auto_splits + (own_splits if own_splits > 1 else 0))
+    b_row0 = _bytes(hq, hkv, bsz, OWN, shared=plen, partial_slots=copied_splits if copied_splits > 1 else 0)
 
-    def copied_call(i):
+    def copied_call(i, row0=False):
         qi = torch.randn_like(q)
         ki = torch.randn(bsz, hkv, plen + OWN, HEAD_DIM, device="cuda", dtype=dt)
         vi = torch.randn_like(ki)
-        return lambda: D.decode_attention(qi, ki, vi, full_lens)
+        extra = dict(row0_prefix_len=plen_t) if row0 else {}
+        return lambda: D.decode_attention(qi, ki, vi, full_lens, **extra)
 
     def cascade_call(i, splits=None):
         qi = torch.randn_like(q)
@@ -103,13 +108,16 @@ def _cascade_shape(hq: int, hkv: int, bsz: int, plen: int, sms: int) -> dict:
 
     cold_copied = bench_graph_cold(copied_call, b_copied)
     cold_casc = bench_graph_cold(cascade_call, b_casc)
+    cold_row0 = bench_graph_cold(lambda i: copied_call(i, row0=True), b_row0)
     sweep = ({ps: bench_graph_cold(lambda i, ps=ps: cascade_call(i, ps), b_casc) for ps in (1, 2, 4, 8)}
              if bsz * hkv < sms else {})
     return dict(
         heads=f"{hq}:{hkv}", batch=bsz, prefix=plen, own=OWN, prefix_splits=auto_splits,
         own_splits=own_splits, copied_splits=copied_splits, rel_err_cascade=rel_err(casc, ref),
-        rel_err_copied=rel_err(copied, ref), cold_copied_ms=cold_copied, cold_cascade_ms=cold_casc,
+        rel_err_copied=rel_err(copied, ref), rel_err_row0=rel_err(row0, ref), cold_copied_ms=cold_copied,
+        cold_cascade_ms=cold_casc, cold_row0_ms=cold_row0,
         speedup=(cold_copied / cold_casc) if (cold_copied and cold_casc) else None,
+        speedup_row0=(cold_copied / cold_row0) if (cold_copied and cold_row0) else None,
         bytes_copied=b_copied, bytes_cascade=b_casc, mb_copied=b_copied / 1e6, mb_cascade=b_casc / 1e6,
         copied_tb_s=b_copied / (cold_copied * 1e-3) / 1e12 if cold_copied else None,
         cascade_tb_s=b_casc / (cold_casc * 1e-3) / 1e12 if cold_casc else None,
@@ -121,9 +129,11 @@ def print_cascade(rows: list[dict]) -> None:
         ("heads", "heads", ""), ("batch", "batch", "d"), ("prefix", "prefix", "d"),
         ("p_splits", "prefix_splits", "d"), ("o_splits", "own_splits", "d"),
         ("copied_ms", "cold_copied_ms", ".4f"), ("casc_ms", "cold_cascade_ms", ".4f"), ("speedup", "speedup", ".2f"),
+        ("row0_ms", "cold_row0_ms", ".4f"), ("row0_x", "speedup_row0", ".2f"),
         ("copied_MB", "mb_copied", ".1f"), ("casc_MB", "mb_cascade", ".1f"),
         ("copied_TB/s", "copied_tb_s", ".2f"), ("casc_TB/s", "cascade_tb_s", ".2f"),
-        ("err_casc", "rel_err_cascade", ".1e"), ("err_copied", "rel_err_copied", ".1e")])
+        ("err_casc", "rel_err_cascade", ".1e"), ("err_copied", "rel_err_copied", ".1e"),
+        ("err_row0", "rel_err_row0", ".1e")])
     for r in rows:
         if r.get("cold_cascade_ms_by_prefix_splits"):
             print(f"  {r['heads']} b={r['batch']} prefix={r['prefix']}: cold ms by prefix splits "
