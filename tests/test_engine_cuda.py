@@ -108,14 +108,15 @@ def test_cuda_warmup_captures_every_graph_before_serving(attention):
 
 
 def test_cuda_speculative_drafts_on_graph_steps_same_tokens_fp32():
-    """Drafts carried by the CUDA-graph steps (the "every" graphs, captured): the same tokens
-    as without drafts in fp32, drafts accepted, and warmup captures the "every" shapes."""
+    """Drafts carried by the CUDA-graph steps (the "every_pick" graphs, captured: the picks
+    after the pending tokens and every draft come from the graph): the same tokens as without
+    drafts in fp32, drafts accepted, and warmup captures the "every_pick" shapes."""
     plain = _engine("float32", speculate=0)
     spec = _engine("float32", speculate=4)
     g = spec.runner.graphs
     spec.warmup(batch_size=16, max_new_tokens=96)
     captured = g.captured
-    assert any(mode == "every" for _, _, mode in g._graphs)
+    assert any(mode == "every_pick" for _, _, mode in g._graphs)
     for bs in (16, 5):
         plain.generate(QUERIES16, max_new_tokens=96, batch_size=bs)
         spec.generate(QUERIES16, max_new_tokens=96, batch_size=bs)

@@ -89,27 +89,35 @@ def test_speculative_drafts_on_vs_off(baseline):
         assert eng.last_stats["draft_tokens"] == 0
 
 
-def test_speculative_drafts_through_the_graph_step(baseline):
+@pytest.mark.parametrize("graph_picks", [True, False])
+def test_speculative_drafts_through_the_graph_step(baseline, graph_picks):
     """Drafts on the CUDA-graph step (run eagerly on CPU): a row carries its drafts within the
-    step's tokens a row, the step returns the state of every position (graph mode "every"),
-    the host verifies; the same tokens at several batch sizes, also with oracle drafts."""
-    from qpfast.engine.cuda_graph import EVERY
+    step's tokens a row, the step returns the state of every position (graph mode "every");
+    the host verifies, with picks from the graph (mode "every_pick": the masked pick after
+    the pending tokens, the argmax after every draft, the host picking where the argmax is
+    not allowed) or all its own; the same tokens at several batch sizes, also with oracle
+    drafts."""
+    from qpfast.engine.cuda_graph import EVERY, EVERY_PICK
     ids, stats = baseline
     for attention in ("kernels", "cascade"):
         eng = Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", attention=attention,
-                     cuda_graphs=True, speculate=4)
+                     cuda_graphs=True, speculate=4, graph_picks=graph_picks)
         g = eng.runner.graphs
         for bs in (16, 5):
             assert _ids(eng, batch_size=bs) == ids, (attention, bs)
             st = eng.last_stats
             assert st["accepted_draft_tokens"] > 0
             assert st["output_tokens"] == st["picked_tokens"] + st["jump_forward_tokens"] + st["accepted_draft_tokens"]
-        assert any(mode == EVERY for _, _, mode in g._graphs)
+            if graph_picks:                       # random weights: many argmaxes are not allowed
+                assert st["graph_pick_steps"] > 0 and st["draft_host_picks"] > 0
+            else:
+                assert st["graph_pick_steps"] == st["draft_host_picks"] == 0
+        assert {mode for _, _, mode in g._graphs} >= {EVERY_PICK if graph_picks else EVERY}
         with engine_options(eng, speculate="auto"):        # "auto" drafts nothing on graph steps
             assert _ids(eng) == ids and eng.last_stats["draft_tokens"] == 0
     g.max_step_tokens = 16                                  # one token a row at 9-16 rows: no room,
     assert _ids(eng) == ids                                 # so those steps pick in the graph as usual
-    assert eng.last_stats["graph_pick_steps"] > 0
+    assert (eng.last_stats["graph_pick_steps"] > 0) == graph_picks
 
 
 class _OracleDrafts(DraftIndex):
@@ -365,8 +373,22 @@ def test_multi_token_graph_step_matches_the_forward_and_writes_only_past_real_ro
         want_all = r.forward(0, feeds, [3, 3, 3], return_all=True)
         got_all = torch.cat([every[i, :len(f)] for i, f in enumerate(feeds)])
         torch.testing.assert_close(got_all, want_all, rtol=1e-5, atol=1e-5)
-        with pytest.raises(ValueError, match="does not pick"):
-            r.decode_step(feeds, [3, 3, 3], mask=mask, every=True)
+        # ... and with picks: each row's masked argmax after its token pick_at[i], the
+        # argmax after every position
+        for k, b in zip(r.cache.k, before):
+            k.copy_(b)
+        pick_at = [0, 0, len(feeds[2]) - 1]
+        every2, picks = r.decode_step(feeds, [3, 3, 3], mask=mask, every=True, pick_at=pick_at)
+        assert (4, 4, "every_pick") in r.graphs._graphs and picks.shape == (3, 5)
+        torch.testing.assert_close(every2, every, rtol=0, atol=0)
+        logits = r.full_logits(every.reshape(-1, every.shape[-1])).view(3, 4, -1)
+        assert picks[:, 1:].tolist() == logits.argmax(dim=-1).tolist()
+        want = [max(toks, key=lambda t: (logits[row, pick_at[row], t].item(), -t)) for row, toks in enumerate(allowed)]
+        assert picks[:, 0].tolist() == [want[0], -1, want[2]]
+        with pytest.raises(ValueError, match="pick_at"):
+            r.decode_step(feeds, [3, 3, 3], mask=mask, every=True, pick_at=[0, 1, 0])   # row 1 has one token
+        with pytest.raises(ValueError, match="pick_at"):
+            r.decode_step(feeds, [3, 3, 3], every=True, pick_at=pick_at)
         with pytest.raises(ValueError, match="each row appends 1 to 8 tokens"):
             r.decode_step([[1] * 9, [2], [3]], [3, 3, 3])
         with pytest.raises(ValueError, match="each row appends 1 to 8 tokens"):

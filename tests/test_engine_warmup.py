@@ -73,12 +73,13 @@ def test_warmup_for_sampling_and_host_picks():
     assert len(g._graphs) == 2 * len(shapes)
 
 
-def test_warmup_records_the_speculative_shapes(plain_ids):
-    from qpfast.engine.cuda_graph import EVERY
-    eng = _graph_engine(speculate=2)
+@pytest.mark.parametrize("graph_picks", [True, False])
+def test_warmup_records_the_speculative_shapes(plain_ids, graph_picks):
+    from qpfast.engine.cuda_graph import EVERY, EVERY_PICK
+    eng = _graph_engine(speculate=2, graph_picks=graph_picks)
     g = eng.runner.graphs
     eng.warmup(batch_size=16, max_new_tokens=BUDGET)
-    assert {mode for _, _, mode in g._graphs} == {True, EVERY}
+    assert {mode for _, _, mode in g._graphs} == ({True, EVERY_PICK} if graph_picks else {False, EVERY})
     n = len(g._graphs)
     eng.generate(QUERIES16, max_new_tokens=BUDGET, batch_size=16)
     assert eng.last_token_ids == plain_ids and len(g._graphs) == n

@@ -34,7 +34,10 @@ graph ends with the full-vocabulary logits and `qpfast.kernels.masked_argmax` ag
 static device copy of them, so the host gets the picks with one copy back instead of
 gathering logits and picking with a dozen small launches and several synchronizations.
 A speculative step (`every=True`) returns the state of every position instead, so that the
-host can verify the draft tokens the rows carry after their pending ones.
+host can verify the draft tokens the rows carry after their pending ones; given the rows'
+bitmasks it also returns, per row, the greedy pick after its last pending token (under its
+mask) and the unmasked argmax of every position: a draft position's pick is that argmax
+whenever the draft's mask allows it, which the host checks without logits.
 
 Each shape's step is captured as a few graphs over growing runs of layers (`pieces`,
 `piece_bounds`) and replayed in turn: the host pays ~2 µs a kernel to launch a graph and
@@ -83,6 +86,8 @@ FIRST_PIECE_LAYERS = 1
 PIECE_GROWTH = 3
 #: the graph mode that returns the state of every position (speculative steps verify drafts)
 EVERY = "every"
+#: ... and also each row's masked greedy pick at one position and every position's argmax
+EVERY_PICK = "every_pick"
 #: query rows (tokens x query heads of one KV head) the Triton decode kernel takes
 #: (qpfast.kernels.decode.MAX_TILE_ROWS)
 TILE_ROWS = 64
@@ -194,15 +199,18 @@ class DecodeGraphs:
         return next(t for t in TOKEN_BUCKETS if t >= most)
 
     def step(self, token_lists: Sequence[Sequence[int]], starts: Sequence[int], mask: Optional[torch.Tensor] = None,
-             every: bool = False):
+             every: bool = False, pick_at: Optional[Sequence[int]] = None):
         """Appends `token_lists[i]` (1 to `max_tokens(b)` token ids; `NativeRunner.decode_step`
         turns single ids into lists) to the row in slot i (which holds `starts[i]` own
         tokens); returns the final hidden state of each row's last new token `[b, hidden]`
         (a view of the graph's output, valid until the next step). With `mask` (int32 `[b, words]` on the CPU, pinned for
         an asynchronous copy) the step also picks each row's greedy next token under its
         mask row and returns `(states, picks)`, picks int64 `[b]` on the device (-1 where a
-        row allows nothing). With `every` (speculative steps; not with `mask`) it returns the
-        state of every position instead, `[b, T, hidden]` (row i's tokens at `[i, :len]`)."""
+        row allows nothing). With `every` (speculative steps) it returns the state of every
+        position instead, `[b, T, hidden]` (row i's tokens at `[i, :len]`); with `every` and
+        `mask`, `(states, picks)`: picks int64 `[b, 1 + T]` on the device, column 0 the greedy
+        pick under row i's mask after its token `pick_at[i]` (default: its last), then the
+        unmasked argmax (lowest index among equal maxima) after each of its `T` positions."""
         r = self.runner
         b = len(token_lists)
         if b == 0 or b > r.cache.slots:
@@ -232,12 +240,15 @@ class DecodeGraphs:
         host[1, :b * T] = (pos[:, None] + j).reshape(-1)                 # KV write positions
         host[2, :b * T] = (own[:, None] + plen + j).reshape(-1)          # rotary positions
         host[3, :b] = pos + T                                            # keys each row attends
-        host[4, :b] = np.arange(b) * T + lens - 1                        # each row's last real token
+        at = lens - 1 if pick_at is None else np.asarray(pick_at, dtype=np.int64)
+        if pick_at is not None and (at.shape != (b,) or int(at.min()) < 0 or bool((at >= lens).any())):
+            raise ValueError("decode step: pick_at needs one index per row, within its tokens")
+        host[4, :b] = np.arange(b) * T + at                              # the token each row picks after
         self._pad_rows(host, b, B, T)
         self._idx[:, :n].copy_(self._host[:, :n], non_blocking=True)
         pick = mask is not None
-        if pick and every:
-            raise ValueError("decode step: `every` returns states, it does not pick (mask must be None)")
+        if pick_at is not None and not (pick and every):
+            raise ValueError("decode step: pick_at goes with every=True and a mask")
         if pick:
             if mask.dtype != torch.int32 or mask.dim() != 2 or mask.shape[0] != b:
                 raise ValueError(f"decode step: mask must be int32 [{b}, words], got {mask.dtype} {tuple(mask.shape)}")
@@ -245,7 +256,7 @@ class DecodeGraphs:
         if r.device.type == "cuda":
             self._copied = torch.cuda.Event()
             self._copied.record()
-        mode = EVERY if every else pick
+        mode = (EVERY_PICK if pick else EVERY) if every else pick
         key = (B, T, mode)
         entry = self._graphs.get(key)
         if entry is None:
@@ -257,6 +268,8 @@ class DecodeGraphs:
             for g in graphs:
                 g.replay()
         if every:
+            if pick:
+                return out[0][:b * T].view(b, T, out[0].shape[-1]), out[1][:b]
             return out[:b * T].view(b, T, out.shape[-1])
         return (out[0][:b], out[1][:b]) if pick else out[:b]
 
@@ -279,7 +292,7 @@ class DecodeGraphs:
     def _mask_buffer(self, words: int) -> torch.Tensor:
         """The device copy of the rows' bitmasks the picking graphs read, `[slots, words]`."""
         if self._mask is None or self._mask.shape[1] != words:
-            self._drop([k for k in self._graphs if k[2] is True])   # they read the old buffer
+            self._drop([k for k in self._graphs if k[2] is True or k[2] == EVERY_PICK])   # they read the old buffer
             r = self.runner
             self._mask = torch.zeros((r.cache.slots, words), dtype=torch.int32, device=r.device)
         return self._mask
@@ -287,7 +300,8 @@ class DecodeGraphs:
     def shapes(self, max_batch: int, picks: Sequence[Any] = (False,)) -> list[tuple[int, int, Any]]:
         """Every graph key `(B, T, mode)` a step of 1 to `max_batch` rows can use, for each
         mode in `picks`: False (states of each row's last token), True (also its greedy pick),
-        `EVERY` (the states of every position: speculative steps)."""
+        `EVERY` (the states of every position: speculative steps), `EVERY_PICK` (and the picks
+        of a speculative step)."""
         slots = self.runner.cache.slots
         top = self.bucket(min(max_batch, slots))
         sizes = sorted({s for s in BUCKETS if s <= top} | {top})
@@ -299,13 +313,13 @@ class DecodeGraphs:
         during the first steps that need them; without capture the step runs once
         eagerly). Every row is a padding row, so no cached key or value changes. Picking
         shapes need `mask_words` (the bitmask width). Returns how many shapes were new."""
-        if True in picks and mask_words is None:
+        if (True in picks or EVERY_PICK in picks) and mask_words is None:
             raise ValueError("mask_words: needed to record the steps that pick")
         self._prepare()
         self._wait_copied()
         new = 0
         for B, T, pick in self.shapes(max_batch, picks):
-            if pick is True:
+            if pick is True or pick == EVERY_PICK:
                 self._mask_buffer(mask_words)
             if (B, T, pick) in self._graphs:
                 continue
@@ -389,6 +403,11 @@ class DecodeGraphs:
             return x, h, seq_lens
         if pick == EVERY:
             return r.final_norm(h)
+        if pick == EVERY_PICK:
+            states = r.final_norm(h)
+            logits = F.linear(states, r.lm_head, r.lm_bias)
+            first = kernels.masked_argmax(logits[idx[4, :B]], self._mask[:B])
+            return states, torch.cat([first[:, None], logits.argmax(dim=1).view(B, T)], dim=1)
         if T > 1:
             h = h[idx[4, :B]]
         states = r.final_norm(h)

@@ -52,7 +52,7 @@ from ..schema import Schema, model_schema
 from ..vocab import Vocab
 from .model_runner import HFRunner, NativeRunner, lm_head_rows, native_support
 from .sampler import allowed_at, pick_dense, pick_sparse, split_rows
-from .cuda_graph import EVERY
+from .cuda_graph import EVERY, EVERY_PICK
 from .kv_cache import canonical_device
 from .draft import DraftIndex
 from .screen import LogitScreen, cpu_has_bf16_dot
@@ -388,7 +388,8 @@ class Engine:
             if g is not None:
                 modes = sorted({self.graph_picks and not self.overlap_masks} | ({False} if sampling else set()))
                 if self._speculation_possible():       # with graphs: an int speculate > 0
-                    modes.append(EVERY)                 # the speculative steps' graphs
+                    # the speculative steps' graphs (greedy only), picking like the others
+                    modes.append(EVERY_PICK if self.graph_picks and not self.overlap_masks else EVERY)
                 graphs = g.warmup(bs, modes, mask_words=self.vocab.words)
         for temperature in (0.0, 1.0) if sampling else (0.0,):
             r = self.generate([query], max_new_tokens=budget, batch_size=bs, rules=rules, context=context,
@@ -447,6 +448,7 @@ class Engine:
                     decode_forward_passes=0, row_forward_passes=0, output_tokens=0, picked_tokens=0,
                     jump_forward_tokens=0, single_choice_steps=0, sparse_logit_steps=0, dense_logit_steps=0,
                     screened_logit_steps=0, graph_pick_steps=0, draft_tokens=0, accepted_draft_tokens=0,
+                    draft_host_picks=0,
                     time_total=0.0, time_setup=0.0, time_prefix=0.0, time_forward=0.0, time_logits=0.0,
                     time_masks=0.0, time_finish=0.0)
 
@@ -671,6 +673,55 @@ class Engine:
         out[len(spec_rows):] = got[pos:]
         return out
 
+    def _verify_graph(self, active: list[Sequence], spec_rows: list[int], spec: "_SpecStep", feeds: list[list[int]],
+                      states: torch.Tensor, graph_picks: torch.Tensor, gen: Optional[torch.Generator],
+                      stats: dict) -> np.ndarray:
+        """`_verify` for a speculative graph step that picked (`DecodeGraphs.step` with
+        `every` and a mask): `graph_picks[i, 0]` is row i's greedy pick after its pending
+        tokens, `graph_picks[i, 1 + t]` the unmasked argmax after position t. The pick after
+        an accepted draft is that argmax when the draft's bitmask allows it (then it is the
+        masked argmax too: the lowest index among the allowed maxima); otherwise the host
+        picks that position from `states` `[b, T, hidden]` (a batched `_pick` per round of
+        such rows). Accepts each row's drafts up to the first its picks contradict; returns
+        one pick per row of `spec_rows` (or `_FINISHED_BY_DRAFT`)."""
+        got = graph_picks.cpu().numpy()
+        stats["graph_pick_steps"] += len(spec_rows)
+        first = np.concatenate([[0], np.cumsum(spec.masked)]).astype(np.int64)
+        out = np.empty(len(spec_rows), dtype=np.int64)
+        todo = [(r, i, 0, int(got[i, 0])) for r, i in enumerate(spec_rows)]   # (row, slot, position, its pick)
+        while todo:
+            host: list[tuple[int, int, int]] = []
+            for r, i, acc, pick in todo:
+                d, nm, base = spec.drafts[i], spec.masked[i], len(feeds[i]) - 1
+                to_host = False
+                while acc < len(d) and acc <= nm and pick == d[acc]:
+                    acc += 1
+                    if acc > nm:                       # the accepted draft ended the output
+                        break
+                    pick = int(got[i, 1 + base + acc])
+                    row = spec.masks[first[i] + acc - 1]
+                    if not (pick < 32 * row.shape[0] and (int(row[pick >> 5]) >> (pick & 31)) & 1):
+                        to_host = True                 # not allowed: the host picks this position
+                        break
+                if to_host:
+                    host.append((r, i, acc))
+                    continue
+                s = active[i]
+                for t in d[:acc]:
+                    s.accept(t, fed=True)
+                stats["draft_tokens"] += len(d)
+                stats["accepted_draft_tokens"] += acc
+                out[r] = pick if acc <= nm else _FINISHED_BY_DRAFT
+            todo = []
+            if host:
+                stats["draft_host_picks"] += len(host)
+                at = torch.tensor([i * states.shape[1] + len(feeds[i]) - 1 + acc for _, i, acc in host],
+                                  device=states.device)
+                rows = np.stack([spec.masks[first[i] + acc - 1] for _, i, acc in host])
+                picked = self._pick(states.reshape(-1, states.shape[-1])[at], rows, 0.0, 1.0, gen, stats)
+                todo = [(r, i, acc, int(p)) for (r, i, acc), p in zip(host, picked)]
+        return out
+
     def _logit_screen(self) -> Optional[LogitScreen]:
         """The bf16 screen of the lm_head for greedy dense picks, when it applies: the
         native runner on CPU with fp32 weights, `screen_logits` True, or "auto" on a CPU with
@@ -738,6 +789,7 @@ class Engine:
             graph_picks = None                  # the active rows' picks, from the graph step
             k = self._spec_drafts(n_old, temperature) if active else 0
             spec = None
+            spec_picks = spec_states = None     # a speculative graph step's picks and states
             limits = [k if cap is None else max(0, min(k, cap - len(s.pending))) for s in active] if k else []
             if any(limits):
                 # drafts for the rows whose pending tokens all go in this step, within the
@@ -757,13 +809,21 @@ class Engine:
                     starts = [s.own_len for s in active]
                     spec_rows = [i for i, s in enumerate(active) if len(s.pending) == len(feeds[i])]
                     stride = runner.graphs.step_width(fed) if graphs else None
-                    at = torch.from_numpy(spec.state_index(feeds, spec_rows, stride)).to(self.device)
-                    if graphs:
-                        out = runner.decode_step(fed, starts, every=True)          # [b, T, hidden]
-                        flat = out.reshape(-1, out.shape[-1])
+                    if graphs and self.graph_picks and not self.overlap_masks:
+                        # the graph picks: each row's greedy pick after its pending tokens and
+                        # the argmax after every position (`_verify_graph`)
+                        spec_states, spec_picks = runner.decode_step(
+                            fed, starts, mask=self._mask_t[:n_old], every=True,
+                            pick_at=[len(f) - 1 for f in feeds[:n_old]])
+                        parts.append(spec_states[:, 0])     # (the active rows pick from spec_picks)
                     else:
-                        flat = runner.forward(0, fed, starts, return_all=True)
-                    parts.append(flat[at])
+                        at = torch.from_numpy(spec.state_index(feeds, spec_rows, stride)).to(self.device)
+                        if graphs:
+                            out = runner.decode_step(fed, starts, every=True)          # [b, T, hidden]
+                            flat = out.reshape(-1, out.shape[-1])
+                        else:
+                            flat = runner.forward(0, fed, starts, return_all=True)
+                        parts.append(flat[at])
                 elif graphs:
                     pick_mask = None
                     if self.graph_picks and temperature == 0.0 and not self.overlap_masks:
@@ -794,7 +854,11 @@ class Engine:
             t2 = time.perf_counter()
             picks = np.empty(len(ready), dtype=np.int64)
             rest = ready                        # rows picked here, not by the graph
-            if spec is not None:                # the ready rows: spec_rows, then the new ones
+            if spec_picks is not None:          # the ready rows: spec_rows, then the new ones
+                picks[:len(spec_rows)] = self._verify_graph(active, spec_rows, spec, feeds, spec_states,
+                                                            spec_picks, gen, stats)
+                rest = [i for i in ready if i >= n_old]
+            elif spec is not None:
                 rest = []
                 picks[:] = self._verify(active, spec_rows, spec, states, mask, new, gen, stats)
             if graph_picks is not None:

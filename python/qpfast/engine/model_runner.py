@@ -205,18 +205,19 @@ class NativeRunner:
 
     @torch.no_grad()
     def decode_step(self, tokens: Sequence, starts: Sequence[int], mask: Optional[torch.Tensor] = None,
-                    every: bool = False):
+                    every: bool = False, pick_at: Optional[Sequence[int]] = None):
         """New tokens for each row in slots [0, b): `tokens[i]` is a token id or a list of
         at most `step_tokens(b)` of them; returns the final hidden state of each row's last
         new token [b, hidden]. Through the CUDA graphs when they are enabled, else a plain
         `forward`. With `mask` (int32 [b, words] on the CPU) also each row's greedy pick
         under it: `(states, picks)`; with `every` (graphs only) the states of every position,
-        `[b, T, hidden]` (see `DecodeGraphs.step`)."""
+        `[b, T, hidden]`, and with a mask too the picks of a speculative step at `pick_at`
+        (see `DecodeGraphs.step`)."""
         lists = [[int(t)] if isinstance(t, (int, np.integer)) else [int(x) for x in t] for t in tokens]
         if self.graphs is not None:
-            return self.graphs.step(lists, starts, mask, every)
-        if every:
-            raise ValueError("decode step: `every` needs the graph step (enable_graphs)")
+            return self.graphs.step(lists, starts, mask, every, pick_at)
+        if every or pick_at is not None:
+            raise ValueError("decode step: `every` and `pick_at` need the graph step (enable_graphs)")
         states = self.forward(0, lists, starts)
         if mask is None:
             return states
