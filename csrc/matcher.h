@@ -39,6 +39,7 @@ class Matcher {
   int num_tokens() const { return static_cast<int>(hist_.size()); }
   std::string text() const;  // bytes so far (without a prefix-space vocab's leading space)
   int max_tokens() const { return budget_; }
+  int words() const { return g_->vocab().words(); }  // int32 words of its bitmask rows
   const std::string& normalized() const { return query_->text; }
 
  private:

@@ -190,7 +190,11 @@ void bind_matcher(py::module_& m) {
     if (static_cast<int64_t>(ms.size()) > rows)
       throw py::value_error("bitmask: " + std::to_string(rows) + " rows for " + std::to_string(ms.size()) + " matchers");
     std::vector<const Matcher*> ptrs;
-    for (const auto& p : ms) ptrs.push_back(p.get());
+    for (const auto& p : ms) {
+      if (!p) throw py::type_error("matchers: None is not a matcher");
+      if (p->words() != words) throw py::value_error("matchers: a matcher's bitmask rows have " + std::to_string(p->words()) + " words, the bitmask " + std::to_string(words));
+      ptrs.push_back(p.get());
+    }
     py::gil_scoped_release nogil;
     fill_bitmasks(ptrs, base, stride, nthreads);
   }, py::arg("matchers"), py::arg("bitmask"), py::arg("words"), py::arg("nthreads") = 1);
@@ -208,6 +212,7 @@ void bind_matcher(py::module_& m) {
     std::unordered_set<const Matcher*> seen;
     for (size_t i = 0; i < n; ++i) {
       if (!ms[i]) throw py::type_error("matchers: None is not a matcher");
+      if (ms[i]->words() != words) throw py::value_error("matchers: a matcher's bitmask rows have " + std::to_string(ms[i]->words()) + " words, the bitmask " + std::to_string(words));
       if (!seen.insert(ms[i].get()).second) throw py::value_error("matchers: the same matcher appears twice");
       if (slots[i] < 0 || slots[i] >= rows) throw py::index_error("slots: " + std::to_string(slots[i]) + " out of range for " + std::to_string(rows) + " bitmask rows");
       if (used[slots[i]]) throw py::value_error("slots: row " + std::to_string(slots[i]) + " appears twice");

@@ -397,7 +397,7 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=N
     kc = torch.where(live, k_cache[:, :, :n].float(), 0.0)
     vc = torch.where(live, v_cache[:, :, :n].float(), 0.0)
     if row0_prefix_len is not None:
-        p = min(int(row0_prefix_len[0]), n)
+        p = max(0, min(int(row0_prefix_len[0]), n))          # (the kernel reads a negative one as 0)
         kc[:, :, :p] = torch.where(live[:, :, :p], k_cache[:1, :, :p].float(), 0.0)
         vc[:, :, :p] = torch.where(live[:, :, :p], v_cache[:1, :, :p].float(), 0.0)
     # new token i of sequence b sees keys < seq_lens[b] - (T - 1 - i)

@@ -614,6 +614,15 @@ def test_advance_rows_bad_arguments():
         adv([a], [-1], np.zeros((2, vocab.words + 1), dtype=np.int32), [0])
     with pytest.raises(TypeError, match="matchers"):
         adv([a, "b"], [-1, -1], mask, [0, 1])
+    with pytest.raises(ValueError, match="picks, slots"):
+        adv([], [-1], mask, [])
+    # the C++ entry points check each matcher's row width against the bitmask's
+    sp = Matcher(_vocab("sp"), "q")
+    assert sp.vocab.words != vocab.words
+    with pytest.raises(ValueError, match="words"):
+        _C.advance_rows([sp._m], [-1], [0], mask, vocab.words, True, True, 1)
+    with pytest.raises(ValueError, match="words"):
+        _C.fill_bitmasks([sp._m], mask, vocab.words, 1)
     # nothing changed by the refused calls; a refused pick is reported, not raised
     assert a.num_tokens == 0 and b.num_tokens == 0
     toks, rejected, filled = adv([a], [vocab.end_ids[0]], mask, [0])

@@ -162,6 +162,9 @@ def advance_rows(matchers: Sequence[Matcher], picks: Sequence[int], bitmask: Any
     pick first), the token the matcher refused (the row stops there; -1 when none) and
     whether its bitmask row now holds its next mask (False once it finished or failed).
     Matchers and slots must be distinct."""
+    picks, slots = [int(p) for p in picks], [int(s) for s in slots]
+    if len(picks) != len(matchers) or len(slots) != len(matchers):
+        raise ValueError(f"picks, slots: expected one per matcher ({len(matchers)}), got {len(picks)} and {len(slots)}")
     if not matchers:
         return [], [], []
     words = matchers[0].vocab.words
@@ -172,5 +175,7 @@ def advance_rows(matchers: Sequence[Matcher], picks: Sequence[int], bitmask: Any
             raise ValueError("matchers: all matchers must share one vocabulary size")
     if nthreads is None:
         nthreads = default_threads(len(matchers))
-    return _C.advance_rows([m._m for m in matchers], [int(p) for p in picks], [int(s) for s in slots],
+    if any(not -1 <= p < 1 << 31 for p in picks):
+        raise ValueError(f"picks: expected token ids or -1, got {[p for p in picks if not -1 <= p < 1 << 31][:3]}")
+    return _C.advance_rows([m._m for m in matchers], picks, slots,
                            _as_mask_array(bitmask), words, bool(jump_forward), bool(fill), int(nthreads))
