@@ -2,7 +2,7 @@
 """The engine's two KV-cache layouts end to end, side by side, at several batch sizes.
 
     python bench/bench_engine_layouts.py [--batches 16,64,128] [--reps 5] [--step-tokens 256,512]
-                                         [--one-graph kernels,cascade] [--out layouts.json]
+                                         [--one-graph kernels,cascade] [--own-copies] [--out layouts.json]
 
 "kernels": the prompt prefix copied into every slot of the cache, each decode step reading
 it once per row; "cascade": the prefix stored once and attended by all rows together
@@ -13,7 +13,9 @@ times each, and the medians, decode passes and rows with the same tokens are pri
 `--step-tokens` adds, for each layout, graph steps of up to that many query positions
 (`DecodeGraphs.max_step_tokens`, 512 by default: more tokens a row per step at a batch);
 `--one-graph` adds, for the layouts named, an engine launching each step as one CUDA graph
-instead of the default pieces (`DecodeGraphs.pieces`).
+instead of the default pieces (`DecodeGraphs.pieces`); `--own-copies` one whose "kernels"
+layout steps read each row's own prefix copy (`NativeRunner.row0_reads = False`, the engine
+before session 18).
 At batch 64 it also times `model.generate` + xgrammar on the same queries (the
 `bench_kernels` baseline). Without CUDA it runs on the CPU (a smoke run: the CPU has no
 graphs or Triton kernels, so its times say nothing about the GPU).
@@ -106,6 +108,8 @@ def main(argv=None) -> int:
                     help="extra max_step_tokens values to time for each layout (e.g. 256,512)")
     ap.add_argument("--one-graph", default="",
                     help="layouts to also time with each step launched as one graph (e.g. kernels)")
+    ap.add_argument("--own-copies", action="store_true",
+                    help="also time the kernels layout with every row reading its own prefix copy")
     ap.add_argument("--out", help="write the rows as JSON here")
     args = ap.parse_args(argv)
     batches = [int(x) for x in args.batches.split(",") if x.strip()]
@@ -125,6 +129,11 @@ def main(argv=None) -> int:
             if graphs is not None:
                 for n in [int(x) for x in args.step_tokens.split(",") if x.strip()]:
                     configs[f"{name}/{n}"] = (eng, n)
+            if graphs is not None and name == "kernels" and args.own_copies:
+                own = qpfast.Engine(model_dir, device=device, dtype=dtype, attention=name)
+                own.runner.row0_reads = False
+                out["warmup_kernels/own-copies"] = own.warmup(batch_size=max(batches))
+                configs["kernels/own-copies"] = (own, None)
             if graphs is not None and name in one_graph:
                 one = qpfast.Engine(model_dir, device=device, dtype=dtype, attention=name)
                 one.runner.graphs.set_pieces([0, len(one.runner.layers)])

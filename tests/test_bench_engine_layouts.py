@@ -29,6 +29,10 @@ def test_compare_layouts_rows(capsys):
     one = Engine(copy.deepcopy(qwen3_model()), qpfast.testing.qwen_tokenizer(), device="cpu", cuda_graphs=True)
     one.runner.graphs.set_pieces([0, 2])             # each step one graph (--one-graph)
     configs["kernels/1graph"] = (one, None)
+    own = Engine(copy.deepcopy(qwen3_model()), qpfast.testing.qwen_tokenizer(), device="cpu", attention="kernels",
+                 cuda_graphs=True)
+    own.runner.row0_reads = False                    # --own-copies
+    configs["kernels/own-copies"] = (own, None)
     rows = bl.compare_layouts(configs, [3], reps=2, baseline_at=None)
     (row,) = rows
     assert row["batch"] == 3 and list(row["configs"]) == list(configs)

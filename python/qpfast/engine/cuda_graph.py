@@ -391,8 +391,10 @@ class DecodeGraphs:
         if r.attention == "cascade":
             shared = cache.shared_capacity > 0
             pre = (lambda li: cache.prefix_args(li)) if shared else (lambda li: {})
-        else:                   # every slot holds the prefix: the rows read slot 0's copy
+        elif r.row0_reads:      # every slot holds the prefix: the rows read slot 0's copy
             pre = (lambda li: dict(row0_prefix_len=cache.row0_len))
+        else:
+            pre = (lambda li: {})
 
         def attend(li: int, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
             return kernels.decode_attention(q.to(kc.dtype), kc[:B], vc[:B], seq_lens, r.scale, queries_per_seq=T,

@@ -191,6 +191,10 @@ class NativeRunner:
         self.graphs: Optional[DecodeGraphs] = None
         # cascade attention through the kernels (Triton or its interpreter), else torch matmuls
         self.cascade_kernels = attention == "cascade" and kernels.backend(self.embed) != "reference"
+        # "kernels" layout: one-token steps read the prefix from slot 0's copy for every row
+        # (`decode_attention(row0_prefix_len=)`); False reads each row's own copy (benchmarks;
+        # set it before the CUDA graphs are captured)
+        self.row0_reads = True
 
     def enable_graphs(self, capture: bool = True) -> None:
         """Decode steps (`decode_step`) replay CUDA graphs from now on; with
@@ -323,7 +327,7 @@ class NativeRunner:
                     pre = cache.prefix_args(li)
                 elif slot0_prefix:
                     pre = dict(prefix_k=kc[0, :, :plen], prefix_v=vc[0, :, :plen])
-                elif attention == "kernels" and inp.T == 1:
+                elif attention == "kernels" and inp.T == 1 and self.row0_reads:
                     pre = dict(row0_prefix_len=cache.row0_len)     # every row reads the first slot's copy
                 else:
                     pre = {}
