@@ -22,8 +22,8 @@ PREFIX_ARGS = dict(Q=P, PK=P, PV=P, PLEN="*i32", PART_O="*fp32", PART_LSE="*fp32
                    stride_qh=I, stride_kh=I, stride_kt=I, stride_vh=I, stride_vt=I, num_rows=I, prefix_cap=I,
                    split_len=I, part_slots=I)
 DECODE_ARGS = dict(Q=P, K=P, V=P, OUT=P, PART_O="*fp32", PART_LSE="*fp32", SEQ_LENS="*i32", COUNTERS="*i32",
-                   ROW0_LEN="*i32", qk_scale=F, stride_qb=I, stride_qh=I, stride_kb=I, stride_kh=I, stride_kt=I, stride_vb=I,
-                   stride_vh=I, stride_vt=I, stride_ob=I, stride_oh=I, split_len=I)
+                   ROW0_LEN="*i32", qk_scale=F, stride_qb=I, stride_qh=I, stride_kb=I, stride_kh=I, stride_kt=I,
+                   stride_vb=I, stride_vh=I, stride_vt=I, stride_ob=I, stride_oh=I, split_len=I)
 MERGE_ARGS = dict(OUT=P, PART_O="*fp32", PART_LSE="*fp32", SEQ_LENS="*i32", stride_ob=I, stride_oh=I,
                   num_heads=I, split_len=I)
 PREFILL_ARGS = dict(Q=P, K=P, V=P, OUT=P, CU_Q="*i32", CU_K="*i32", PART_O="*fp32", PART_LSE="*fp32",
@@ -32,6 +32,14 @@ PREFILL_ARGS = dict(Q=P, K=P, V=P, OUT=P, CU_Q="*i32", CU_K="*i32", PART_O="*fp3
 
 HEADS = dict(HEAD_DIM=128, BLOCK_D=128, DOT_PRECISION="tf32")
 
+
+def _decode(num_warps: int, **constexprs):
+    """A `_decode_kernel` variant: 64-key blocks at head dim 128, the prefix from row 0 off
+    unless given."""
+    return ("decode", "_decode_kernel", DECODE_ARGS, dict(dict(BLOCK_N=64, ROW0_PREFIX=False, **HEADS), **constexprs),
+            num_warps)
+
+
 VARIANTS = {
     # the shared-prefix kernel as prefix_plan launches it: length on the device (engine) or
     # the buffer's (plain calls); Qwen3-0.6B's 16:8 heads at batch 64, 8:1 at batch 1
@@ -39,37 +47,22 @@ VARIANTS = {
     "prefix_fixed_len_gqa8": ("cascade", "_prefix_kernel", PREFIX_ARGS, dict(HAS_PLEN=False), (1, 1, 8)),
     # decode: unsplit, unsplit + prefix partials folded in, split with the fused merge (with
     # and without a prefix), split for the merge kernel
-    "decode": ("decode", "_decode_kernel", DECODE_ARGS,
-               dict(GROUP=2, BLOCK_H=16, BLOCK_N=64, NUM_SPLITS=1, FUSED_MERGE=False, PART_BASE=0, ROW0_PREFIX=False, QPS=1, **HEADS), 4),
-    "decode_prefix": ("decode", "_decode_kernel", DECODE_ARGS,
-                      dict(GROUP=2, BLOCK_H=16, BLOCK_N=64, NUM_SPLITS=1, FUSED_MERGE=False, PART_BASE=4, ROW0_PREFIX=False, QPS=1, **HEADS), 4),
-    "decode_fused_prefix": ("decode", "_decode_kernel", DECODE_ARGS,
-                            dict(GROUP=8, BLOCK_H=16, BLOCK_N=64, NUM_SPLITS=3, FUSED_MERGE=True, PART_BASE=2,
-                                 ROW0_PREFIX=False, QPS=1, **HEADS), 4),
-    "decode_fused": ("decode", "_decode_kernel", DECODE_ARGS,
-                     dict(GROUP=8, BLOCK_H=16, BLOCK_N=64, NUM_SPLITS=4, FUSED_MERGE=True, PART_BASE=0, ROW0_PREFIX=False, QPS=1, **HEADS), 4),
-    "decode_split_prefix": ("decode", "_decode_kernel", DECODE_ARGS,
-                            dict(GROUP=2, BLOCK_H=16, BLOCK_N=64, NUM_SPLITS=2, FUSED_MERGE=False, PART_BASE=1,
-                                 ROW0_PREFIX=False, QPS=1, **HEADS), 4),
+    "decode": _decode(4, GROUP=2, BLOCK_H=16, NUM_SPLITS=1, FUSED_MERGE=False, PART_BASE=0, QPS=1),
+    "decode_prefix": _decode(4, GROUP=2, BLOCK_H=16, NUM_SPLITS=1, FUSED_MERGE=False, PART_BASE=4, QPS=1),
+    "decode_fused_prefix": _decode(4, GROUP=8, BLOCK_H=16, NUM_SPLITS=3, FUSED_MERGE=True, PART_BASE=2, QPS=1),
+    "decode_fused": _decode(4, GROUP=8, BLOCK_H=16, NUM_SPLITS=4, FUSED_MERGE=True, PART_BASE=0, QPS=1),
+    "decode_split_prefix": _decode(4, GROUP=2, BLOCK_H=16, NUM_SPLITS=2, FUSED_MERGE=False, PART_BASE=1, QPS=1),
     # several new tokens per sequence (multi-token graph steps): 8 tokens x 2 heads, split with
     # the fused merge and a prefix; 4 x 8 heads unsplit; 8 x 8 heads (the largest tile) split
-    "decode_multi_fused_prefix": ("decode", "_decode_kernel", DECODE_ARGS,
-                                  dict(GROUP=2, BLOCK_H=16, BLOCK_N=64, NUM_SPLITS=2, FUSED_MERGE=True, PART_BASE=1,
-                                       ROW0_PREFIX=False, QPS=8, **HEADS), 4),
-    "decode_multi": ("decode", "_decode_kernel", DECODE_ARGS,
-                     dict(GROUP=8, BLOCK_H=32, BLOCK_N=64, NUM_SPLITS=1, FUSED_MERGE=False, PART_BASE=0, ROW0_PREFIX=False, QPS=4,
-                          **HEADS), 8),
-    "decode_multi_split": ("decode", "_decode_kernel", DECODE_ARGS,
-                           dict(GROUP=8, BLOCK_H=64, BLOCK_N=64, NUM_SPLITS=3, FUSED_MERGE=False, PART_BASE=0, ROW0_PREFIX=False, QPS=8,
-                                **HEADS), 8),
+    "decode_multi_fused_prefix": _decode(4, GROUP=2, BLOCK_H=16, NUM_SPLITS=2, FUSED_MERGE=True, PART_BASE=1, QPS=8),
+    "decode_multi": _decode(8, GROUP=8, BLOCK_H=32, NUM_SPLITS=1, FUSED_MERGE=False, PART_BASE=0, QPS=4),
+    "decode_multi_split": _decode(8, GROUP=8, BLOCK_H=64, NUM_SPLITS=3, FUSED_MERGE=False, PART_BASE=0, QPS=8),
     # the "kernels" layout's steps: the prefix keys from row 0, one token a row unsplit at
     # batch 64, eight tokens a row split with the fused merge
-    "decode_row0": ("decode", "_decode_kernel", DECODE_ARGS,
-                    dict(GROUP=2, BLOCK_H=16, BLOCK_N=64, NUM_SPLITS=1, FUSED_MERGE=False, PART_BASE=0,
-                         ROW0_PREFIX=True, QPS=1, **HEADS), 4),
-    "decode_row0_multi_fused": ("decode", "_decode_kernel", DECODE_ARGS,
-                                dict(GROUP=2, BLOCK_H=16, BLOCK_N=64, NUM_SPLITS=2, FUSED_MERGE=True, PART_BASE=0,
-                                     ROW0_PREFIX=True, QPS=8, **HEADS), 4),
+    "decode_row0": _decode(4, GROUP=2, BLOCK_H=16, NUM_SPLITS=1, FUSED_MERGE=False, PART_BASE=0, QPS=1,
+                           ROW0_PREFIX=True),
+    "decode_row0_multi_fused": _decode(4, GROUP=2, BLOCK_H=16, NUM_SPLITS=2, FUSED_MERGE=True, PART_BASE=0, QPS=8,
+                                       ROW0_PREFIX=True),
     "merge_multi": ("decode", "_merge_splits_kernel", MERGE_ARGS,
                     dict(HEAD_DIM=128, BLOCK_D=128, NUM_SPLITS=3, BLOCK_S=4, PART_BASE=0, QPS=8), 4),
     "merge_prefix": ("decode", "_merge_splits_kernel", MERGE_ARGS,

@@ -135,19 +135,24 @@ def mask_rows(bitmask: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
     return counts, ids
 
 
-def fill_bitmasks(matchers: Sequence[Matcher], bitmask: Any, nthreads: int | None = None) -> None:
-    """Row i of `bitmask` <- matchers[i]'s mask, in one call with the GIL released."""
-    if not matchers:
-        return
+def _batch_of(matchers: Sequence[Matcher], nthreads: int | None) -> tuple[list, int, int]:
+    """The C++ matchers of a non-empty batch, their bitmask row width and the thread count
+    (checked: qpfast.Matcher items sharing one vocabulary size)."""
     words = matchers[0].vocab.words
     for m in matchers:
         if not isinstance(m, Matcher):
             raise TypeError(f"matchers: expected qpfast.Matcher items, got {type(m).__name__}")
         if m.vocab.words != words:
             raise ValueError("matchers: all matchers must share one vocabulary size")
-    if nthreads is None:
-        nthreads = default_threads(len(matchers))
-    _C.fill_bitmasks([m._m for m in matchers], _as_mask_array(bitmask), words, int(nthreads))
+    return [m._m for m in matchers], words, int(default_threads(len(matchers)) if nthreads is None else nthreads)
+
+
+def fill_bitmasks(matchers: Sequence[Matcher], bitmask: Any, nthreads: int | None = None) -> None:
+    """Row i of `bitmask` <- matchers[i]'s mask, in one call with the GIL released."""
+    if not matchers:
+        return
+    ms, words, nthreads = _batch_of(matchers, nthreads)
+    _C.fill_bitmasks(ms, _as_mask_array(bitmask), words, nthreads)
 
 
 def advance_rows(matchers: Sequence[Matcher], picks: Sequence[int], bitmask: Any, slots: Sequence[int],
@@ -157,25 +162,19 @@ def advance_rows(matchers: Sequence[Matcher], picks: Sequence[int], bitmask: Any
 
     For each row i: accepts ``picks[i]`` (-1: none), then, with `jump_forward`, the tokens
     its matcher forces; unless it finished (or `fill` is False: then it stops here), writes
-    its next mask into ``bitmask[slots[i]]``; then, with `jump_forward`, while that mask allows a single token, accepts it and the
-    tokens forced after it and refills the mask. Returns, per row, the tokens accepted (the
-    pick first), the token the matcher refused (the row stops there; -1 when none) and
-    whether its bitmask row now holds its next mask (False once it finished or failed).
+    its next mask into ``bitmask[slots[i]]``; then, with `jump_forward`, while that mask
+    allows a single token, accepts it and the tokens forced after it and refills the mask.
+    Returns, per row, the tokens accepted (the pick first), the token the matcher refused
+    (the row stops there; -1 when none) and whether its bitmask row now holds its next mask
+    (False once it finished or failed).
     Matchers and slots must be distinct."""
     picks, slots = [int(p) for p in picks], [int(s) for s in slots]
     if len(picks) != len(matchers) or len(slots) != len(matchers):
         raise ValueError(f"picks, slots: expected one per matcher ({len(matchers)}), got {len(picks)} and {len(slots)}")
     if not matchers:
         return [], [], []
-    words = matchers[0].vocab.words
-    for m in matchers:
-        if not isinstance(m, Matcher):
-            raise TypeError(f"matchers: expected qpfast.Matcher items, got {type(m).__name__}")
-        if m.vocab.words != words:
-            raise ValueError("matchers: all matchers must share one vocabulary size")
-    if nthreads is None:
-        nthreads = default_threads(len(matchers))
+    ms, words, nthreads = _batch_of(matchers, nthreads)
     if any(not -1 <= p < 1 << 31 for p in picks):
         raise ValueError(f"picks: expected token ids or -1, got {[p for p in picks if not -1 <= p < 1 << 31][:3]}")
-    return _C.advance_rows([m._m for m in matchers], picks, slots,
-                           _as_mask_array(bitmask), words, bool(jump_forward), bool(fill), int(nthreads))
+    return _C.advance_rows(ms, picks, slots, _as_mask_array(bitmask), words, bool(jump_forward), bool(fill),
+                           nthreads)
