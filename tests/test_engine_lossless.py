@@ -458,7 +458,8 @@ def test_llama_all_switches_off_vs_on():
 def test_triton_kernels_in_the_interpreter_give_the_same_tokens():
     """Both attention layouts with the real Triton kernels (TRITON_INTERPRET=1, set before
     triton is imported, hence a subprocess; the cascade layout then runs the shared-prefix
-    kernels, plain and in the bucketed graph step) == the torch cascade path here."""
+    kernels, plain and in the bucketed graph step; the kernels layout's graph step reads the
+    prefix from slot 0, in pieces) == the torch cascade path here."""
     import json
     import os
     import subprocess
@@ -479,7 +480,8 @@ def test_triton_kernels_in_the_interpreter_give_the_same_tokens():
         "assert kernels.backend(torch.zeros(1)) == 'interpreter'\n"
         "qs = [QUERIES16[0], QUERIES16[9], QUERIES16[15]]\n"
         "want = json.loads(sys.argv[2])\n"
-        "for kw in (dict(attention='kernels'), dict(attention='cascade'), dict(attention='cascade', cuda_graphs=True)):\n"
+        "for kw in (dict(attention='kernels'), dict(attention='cascade'), dict(attention='cascade', cuda_graphs=True),\n"
+        "           dict(attention='kernels', cuda_graphs=True)):\n"
         "    e = Engine(qwen3_model(), qwen_tokenizer(), device='cpu', **kw)\n"
         "    assert e.runner.cascade_kernels == (kw['attention'] == 'cascade')\n"
         "    e.generate(qs, max_new_tokens=48)\n"
