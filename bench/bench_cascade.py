@@ -3,7 +3,10 @@
 (``decode_attention(..., prefix_k=, prefix_v=, prefix_len=)``) against the engine's
 "kernels" cache layout, where every sequence's cache starts with its own copy of it, read
 either from each sequence's copy or (``row0_prefix_len``, the engine's steps since session
-18) from the first sequence's copy for all (one copy from HBM, the rest from the L2).
+18) from the first sequence's copy for all (one copy from HBM, the rest from the L2); and
+the cascade prefix read by the decode kernel itself (``prefix_inline=True``: one launch, the
+default below :func:`qpfast.kernels.decode.inline_prefix`'s batch size) against the
+two-kernel cascade (``prefix_inline=False``, the "casc" columns).
 
     python bench/bench_cascade.py [--out cascade.json] [--quick]
 
@@ -99,23 +102,26 @@ def _cascade_shape(hq: int, hkv: int, bsz: int, plen: int, sms: int) -> dict:
         extra = dict(row0_prefix_len=plen_t) if row0 else {}
         return lambda: D.decode_attention(qi, ki, vi, full_lens, **extra)
 
-    def cascade_call(i, splits=None):
+    def cascade_call(i, splits=None, inline=False):
         qi = torch.randn_like(q)
         pki, pvi = torch.randn_like(pk), torch.randn_like(pv)
         ki, vi = torch.randn_like(kc), torch.randn_like(vc)
         return lambda: D.decode_attention(qi, ki, vi, lens, prefix_k=pki, prefix_v=pvi, prefix_len=plen_t,
-                                          prefix_splits=splits)
+                                          prefix_splits=splits, prefix_inline=inline)
 
     cold_copied = bench_graph_cold(copied_call, b_copied)
     cold_casc = bench_graph_cold(cascade_call, b_casc)
     cold_row0 = bench_graph_cold(lambda i: copied_call(i, row0=True), b_row0)
+    inline = K.decode_attention(q, kc, vc, lens, prefix_k=pk, prefix_v=pv, prefix_len=plen_t, prefix_inline=True)
+    cold_inline = bench_graph_cold(lambda i: cascade_call(i, inline=True), b_row0)
     sweep = ({ps: bench_graph_cold(lambda i, ps=ps: cascade_call(i, ps), b_casc) for ps in (1, 2, 4, 8)}
              if bsz * hkv < sms else {})
     return dict(
         heads=f"{hq}:{hkv}", batch=bsz, prefix=plen, own=OWN, prefix_splits=auto_splits,
         own_splits=own_splits, copied_splits=copied_splits, rel_err_cascade=rel_err(casc, ref),
-        rel_err_copied=rel_err(copied, ref), rel_err_row0=rel_err(row0, ref), cold_copied_ms=cold_copied,
-        cold_cascade_ms=cold_casc, cold_row0_ms=cold_row0,
+        rel_err_copied=rel_err(copied, ref), rel_err_row0=rel_err(row0, ref), rel_err_inline=rel_err(inline, ref),
+        cold_copied_ms=cold_copied, cold_cascade_ms=cold_casc, cold_row0_ms=cold_row0, cold_inline_ms=cold_inline,
+        inline_auto=D.inline_prefix(bsz, hkv, sms),
         speedup=(cold_copied / cold_casc) if (cold_copied and cold_casc) else None,
         speedup_row0=(cold_copied / cold_row0) if (cold_copied and cold_row0) else None,
         bytes_copied=b_copied, bytes_cascade=b_casc, mb_copied=b_copied / 1e6, mb_cascade=b_casc / 1e6,
@@ -130,10 +136,11 @@ def print_cascade(rows: list[dict]) -> None:
         ("p_splits", "prefix_splits", "d"), ("o_splits", "own_splits", "d"),
         ("copied_ms", "cold_copied_ms", ".4f"), ("casc_ms", "cold_cascade_ms", ".4f"), ("speedup", "speedup", ".2f"),
         ("row0_ms", "cold_row0_ms", ".4f"), ("row0_x", "speedup_row0", ".2f"),
+        ("inline_ms", "cold_inline_ms", ".4f"), ("inl_auto", "inline_auto", ""),
         ("copied_MB", "mb_copied", ".1f"), ("casc_MB", "mb_cascade", ".1f"),
         ("copied_TB/s", "copied_tb_s", ".2f"), ("casc_TB/s", "cascade_tb_s", ".2f"),
         ("err_casc", "rel_err_cascade", ".1e"), ("err_copied", "rel_err_copied", ".1e"),
-        ("err_row0", "rel_err_row0", ".1e")])
+        ("err_row0", "rel_err_row0", ".1e"), ("err_inline", "rel_err_inline", ".1e")])
     for r in rows:
         if r.get("cold_cascade_ms_by_prefix_splits"):
             print(f"  {r['heads']} b={r['batch']} prefix={r['prefix']}: cold ms by prefix splits "

@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .cascade import split_scratch
+from .cascade import shared_prefix, split_scratch
 from .common import attend_key_range, cdiv, cut, merge_partials
 from .common import num_sms as _num_sms
 from .common import pow2 as _pow2
@@ -54,10 +54,10 @@ MAX_TILE_ROWS = 64
 
 @triton.jit
 def _decode_kernel(
-    Q, K, V, OUT, PART_O, PART_LSE, SEQ_LENS, COUNTERS, ROW0_LEN,
+    Q, K, V, OUT, PART_O, PART_LSE, SEQ_LENS, COUNTERS, PLEN, PK, PV,
     qk_scale,                                   # sm_scale * log2(e)
     stride_qb, stride_qh, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
-    stride_ob, stride_oh,
+    stride_ob, stride_oh, stride_pkh, stride_pkt, stride_pvh, stride_pvt,
     split_len,                                  # keys per split, a multiple of BLOCK_N
     GROUP: tl.constexpr,
     BLOCK_H: tl.constexpr,                      # GROUP padded to a power of two >= 16
@@ -69,7 +69,8 @@ def _decode_kernel(
     FUSED_MERGE: tl.constexpr,                  # the last split merges (COUNTERS [B * Hkv])
     PART_BASE: tl.constexpr,                    # shared-prefix partials in scratch slots 0..PART_BASE-1
     QPS: tl.constexpr,                          # new tokens (query rows) per sequence, causal among them
-    ROW0_PREFIX: tl.constexpr,                  # keys < ROW0_LEN[0] come from row 0 of the caches
+    PREFIX_MODE: tl.constexpr,                  # keys < PLEN[0]: 1 = from row 0 of the caches, 2 = from
+                                                # PK/PV (a shared prefix; the rows' own keys after it)
 ):
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -92,6 +93,10 @@ def _decode_kernel(
         q_ptrs = Q + q_row[:, None] * stride_qb + head[:, None] * stride_qh + offs_d[None, :]
     q = tl.load(q_ptrs, mask=h_ok[:, None] & d_ok[None, :], other=0.0)
     seq_len = tl.load(SEQ_LENS + b)
+    plen = 0
+    if PREFIX_MODE == 2:                        # key positions: the prefix's, then the row's own
+        plen = tl.load(PLEN)
+        seq_len += plen
     # new token i sees keys < seq_len - (QPS - 1 - i) (only used when QPS > 1)
     row_end = seq_len - (QPS - 1) + offs_h // GROUP
     start = split * split_len
@@ -110,12 +115,20 @@ def _decode_kernel(
         # no row is ever fully masked; with several, the split holding key 0 is seen by
         # every row (seq_len >= QPS) and a later split may be seen by none of some rows.
         own = start
-        if ROW0_PREFIX:                         # the prefix part of the split, from row 0's copy
-            own = tl.maximum(start, tl.minimum(end, tl.load(ROW0_LEN)))
+        if PREFIX_MODE == 1:                    # the prefix part of the split, from row 0's copy
+            own = tl.maximum(start, tl.minimum(end, tl.load(PLEN)))
             m_i, l_i, acc = attend_key_range(q, K + kv_head.to(tl.int64) * stride_kh,
                                              V + kv_head.to(tl.int64) * stride_vh, stride_kt, stride_vt,
                                              start, own, qk_scale, m_i, l_i, acc, offs_n, offs_d, d_ok, row_end,
                                              BLOCK_N, DOT_PRECISION, QPS > 1)
+        if PREFIX_MODE == 2:                    # ... from the shared prefix; own key j at position plen + j
+            own = tl.maximum(start, tl.minimum(end, plen))
+            m_i, l_i, acc = attend_key_range(q, PK + kv_head.to(tl.int64) * stride_pkh,
+                                             PV + kv_head.to(tl.int64) * stride_pvh, stride_pkt, stride_pvt,
+                                             start, own, qk_scale, m_i, l_i, acc, offs_n, offs_d, d_ok, row_end,
+                                             BLOCK_N, DOT_PRECISION, QPS > 1)
+            k_base -= plen.to(tl.int64) * stride_kt
+            v_base -= plen.to(tl.int64) * stride_vt
         m_i, l_i, acc = attend_key_range(q, k_base, v_base, stride_kt, stride_vt, own, end, qk_scale,
                                          m_i, l_i, acc, offs_n, offs_d, d_ok, row_end, BLOCK_N, DOT_PRECISION,
                                          QPS > 1)
@@ -231,6 +244,15 @@ def decode_num_splits(batch: int, num_kv_heads: int, max_len: int, num_sms: int)
     return max(1, min(num_sms // programs, cdiv(max_len, MIN_KEYS_PER_SPLIT), MAX_SPLITS))
 
 
+def inline_prefix(batch: int, num_kv_heads: int, num_sms: int) -> bool:
+    """Whether the decode kernel reads a shared prefix itself (as every row's first keys)
+    rather than after the cascade kernel's tall-matrix pass over it: while the programs
+    (sequences x KV heads) leave SMs idle, where the cascade pass is one more launch for
+    little work (H200, run 13: cascade 0.54-1.0x the copied layout at batch 1-16 on 8 KV
+    heads, 2.0x at 64). Not yet fitted on a GPU."""
+    return batch * num_kv_heads < num_sms
+
+
 def decode_launch(programs: int, num_sms: int, block_d: int, tile_rows: int = 16) -> tuple[int, int, int]:
     """``(block_n, num_stages, num_warps)`` of the decode kernel: the key block, how many
     key blocks the loads run ahead plus one (software pipelining) and the warps per
@@ -275,7 +297,8 @@ def merge_counters(device: torch.device, rows: int) -> torch.Tensor | None:
 
 def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=None, prefix_v=None,
                      prefix_len=None, queries_per_seq=1, row0_prefix_len=None, out=None, num_splits=None,
-                     block_n=None, num_stages=None, num_warps=None, fused_merge=None, prefix_splits=None):
+                     block_n=None, num_stages=None, num_warps=None, fused_merge=None, prefix_splits=None,
+                     prefix_inline=None):
     """Triton version of :func:`qpfast.kernels.reference.decode_attention`.
 
     ``out`` (optional, like q) receives the result; ``num_splits`` overrides
@@ -287,7 +310,10 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=N
     With a shared prefix (``prefix_k``/``prefix_v``, cascade attention) a first kernel
     (:mod:`qpfast.kernels.cascade`) attends every row to it, cut into ``prefix_splits``
     key splits (default :func:`qpfast.kernels.cascade.prefix_num_splits`), and this kernel
-    folds those partials into each row's result.
+    folds those partials into each row's result.  With few programs
+    (:func:`inline_prefix`, or ``prefix_inline=True``) this kernel reads the prefix itself
+    instead, as the first keys of every row (one launch instead of two; it needs the fused
+    merge when the keys are split, and falls back to the two kernels without it).
 
     ``queries_per_seq = T > 1`` (q ``[B * T, Hq, D]``): one program still reads each
     (sequence, KV head, split) once, for the ``T x G`` query rows of its new tokens and
@@ -322,37 +348,55 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=N
 
     block_d = max(16, _pow2(d))
     sms = _num_sms(q.device)
-    if num_splits is None:
-        num_splits = decode_num_splits(b, hkv, max_len, sms)
-    num_splits = max(1, min(int(num_splits), MAX_SPLITS))
     block_h = max(16, _pow2(group * qps))
-    auto_n, auto_stages, auto_warps = decode_launch(b * hkv * num_splits, sms, block_d, block_h)
-    block_n = block_n or auto_n
-    split_len, num_splits = cut(max_len, num_splits, block_n)
-    part_o, part_lse, base = split_scratch(q, num_splits, block_d, prefix_k, prefix_v, prefix_len, scale,
-                                           prefix_splits)
+    shared = shared_prefix(prefix_k, prefix_v, prefix_len)
+    inline = shared is not None and fused_merge is not False and (
+        inline_prefix(b, hkv, sms) if prefix_inline is None else bool(prefix_inline))
+
+    def plan(keys: int):
+        splits = decode_num_splits(b, hkv, keys, sms) if num_splits is None else num_splits
+        splits = max(1, min(int(splits), MAX_SPLITS))
+        auto = decode_launch(b * hkv * splits, sms, block_d, block_h)
+        return (*cut(keys, splits, block_n or auto[0]), auto)
+
+    split_len, splits, auto = plan(max_len + (shared[0].shape[1] if inline else 0))
+    counters = None
+    if splits > 1 and fused_merge is not False:
+        counters = merge_counters(q.device, b * hkv)
+        if counters is None and fused_merge:              # asked for: say why not; else merge apart
+            raise ValueError("fused_merge=True needs merge counters: at most "
+                             f"{COUNTER_SLOTS} sequences x KV heads, first used outside a graph capture")
+    if inline and splits > 1 and counters is None:        # the inline prefix needs the fused merge
+        inline = False
+        split_len, splits, auto = plan(max_len)
+    if inline:
+        pk, pv, plen = shared
+        if plen is None:
+            plen = torch.full((1,), pk.shape[1], dtype=torch.int32, device=q.device)
+        part_o, part_lse, base = split_scratch(q, splits, block_d, None, None, None, scale)
+        mode, extra = 2, (plen, pk, pv)
+        pstrides = (pk.stride(0), pk.stride(1), pv.stride(0), pv.stride(1))
+    else:
+        part_o, part_lse, base = split_scratch(q, splits, block_d, prefix_k, prefix_v, prefix_len, scale,
+                                               prefix_splits)
+        mode = 1 if row0_prefix_len is not None else 0
+        extra = (row0_prefix_len if mode else seq_lens, k_cache, v_cache)
+        pstrides = (0, 0, 0, 0)
     if part_o is None:
         part_o = part_lse = dst                  # unused
-
-    counters = None
-    if num_splits > 1:
-        if fused_merge is None or fused_merge:
-            counters = merge_counters(q.device, b * hkv)
-            if counters is None and fused_merge:          # asked for: say why not; else merge apart
-                raise ValueError("fused_merge=True needs merge counters: at most "
-                                 f"{COUNTER_SLOTS} sequences x KV heads, first used outside a graph capture")
     dot_precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    _decode_kernel[(b, hkv, num_splits)](
+    _decode_kernel[(b, hkv, splits)](
         q, k_cache, v_cache, dst, part_o, part_lse, seq_lens, counters if counters is not None else seq_lens,
-        row0_prefix_len if row0_prefix_len is not None else seq_lens, scale * LOG2E,
+        *extra, scale * LOG2E,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), dst.stride(0), dst.stride(1),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), dst.stride(0), dst.stride(1), *pstrides,
         split_len,
         GROUP=group, BLOCK_H=block_h, HEAD_DIM=d, BLOCK_D=block_d,
-        BLOCK_N=block_n, NUM_SPLITS=num_splits, DOT_PRECISION=dot_precision,
-        FUSED_MERGE=counters is not None, PART_BASE=base, QPS=qps, ROW0_PREFIX=row0_prefix_len is not None,
-        num_warps=num_warps or auto_warps, num_stages=num_stages or auto_stages,
+        BLOCK_N=block_n or auto[0], NUM_SPLITS=splits, DOT_PRECISION=dot_precision,
+        FUSED_MERGE=counters is not None, PART_BASE=base, QPS=qps, PREFIX_MODE=mode,
+        num_warps=num_warps or auto[2], num_stages=num_stages or auto[1],
     )
+    num_splits = splits
     if num_splits > 1 and counters is None:
         merge_splits(dst, part_o, part_lse, seq_lens, split_len, base, qps)
     if dst is not out:

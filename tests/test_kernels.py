@@ -786,6 +786,12 @@ def test_prefix_pairs_cover_every_case_and_prefix():
     assert {c for c, _ in PREFILL_PREFIX_PAIRS} <= set(PREFILL_CASES)
 
 
+def test_inline_prefix_rule():
+    from qpfast.kernels.decode import inline_prefix
+    assert inline_prefix(16, 8, 132) and inline_prefix(1, 8, 132) and inline_prefix(64, 2, 132)
+    assert not inline_prefix(17, 8, 132) and not inline_prefix(64, 8, 132) and not inline_prefix(3, 2, 1)
+
+
 def test_prefix_num_splits():
     from qpfast.kernels.cascade import prefix_num_splits
     assert prefix_num_splits(8, 512, 132) == 4               # a decode batch of 16 on 8 KV heads
@@ -1056,8 +1062,12 @@ def test_interp_decode_shared_prefix(case, prefix, dtype):
     pk, pv, plen = make_prefix(prefix, kc.shape[1], kc.shape[3], dtype, seed=seed_of(prefix, case))
     ref = R.decode_attention(q, kc, vc, lens, prefix_k=pk, prefix_v=pv, prefix_len=plen)
     kc, vc = poison_past_lens(kc, vc, lens)
+    # ... or the prefix read by the decode kernel itself, as every row's first keys (small
+    # batches), unsplit or split with the fused merge (the merge kernel: back to the two kernels)
     for kw in (dict(num_splits=1, prefix_splits=1), dict(num_splits=1, prefix_splits=3),
-               dict(num_splits=3, prefix_splits=2), dict(num_splits=2, prefix_splits=1, fused_merge=False)):
+               dict(num_splits=3, prefix_splits=2), dict(num_splits=2, prefix_splits=1, fused_merge=False),
+               dict(num_splits=1, prefix_inline=True), dict(num_splits=3, prefix_inline=True),
+               dict(num_splits=2, prefix_inline=True, fused_merge=False)):
         out = torch.full_like(q, float("nan"))
         decode.decode_attention(q, kc, vc, lens, prefix_k=pk, prefix_v=pv, prefix_len=plen, out=out,
                                 block_n=16, **kw)
@@ -1106,7 +1116,8 @@ def test_interp_decode_multi_token(case, t, prefix, dtype):
         pre = dict(prefix_k=pk, prefix_v=pv, prefix_len=plen)
     ref = R.decode_attention(q, kc, vc, lens, queries_per_seq=t, **pre)
     kc, vc = poison_past_lens(kc, vc, lens)
-    for kw in (dict(num_splits=1), dict(num_splits=3), dict(num_splits=2, fused_merge=False)):
+    inline = [dict(num_splits=1, prefix_inline=True), dict(num_splits=3, prefix_inline=True)] if pre else []
+    for kw in [dict(num_splits=1), dict(num_splits=3), dict(num_splits=2, fused_merge=False)] + inline:
         out = torch.full_like(q, float("nan"))
         decode.decode_attention(q, kc, vc, lens, queries_per_seq=t, out=out, block_n=16, **pre, **kw)
         assert rel_err(out, ref) < TOL[dtype], kw

@@ -22,8 +22,9 @@ PREFIX_ARGS = dict(Q=P, PK=P, PV=P, PLEN="*i32", PART_O="*fp32", PART_LSE="*fp32
                    stride_qh=I, stride_kh=I, stride_kt=I, stride_vh=I, stride_vt=I, num_rows=I, prefix_cap=I,
                    split_len=I, part_slots=I)
 DECODE_ARGS = dict(Q=P, K=P, V=P, OUT=P, PART_O="*fp32", PART_LSE="*fp32", SEQ_LENS="*i32", COUNTERS="*i32",
-                   ROW0_LEN="*i32", qk_scale=F, stride_qb=I, stride_qh=I, stride_kb=I, stride_kh=I, stride_kt=I,
-                   stride_vb=I, stride_vh=I, stride_vt=I, stride_ob=I, stride_oh=I, split_len=I)
+                   PLEN="*i32", PK=P, PV=P, qk_scale=F, stride_qb=I, stride_qh=I, stride_kb=I, stride_kh=I,
+                   stride_kt=I, stride_vb=I, stride_vh=I, stride_vt=I, stride_ob=I, stride_oh=I, stride_pkh=I,
+                   stride_pkt=I, stride_pvh=I, stride_pvt=I, split_len=I)
 MERGE_ARGS = dict(OUT=P, PART_O="*fp32", PART_LSE="*fp32", SEQ_LENS="*i32", stride_ob=I, stride_oh=I,
                   num_heads=I, split_len=I)
 PREFILL_ARGS = dict(Q=P, K=P, V=P, OUT=P, CU_Q="*i32", CU_K="*i32", PART_O="*fp32", PART_LSE="*fp32",
@@ -34,9 +35,9 @@ HEADS = dict(HEAD_DIM=128, BLOCK_D=128, DOT_PRECISION="tf32")
 
 
 def _decode(num_warps: int, **constexprs):
-    """A `_decode_kernel` variant: 64-key blocks at head dim 128, the prefix from row 0 off
-    unless given."""
-    return ("decode", "_decode_kernel", DECODE_ARGS, dict(dict(BLOCK_N=64, ROW0_PREFIX=False, **HEADS), **constexprs),
+    """A `_decode_kernel` variant: 64-key blocks at head dim 128, no prefix read by the kernel
+    itself unless given (PREFIX_MODE 1: row 0's copy, 2: a shared prefix inline)."""
+    return ("decode", "_decode_kernel", DECODE_ARGS, dict(dict(BLOCK_N=64, PREFIX_MODE=0, **HEADS), **constexprs),
             num_warps)
 
 
@@ -60,9 +61,17 @@ VARIANTS = {
     # the "kernels" layout's steps: the prefix keys from row 0, one token a row unsplit at
     # batch 64, eight tokens a row split with the fused merge
     "decode_row0": _decode(4, GROUP=2, BLOCK_H=16, NUM_SPLITS=1, FUSED_MERGE=False, PART_BASE=0, QPS=1,
-                           ROW0_PREFIX=True),
+                           PREFIX_MODE=1),
     "decode_row0_multi_fused": _decode(4, GROUP=2, BLOCK_H=16, NUM_SPLITS=2, FUSED_MERGE=True, PART_BASE=0, QPS=8,
-                                       ROW0_PREFIX=True),
+                                       PREFIX_MODE=1),
+    # the cascade layout at small batches: the shared prefix read inline, unsplit and split
+    # with the fused merge (one token a row), 4 tokens x 8 heads split
+    "decode_inline_prefix": _decode(4, GROUP=2, BLOCK_H=16, NUM_SPLITS=1, FUSED_MERGE=False, PART_BASE=0, QPS=1,
+                                    PREFIX_MODE=2),
+    "decode_inline_prefix_fused": _decode(4, GROUP=2, BLOCK_H=16, NUM_SPLITS=4, FUSED_MERGE=True, PART_BASE=0,
+                                          QPS=1, PREFIX_MODE=2),
+    "decode_inline_prefix_multi": _decode(8, GROUP=8, BLOCK_H=32, NUM_SPLITS=3, FUSED_MERGE=True, PART_BASE=0,
+                                          QPS=4, PREFIX_MODE=2),
     "merge_multi": ("decode", "_merge_splits_kernel", MERGE_ARGS,
                     dict(HEAD_DIM=128, BLOCK_D=128, NUM_SPLITS=3, BLOCK_S=4, PART_BASE=0, QPS=8), 4),
     "merge_prefix": ("decode", "_merge_splits_kernel", MERGE_ARGS,

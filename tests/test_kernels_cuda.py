@@ -140,7 +140,8 @@ def test_cuda_decode_shared_prefix(case, prefix, dtype):
     ref = _ref64(R.decode_attention, q, kc, vc, lens, **pre)
     kc, vc = poison_past_lens(kc, vc, lens)
     for kw in (dict(), dict(num_splits=1, prefix_splits=3), dict(num_splits=3, prefix_splits=2),
-               dict(num_splits=4, prefix_splits=1, fused_merge=False), dict(num_splits=8, block_n=16)):
+               dict(num_splits=4, prefix_splits=1, fused_merge=False), dict(num_splits=8, block_n=16),
+               dict(prefix_inline=True), dict(prefix_inline=True, num_splits=3), dict(prefix_inline=False)):
         out = torch.full_like(q, float("nan"))
         decode.decode_attention(q, kc, vc, lens, out=out, **pre, **kw)
         torch.cuda.synchronize()
@@ -162,11 +163,12 @@ def test_cuda_prefill_shared_prefix(case, prefix, dtype):
         assert rel_err(out, ref) < TOL[dtype], kw
 
 
-@pytest.mark.parametrize("hq,hkv,batch", [(16, 8, 64), (16, 2, 1), (8, 1, 200)])
+@pytest.mark.parametrize("hq,hkv,batch", [(16, 8, 64), (16, 2, 1), (8, 1, 200), (16, 8, 8)])
 def test_cuda_cascade_decode_qp_shape_in_graph(hq, hkv, batch):
     """The engine's cascade decode step: a 512-key prefix buffer whose length lives on the
     device, ragged own caches of up to 160 keys, captured once in a CUDA graph and replayed
-    with new queries and new prefix lengths (the graph stays valid)."""
+    with new queries and new prefix lengths (the graph stays valid); small batches read the
+    prefix inline (`inline_prefix`)."""
     g = torch.Generator().manual_seed(hq * 1000 + hkv * 10 + batch)
     dt = torch.bfloat16
     q = torch.randn(batch, hq, 128, generator=g).to(dt).cuda()
