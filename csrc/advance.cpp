@@ -25,7 +25,6 @@ bool take(Matcher& m, int t, AdvanceResult& r, std::vector<int>& out) {
     return false;
   }
   out.push_back(t);
-  ++r.count;
   return true;
 }
 

@@ -17,12 +17,10 @@ struct AdvanceRow {
   int64_t slot;      // bitmask row to fill
 };
 
-// What happened to one row: `count` tokens accepted, written to tokens[offset, offset +
-// count) (pick first when it was given); `rejected` = the token the matcher refused (the row
-// stops there; -1 when none); `filled`: its bitmask row holds its next mask (it did not
-// finish or fail).
+// What happened to one row besides the tokens it accepted: `rejected` = the token the
+// matcher refused (the row stops there; -1 when none); `filled`: its bitmask row holds its
+// next mask (it did not finish or fail).
 struct AdvanceResult {
-  int64_t count = 0;
   int64_t rejected = -1;
   bool filled = false;
 };
@@ -32,7 +30,8 @@ struct AdvanceResult {
 // data[slot * stride_words ...] with its next mask; then (jump_forward) while that mask
 // allows exactly one token, accepts it and the tokens forced after it and fills the mask
 // again. Rows are independent (distinct matchers and slots; the caller checks), so
-// `nthreads` threads may split them. `tokens[i]` receives row i's accepted tokens.
+// `nthreads` threads may split them. `tokens[i]` receives row i's accepted tokens, its pick
+// first when it was given.
 void advance_rows(const std::vector<AdvanceRow>& rows, uint32_t* data, int64_t stride_words, int words,
                   bool jump_forward, bool fill, int nthreads, std::vector<AdvanceResult>& results,
                   std::vector<std::vector<int>>& tokens);

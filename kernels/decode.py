@@ -69,8 +69,8 @@ def _decode_kernel(
     FUSED_MERGE: tl.constexpr,                  # the last split merges (COUNTERS [B * Hkv])
     PART_BASE: tl.constexpr,                    # shared-prefix partials in scratch slots 0..PART_BASE-1
     QPS: tl.constexpr,                          # new tokens (query rows) per sequence, causal among them
-    PREFIX_MODE: tl.constexpr,                  # keys < PLEN[0]: 1 = from row 0 of the caches, 2 = from
-                                                # PK/PV (a shared prefix; the rows' own keys after it)
+    PREFIX_MODE: tl.constexpr,                  # keys < PLEN[0] from PK/PV: 1 = row 0 of the caches, 2 =
+                                                # a shared prefix (the rows' own keys after it)
 ):
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -94,8 +94,9 @@ def _decode_kernel(
     q = tl.load(q_ptrs, mask=h_ok[:, None] & d_ok[None, :], other=0.0)
     seq_len = tl.load(SEQ_LENS + b)
     plen = 0
-    if PREFIX_MODE == 2:                        # key positions: the prefix's, then the row's own
+    if PREFIX_MODE > 0:
         plen = tl.load(PLEN)
+    if PREFIX_MODE == 2:                        # key positions: the prefix's, then the row's own
         seq_len += plen
     # new token i sees keys < seq_len - (QPS - 1 - i) (only used when QPS > 1)
     row_end = seq_len - (QPS - 1) + offs_h // GROUP
@@ -115,18 +116,13 @@ def _decode_kernel(
         # no row is ever fully masked; with several, the split holding key 0 is seen by
         # every row (seq_len >= QPS) and a later split may be seen by none of some rows.
         own = start
-        if PREFIX_MODE == 1:                    # the prefix part of the split, from row 0's copy
-            own = tl.maximum(start, tl.minimum(end, tl.load(PLEN)))
-            m_i, l_i, acc = attend_key_range(q, K + kv_head.to(tl.int64) * stride_kh,
-                                             V + kv_head.to(tl.int64) * stride_vh, stride_kt, stride_vt,
-                                             start, own, qk_scale, m_i, l_i, acc, offs_n, offs_d, d_ok, row_end,
-                                             BLOCK_N, DOT_PRECISION, QPS > 1)
-        if PREFIX_MODE == 2:                    # ... from the shared prefix; own key j at position plen + j
-            own = tl.maximum(start, tl.minimum(end, plen))
+        if PREFIX_MODE > 0:                     # the prefix part of the split, from PK/PV: row 0's
+            own = tl.maximum(start, tl.minimum(end, plen))      # copy (1) or the shared prefix (2)
             m_i, l_i, acc = attend_key_range(q, PK + kv_head.to(tl.int64) * stride_pkh,
                                              PV + kv_head.to(tl.int64) * stride_pvh, stride_pkt, stride_pvt,
                                              start, own, qk_scale, m_i, l_i, acc, offs_n, offs_d, d_ok, row_end,
                                              BLOCK_N, DOT_PRECISION, QPS > 1)
+        if PREFIX_MODE == 2:                    # own key j at position plen + j
             k_base -= plen.to(tl.int64) * stride_kt
             v_base -= plen.to(tl.int64) * stride_vt
         m_i, l_i, acc = attend_key_range(q, k_base, v_base, stride_kt, stride_vt, own, end, qk_scale,
@@ -380,8 +376,8 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=N
         part_o, part_lse, base = split_scratch(q, splits, block_d, prefix_k, prefix_v, prefix_len, scale,
                                                prefix_splits)
         mode = 1 if row0_prefix_len is not None else 0
-        extra = (row0_prefix_len if mode else seq_lens, k_cache, v_cache)
-        pstrides = (0, 0, 0, 0)
+        extra = (row0_prefix_len if mode else seq_lens, k_cache, v_cache)       # row 0 of the caches
+        pstrides = (k_cache.stride(1), k_cache.stride(2), v_cache.stride(1), v_cache.stride(2))
     if part_o is None:
         part_o = part_lse = dst                  # unused
     dot_precision = "ieee" if q.dtype == torch.float32 else "tf32"
@@ -396,8 +392,7 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=N
         FUSED_MERGE=counters is not None, PART_BASE=base, QPS=qps, PREFIX_MODE=mode,
         num_warps=num_warps or auto[2], num_stages=num_stages or auto[1],
     )
-    num_splits = splits
-    if num_splits > 1 and counters is None:
+    if splits > 1 and counters is None:
         merge_splits(dst, part_o, part_lse, seq_lens, split_len, base, qps)
     if dst is not out:
         out.copy_(dst)

@@ -88,6 +88,11 @@ PIECE_GROWTH = 3
 EVERY = "every"
 #: ... and also each row's masked greedy pick at one position and every position's argmax
 EVERY_PICK = "every_pick"
+
+
+def reads_masks(mode: Any) -> bool:
+    """Whether the graphs of this mode read the rows' bitmasks (they pick)."""
+    return mode is True or mode == EVERY_PICK
 #: query rows (tokens x query heads of one KV head) the Triton decode kernel takes
 #: (qpfast.kernels.decode.MAX_TILE_ROWS)
 TILE_ROWS = 64
@@ -292,7 +297,7 @@ class DecodeGraphs:
     def _mask_buffer(self, words: int) -> torch.Tensor:
         """The device copy of the rows' bitmasks the picking graphs read, `[slots, words]`."""
         if self._mask is None or self._mask.shape[1] != words:
-            self._drop([k for k in self._graphs if k[2] is True or k[2] == EVERY_PICK])   # they read the old buffer
+            self._drop([k for k in self._graphs if reads_masks(k[2])])   # they read the old buffer
             r = self.runner
             self._mask = torch.zeros((r.cache.slots, words), dtype=torch.int32, device=r.device)
         return self._mask
@@ -313,13 +318,13 @@ class DecodeGraphs:
         during the first steps that need them; without capture the step runs once
         eagerly). Every row is a padding row, so no cached key or value changes. Picking
         shapes need `mask_words` (the bitmask width). Returns how many shapes were new."""
-        if (True in picks or EVERY_PICK in picks) and mask_words is None:
+        if any(reads_masks(p) for p in picks) and mask_words is None:
             raise ValueError("mask_words: needed to record the steps that pick")
         self._prepare()
         self._wait_copied()
         new = 0
         for B, T, pick in self.shapes(max_batch, picks):
-            if pick is True or pick == EVERY_PICK:
+            if reads_masks(pick):
                 self._mask_buffer(mask_words)
             if (B, T, pick) in self._graphs:
                 continue

@@ -665,10 +665,7 @@ class Engine:
             acc = 0
             while acc < len(d) and acc <= nm and p[acc] == d[acc]:
                 acc += 1
-            for t in d[:acc]:
-                s.accept(t, fed=True)
-            stats["draft_tokens"] += len(d)
-            stats["accepted_draft_tokens"] += acc
+            self._accept_drafts(s, d, acc, stats)
             out[r] = p[acc] if acc <= nm else _FINISHED_BY_DRAFT
         out[len(spec_rows):] = got[pos:]
         return out
@@ -687,6 +684,16 @@ class Engine:
         got = graph_picks.cpu().numpy()
         stats["graph_pick_steps"] += len(spec_rows)
         first = np.concatenate([[0], np.cumsum(spec.masked)]).astype(np.int64)
+        # whether the argmax after each draft is allowed by that draft's bitmask (spec.masks
+        # row first[i] + j - 1 follows draft j - 1 of row i)
+        mrow, argmax = [], []
+        for i in spec_rows:
+            base = len(feeds[i])
+            mrow.extend(range(int(first[i]), int(first[i + 1])))
+            argmax.extend(got[i, base + 1:base + 1 + spec.masked[i]])
+        ok = allowed_at(spec.masks, np.asarray(mrow, dtype=np.int64), np.asarray(argmax, dtype=np.int64))
+        allowed = np.zeros(len(spec.masks), dtype=bool)
+        allowed[mrow] = ok
         out = np.empty(len(spec_rows), dtype=np.int64)
         todo = [(r, i, 0, int(got[i, 0])) for r, i in enumerate(spec_rows)]   # (row, slot, position, its pick)
         while todo:
@@ -699,18 +706,13 @@ class Engine:
                     if acc > nm:                       # the accepted draft ended the output
                         break
                     pick = int(got[i, 1 + base + acc])
-                    row = spec.masks[first[i] + acc - 1]
-                    if not (pick < 32 * row.shape[0] and (int(row[pick >> 5]) >> (pick & 31)) & 1):
+                    if not allowed[first[i] + acc - 1]:
                         to_host = True                 # not allowed: the host picks this position
                         break
                 if to_host:
                     host.append((r, i, acc))
                     continue
-                s = active[i]
-                for t in d[:acc]:
-                    s.accept(t, fed=True)
-                stats["draft_tokens"] += len(d)
-                stats["accepted_draft_tokens"] += acc
+                self._accept_drafts(active[i], d, acc, stats)
                 out[r] = pick if acc <= nm else _FINISHED_BY_DRAFT
             todo = []
             if host:
@@ -721,6 +723,14 @@ class Engine:
                 picked = self._pick(states.reshape(-1, states.shape[-1])[at], rows, 0.0, 1.0, gen, stats)
                 todo = [(r, i, acc, int(p)) for (r, i, acc), p in zip(host, picked)]
         return out
+
+    @staticmethod
+    def _accept_drafts(s: Sequence, drafts: list[int], n: int, stats: dict) -> None:
+        """Row `s` keeps its first `n` drafts (their KV is in the cache already)."""
+        for t in drafts[:n]:
+            s.accept(t, fed=True)
+        stats["draft_tokens"] += len(drafts)
+        stats["accepted_draft_tokens"] += n
 
     def _logit_screen(self) -> Optional[LogitScreen]:
         """The bf16 screen of the lm_head for greedy dense picks, when it applies: the
@@ -808,7 +818,6 @@ class Engine:
                     fed = [f + d for f, d in zip(feeds, spec.drafts)]
                     starts = [s.own_len for s in active]
                     spec_rows = [i for i, s in enumerate(active) if len(s.pending) == len(feeds[i])]
-                    stride = runner.graphs.step_width(fed) if graphs else None
                     if graphs and self.graph_picks and not self.overlap_masks:
                         # the graph picks: each row's greedy pick after its pending tokens and
                         # the argmax after every position (`_verify_graph`)
@@ -817,6 +826,7 @@ class Engine:
                             pick_at=[len(f) - 1 for f in feeds[:n_old]])
                         parts.append(spec_states[:, 0])     # (the active rows pick from spec_picks)
                     else:
+                        stride = runner.graphs.step_width(fed) if graphs else None
                         at = torch.from_numpy(spec.state_index(feeds, spec_rows, stride)).to(self.device)
                         if graphs:
                             out = runner.decode_step(fed, starts, every=True)          # [b, T, hidden]
