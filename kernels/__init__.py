@@ -17,6 +17,7 @@ and the fused pieces of a decoder layer the engine's own forward uses (:mod:`.la
     qk_norm_rope_store(qkv, q_norm, k_norm, cos, sin, rope_pos, k_cache, v_cache, slot,
                        write_pos, num_q_heads, num_kv_heads, eps) -> q
     silu_mul(gate_up) -> silu(gate) * up
+    linear(x, w, bias=None, swiglu=False) -> x @ w.T + bias    # or SwiGLU of a fused gate/up
 
 Shapes and semantics are documented in :mod:`qpfast.kernels.reference`, which holds the
 plain-torch versions under the same names.
@@ -44,7 +45,7 @@ from .reference import NO_TOKEN
 __all__ = [
     "prefill_attention", "decode_attention", "apply_bitmask_", "masked_argmax",
     "masked_sample", "reference", "HAS_TRITON", "NO_TOKEN", "backend",
-    "add_rms_norm", "qk_norm_rope_store", "silu_mul",
+    "add_rms_norm", "qk_norm_rope_store", "silu_mul", "linear",
 ]
 
 
@@ -175,3 +176,13 @@ def silu_mul(gate_up):
     mod = _kernel_module("layers", gate_up)
     impl = mod.silu_mul if mod is not None else reference.silu_mul
     return impl(gate_up)
+
+
+def linear(x, w, bias=None, swiglu=False):
+    """``x [M, K] @ w [N, K].T + bias`` in float32, rounded to x's dtype; ``swiglu=True``
+    gives ``silu(gate) * up`` of a fused ``[2I, K]`` gate/up weight instead; see
+    :func:`qpfast.kernels.reference.linear`. On CUDA a kernel made for decode steps (few
+    rows: the reduction is split across multiprocessors, :mod:`.projection`)."""
+    mod = _kernel_module("projection", x)
+    impl = mod.linear if mod is not None else reference.linear
+    return impl(x, w, bias, swiglu=swiglu)

@@ -46,6 +46,31 @@ def num_sms(device: torch.device) -> int:
     return 1
 
 
+# Counters of the kernels whose last program reduces its peers' partials (the decode
+# kernel's fused merge, the split projections): int32, zero between calls (each kernel's
+# last program resets its own), kept per (use, device) and made outside any CUDA-graph
+# capture so captured graphs can use them. Two calls of one use that overlap on two
+# streams of a device must not share them; qpfast's engine runs one stream.
+_counters: dict[tuple[str, str, int], torch.Tensor] = {}
+
+
+def zeroed_counters(use: str, device: torch.device, rows: int, slots: int = 1 << 14) -> torch.Tensor | None:
+    """``use``'s zeroed counters (``slots`` of them) for ``rows`` rows on ``device``, or
+    None where there are none to use (more rows than slots, or a first use inside a graph
+    capture)."""
+    if rows > slots:
+        return None
+    index = device.index if device.index is not None else (
+        torch.cuda.current_device() if device.type == "cuda" else 0)
+    key = (use, device.type, index)
+    buf = _counters.get(key)
+    if buf is None or buf.numel() < slots:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None
+        buf = _counters[key] = torch.zeros(slots, dtype=torch.int32, device=device)
+    return buf
+
+
 @functools.lru_cache(maxsize=None)
 def _cuda_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count

@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from .cascade import shared_prefix, split_scratch
-from .common import attend_key_range, cdiv, cut, merge_partials
+from .common import attend_key_range, cdiv, cut, merge_partials, zeroed_counters
 from .common import num_sms as _num_sms
 from .common import pow2 as _pow2
 from .reference import check_decode_args, check_prefix_args, check_row0_prefix
@@ -268,27 +268,15 @@ def decode_launch(programs: int, num_sms: int, block_d: int, tile_rows: int = 16
     return block_n, (3 if programs <= 2 * num_sms else 2), (8 if tile_rows > 16 else 4)
 
 
-# Fused-merge counters: one int32 per (sequence, KV head), zero between calls (the last
-# split of each row resets its own). Kept per device, made outside any CUDA-graph capture so
-# captured graphs can use them; calls that overlap on two streams of one device must not
-# both use the fused merge (``fused_merge=False``), qpfast's engine runs one stream.
+# Fused-merge counters: one int32 per (sequence, KV head), zero between calls
+# (:func:`qpfast.kernels.common.zeroed_counters`).
 COUNTER_SLOTS = 1 << 14
-_counters: dict[tuple[str, int], torch.Tensor] = {}
 
 
 def merge_counters(device: torch.device, rows: int) -> torch.Tensor | None:
     """The fused merge's zeroed counters for ``rows`` (sequence, KV head) rows on ``device``,
     or None where there are none to use (too many rows, or first use inside a graph capture)."""
-    if rows > COUNTER_SLOTS:
-        return None
-    key = (device.type, device.index if device.index is not None else
-           (torch.cuda.current_device() if device.type == "cuda" else 0))
-    buf = _counters.get(key)
-    if buf is None:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return None
-        buf = _counters[key] = torch.zeros(COUNTER_SLOTS, dtype=torch.int32, device=device)
-    return buf
+    return zeroed_counters("merge", device, rows, COUNTER_SLOTS)
 
 
 def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=None, prefix_v=None,

@@ -23,6 +23,8 @@ Shapes (``B`` sequences, ``Hq`` query heads, ``Hkv`` key/value heads, ``D`` head
 * ``masked_argmax(logits, bitmask) -> int64 [B]``
 * ``masked_sample(logits, bitmask, temperature=1.0, top_p=1.0, generator=None)
   -> int64 [B]``
+* ``linear(x [M, K], w [N, K], bias=None, swiglu=False) -> [M, N]`` (``[M, N/2]``, the
+  SwiGLU of a fused gate/up weight, with ``swiglu``)
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "prefill_attention", "decode_attention", "apply_bitmask_", "masked_argmax",
-    "masked_sample", "bitmask_to_bool",
+    "masked_sample", "bitmask_to_bool", "linear",
 ]
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -252,6 +254,28 @@ def _prefix_keys(prefix_k, prefix_v, prefix_len, rows: int):
     pk = torch.where(live[None, :, None], prefix_k.float(), 0.0)
     pv = torch.where(live[None, :, None], prefix_v.float(), 0.0)
     return pk[None].expand(rows, -1, -1, -1), pv[None].expand(rows, -1, -1, -1), live
+
+
+def check_linear_args(x, w, bias, swiglu) -> tuple[int, int, int]:
+    """Validates :func:`linear`'s arguments; returns ``(rows, reduction length, output
+    columns)``."""
+    if x.dim() != 2:
+        raise ValueError(f"x must be [M, K], got shape {tuple(x.shape)}")
+    if w.dim() != 2 or w.shape[1] != x.shape[1]:
+        raise ValueError(f"w must be [N, K] with K = {x.shape[1]} (x's columns), got shape {tuple(w.shape)}")
+    if w.dtype != x.dtype or w.device != x.device:
+        raise ValueError(f"w must match x's dtype and device ({x.dtype}, {x.device}), got {w.dtype}, {w.device}")
+    n = w.shape[0]
+    if swiglu:
+        if n % 2:
+            raise ValueError(f"swiglu=True needs w with an even number of rows (gate, then up), got {n}")
+        if bias is not None:
+            raise ValueError("swiglu=True takes no bias")
+        n //= 2
+    if bias is not None and (bias.shape != (w.shape[0],) or bias.dtype != x.dtype or bias.device != x.device
+                             or bias.stride(0) != 1):
+        raise ValueError(f"bias must be a contiguous {x.dtype} tensor of shape ({w.shape[0]},) on {x.device}")
+    return x.shape[0], x.shape[1], n
 
 
 def check_bitmask_args(logits, bitmask) -> None:
@@ -595,3 +619,15 @@ def silu_mul(gate_up):
     """SwiGLU: ``silu(gate) * up`` of a fused ``[N, 2I]`` projection -> ``[N, I]``."""
     g, u = gate_up.chunk(2, dim=-1)
     return F.silu(g) * u
+
+
+def linear(x, w, bias=None, *, swiglu=False):
+    """A projection of the rows ``x [M, K]`` by ``w [N, K]`` (``F.linear``'s layout):
+    ``x @ w.T + bias`` ``[M, N]``, accumulated in float32 and rounded to x's dtype.
+
+    ``swiglu=True``: ``w`` is a fused gate/up weight ``[2I, K]`` (gate rows first) and the
+    result is :func:`silu_mul` of the product, ``[M, I]``; no bias then.
+    """
+    check_linear_args(x, w, bias, swiglu)
+    y = F.linear(x, w, bias)
+    return silu_mul(y) if swiglu else y

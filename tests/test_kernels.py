@@ -1356,3 +1356,100 @@ def test_interp_qp_shapes_slow(dtype):
         outd = torch.full_like(qd, float("nan"))
         decode.decode_attention(qd, kc, vc, lens, out=outd, num_splits=splits)
         assert rel_err(outd, R.decode_attention(qd, kc, vc, lens)) < TOL[dtype]
+
+
+# --------------------------------------------------------------------------------------
+# projections (kernels.linear): reference, validation, launch plan, interpreter
+# --------------------------------------------------------------------------------------
+
+def test_reference_linear_is_f_linear_and_swiglu():
+    g = torch.Generator().manual_seed(3)
+    x, w, b = torch.randn(5, 12, generator=g), torch.randn(8, 12, generator=g), torch.randn(8, generator=g)
+    assert torch.equal(R.linear(x, w, b), torch.nn.functional.linear(x, w, b))
+    assert torch.equal(R.linear(x, w, swiglu=True), R.silu_mul(x @ w.T))
+    assert R.linear(x, w, swiglu=True).shape == (5, 4)
+    assert torch.equal(K.linear(x, w, b), R.linear(x, w, b))        # CPU tensors: the reference
+
+
+@pytest.mark.parametrize("args, kwargs, match", [
+    ((torch.zeros(3), torch.zeros(4, 3)), {}, "x must be"),
+    ((torch.zeros(2, 3), torch.zeros(4, 5)), {}, "w must be"),
+    ((torch.zeros(2, 3), torch.zeros(4, 3, dtype=torch.float64)), {}, "w must match"),
+    ((torch.zeros(2, 3), torch.zeros(5, 3)), dict(swiglu=True), "even number of rows"),
+    ((torch.zeros(2, 3), torch.zeros(4, 3), torch.zeros(4)), dict(swiglu=True), "takes no bias"),
+    ((torch.zeros(2, 3), torch.zeros(4, 3), torch.zeros(3)), {}, "bias must be"),
+])
+def test_linear_rejects_bad_arguments(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        R.linear(*args, **kwargs)
+
+
+# Qwen3-0.6B's decode projections: (outputs, reduction length, swiglu)
+QWEN3_06B_PROJECTIONS = [(4096, 1024, False), (1024, 2048, False), (3072, 1024, True), (1024, 3072, False)]
+
+
+@needs_triton
+@pytest.mark.parametrize("rows", [1, 16, 64, 128, 200])
+def test_linear_launch_plan(rows):
+    from qpfast.kernels.common import cdiv
+    from qpfast.kernels.projection import MAX_BLOCK_M, linear_launch
+    for n, k, swiglu in QWEN3_06B_PROJECTIONS:
+        plan = linear_launch(rows, n, k, 132, swiglu)
+        bm, bn, bk, split = plan["block_m"], plan["block_n"], plan["block_k"], plan["split_k"]
+        assert 16 <= bm <= MAX_BLOCK_M and bm >= min(rows, MAX_BLOCK_M)
+        tiles = cdiv(rows, bm) * cdiv(n, bn)
+        per = cdiv(cdiv(k, bk), split)
+        assert cdiv(cdiv(k, bk), per) == split                 # every run has K blocks to read
+        assert tiles * split <= max(132, tiles)                 # about one program an SM at most
+        if tiles * 2 <= 132:
+            assert split > 1                                   # few tiles: K is cut to fill the SMs
+        assert linear_launch(rows, n, k, 1, swiglu)["split_k"] == 1   # nothing to fill (interpreter)
+
+
+# (rows, outputs, reduction length, K runs, SwiGLU, bias, K block)
+LINEAR_CASES = {
+    "one_row": (1, 16, 32, 1, False, False, 32),
+    "ragged_k_split3": (3, 48, 100, 3, False, True, 32),
+    "swiglu_split2": (17, 40, 200, 2, True, False, 32),
+    "rows_over_block_split4": (70, 24, 256, 4, False, True, 32),
+    "swiglu_unsplit_ragged_n": (5, 20, 64, 1, True, False, 64),
+}
+
+
+@interp_only
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("case", list(LINEAR_CASES))
+def test_interp_linear(case, dtype):
+    from qpfast.kernels import projection
+    from qpfast.kernels.common import zeroed_counters
+    m, n, k, split, swiglu, bias, bk = LINEAR_CASES[case]
+    g = torch.Generator().manual_seed(seed_of("linear", case))
+    xs = torch.randn(m, k + 3, generator=g).to(dtype)[:, :k]           # a row stride past K
+    w = (torch.randn(2 * n if swiglu else n, k, generator=g) / k ** 0.5).to(dtype)
+    b = torch.randn(n, generator=g).to(dtype) if bias else None
+    cfg = dict(split_k=split, block_k=bk, block_m=64, block_n=16)
+    out = torch.full((m, n), float("nan"), dtype=dtype)
+    assert projection.linear(xs, w, b, swiglu=swiglu, out=out, **cfg) is out
+    ref = R.linear(xs.float(), w.float(), None if b is None else b.float(), swiglu=swiglu)
+    assert rel_err(out, ref) < TOL[dtype] * 4
+    assert torch.equal(projection.linear(xs, w, b, swiglu=swiglu, **cfg), out)      # deterministic
+    if swiglu:       # the fused activation: silu_mul's kernel on the same product, bit for bit
+        from qpfast.kernels import layers
+        assert torch.equal(out, layers.silu_mul(projection.linear(xs, w, **cfg)))
+    if split > 1:
+        assert int(zeroed_counters("linear", xs.device, 1).abs().sum()) == 0         # reset for the next call
+
+
+@interp_only
+def test_interp_linear_dispatch_and_edges():
+    from qpfast.kernels import projection
+    g = torch.Generator().manual_seed(5)
+    x, w, b = torch.randn(4, 40, generator=g), torch.randn(24, 40, generator=g), torch.randn(24, generator=g)
+    assert K.backend(x) == "interpreter"
+    assert rel_err(K.linear(x, w, b), R.linear(x, w, b)) < TOL[torch.float32]
+    assert rel_err(K.linear(x, w.t().contiguous().t()), R.linear(x, w)) < TOL[torch.float32]   # strided w
+    assert projection.linear(x[:0], w).shape == (0, 24)
+    assert torch.equal(projection.linear(x[:, :0], w[:, :0], b), b.expand(4, 24))             # empty sum
+    assert torch.equal(projection.linear(x[:, :0], w[:, :0], swiglu=True), torch.zeros(4, 12))
+    with pytest.raises(ValueError, match="out must be"):
+        projection.linear(x, w, out=torch.empty(4, 23))

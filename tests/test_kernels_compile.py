@@ -127,6 +127,30 @@ VARIANTS.update({
                          last=I), dict(NUM_CHUNKS=5, BLOCK_C=8, CANDIDATES=16), 1),
 })
 
+# the decode steps' projections (kernels.projection, Qwen3-0.6B at batch 64 and 128): K split
+# with the last program's sum, the fused SwiGLU split, a biased unsplit 128-row tile
+LINEAR_ARGS = dict(X=P, W=P, BIAS=P, OUT=P, PART="*fp32", COUNTERS="*i32", M=I, N=I, K=I, stride_xm=I,
+                   stride_wn=I, stride_om=I, split_len=I)
+
+
+def _linear(num_warps: int, **constexprs):
+    return ("projection", "_linear_kernel", LINEAR_ARGS,
+            dict(dict(BLOCK_N=64, BLOCK_K=128, EVEN_K=True, HAS_BIAS=False, SWIGLU=False, DOT_PRECISION="tf32"),
+                 **constexprs), num_warps)
+
+
+# an H100/H200 block's shared memory (227 KiB)
+SMEM_PER_BLOCK = 227 * 1024
+# the pipeline depth a variant is launched with where it is not 3 (linear_launch's)
+STAGES = {"linear_split": 4, "linear_one_row_ragged_k": 4}
+
+VARIANTS.update({
+    "linear_split": _linear(4, BLOCK_M=64, SPLIT_K=8),
+    "linear_swiglu_split": _linear(4, BLOCK_M=64, SPLIT_K=2, SWIGLU=True),
+    "linear_bias_rows128": _linear(8, BLOCK_M=128, SPLIT_K=1, HAS_BIAS=True),
+    "linear_one_row_ragged_k": _linear(4, BLOCK_M=16, SPLIT_K=3, EVEN_K=False),
+})
+
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_kernels_compile_for_sm90(variant):
@@ -148,12 +172,19 @@ def test_kernels_compile_for_sm90(variant):
     signature = {**args, **{k: "constexpr" for k in consts}}
     assert sorted(signature) == sorted(fn.arg_names), "the test's argument list is out of date"
     signature = {n: signature[n] for n in fn.arg_names}
-    src = ASTSource(fn, signature, {(fn.arg_names.index(k),): v for k, v in consts.items()})
+    # as a launch on the GPU specializes them: pointers (torch's allocations), strides, split
+    # lengths (whole key / K blocks) and the projections' sizes divisible by 16, without
+    # which the loads are neither vectorized nor pipelined
+    aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
+               if signature[n].startswith("*") or n.startswith("stride") or n in ("split_len", "N", "K")}
+    src = ASTSource(fn, signature, {(fn.arg_names.index(k),): v for k, v in consts.items()}, aligned)
+    stages = STAGES.get(variant, 3)
     try:
-        kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=3))
+        kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
     except RuntimeError as exc:                   # the tool chain, not the kernel
         if "ptxas" in str(exc) and "not found" in str(exc):
             pytest.skip(f"no ptxas: {exc}")
         raise
     assert ".entry " + name in kernel.asm["ptx"]
     assert kernel.asm["cubin"]
+    assert kernel.metadata.shared <= SMEM_PER_BLOCK, f"{kernel.metadata.shared} bytes of shared memory"

@@ -1,0 +1,185 @@
+"""Triton projections for decode steps: few rows, weights streamed once, K split across SMs.
+
+A decode step of a small model multiplies a handful of rows (the batch) by each layer's
+weights, so every projection is a read of its weight matrix. At QP batch sizes torch's
+GEMMs cut such a product into few output tiles: Qwen3-0.6B's o_proj and down_proj (1,024
+outputs) make 8-16 tiles for a 132-SM H200, and run 13 measured its projections at ~1/3 of
+HBM bandwidth (5-6 us each). :func:`linear` cuts the output into ``BLOCK_M x BLOCK_N`` tiles
+and, when they leave multiprocessors idle, the reduction dimension into ``SPLIT_K`` runs,
+so that about one program per SM streams its part of the weights. The runs' fp32 partials
+are summed by the tile's last program to finish (an acquire-release counter per tile, as
+the decode kernel's fused merge), always in split order, so the result does not depend
+on which program came last, and no second launch is needed.
+
+``swiglu=True`` takes a fused gate/up weight ``[2I, K]`` and returns ``silu(gate) * up``
+``[M, I]``: each program computes matching gate and up tiles, so the MLP's activation
+costs no launch and its ``[M, 2I]`` product is never written out. Arithmetic as
+:func:`qpfast.kernels.reference.linear`: fp32 accumulation, the product rounded to the
+input dtype before the activation (as Hugging Face's modules round it).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import cdiv, num_sms, pow2, zeroed_counters
+from .reference import check_linear_args
+
+#: Most rows :func:`linear_launch` plans for in one tile (larger inputs take more tiles).
+MAX_BLOCK_M = 128
+
+
+@triton.jit
+def _linear_kernel(
+    X, W, BIAS, OUT, PART, COUNTERS,
+    M, N, K, stride_xm, stride_wn, stride_om, split_len,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,                      # runs of K, summed by each tile's last program
+    EVEN_K: tl.constexpr,                       # K % BLOCK_K == 0: no mask along K
+    HAS_BIAS: tl.constexpr,
+    SWIGLU: tl.constexpr,                       # W is [2N, K] (gate rows, then up rows)
+    DOT_PRECISION: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    split = tl.program_id(1)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    rm = (tile // tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = (tile % tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M
+    n_ok = rn < N
+    x_rows = X + rm.to(tl.int64)[:, None] * stride_xm
+    w_rows = W + rn.to(tl.int64)[:, None] * stride_wn
+    u_rows = W + (rn + N).to(tl.int64)[:, None] * stride_wn
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    acc_u = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    k_lo = split * split_len
+    k_hi = tl.minimum(K, k_lo + split_len)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        kk = k0 + rk
+        if EVEN_K:
+            x = tl.load(x_rows + kk[None, :], mask=m_ok[:, None], other=0.0)
+            w = tl.load(w_rows + kk[None, :], mask=n_ok[:, None], other=0.0)
+        else:
+            k_ok = kk < K
+            x = tl.load(x_rows + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            w = tl.load(w_rows + kk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
+        if SWIGLU:
+            if EVEN_K:
+                u = tl.load(u_rows + kk[None, :], mask=n_ok[:, None], other=0.0)
+            else:
+                u = tl.load(u_rows + kk[None, :], mask=n_ok[:, None] & (kk < K)[None, :], other=0.0)
+            acc_u = tl.dot(x, tl.trans(u), acc_u, input_precision=DOT_PRECISION)
+
+    out_ptrs = OUT + rm.to(tl.int64)[:, None] * stride_om + rn[None, :]
+    ok = m_ok[:, None] & n_ok[None, :]
+    if SPLIT_K == 1:
+        _linear_epilogue(acc, acc_u, BIAS, OUT, out_ptrs, rn, n_ok, ok, HAS_BIAS, SWIGLU)
+    else:
+        # partials: PART [SPLIT_K, M, N] (and the up half at [SPLIT_K, M, N .. 2N] for SwiGLU)
+        cols = 2 * N if SWIGLU else N
+        part = PART + rm.to(tl.int64)[:, None] * cols + rn[None, :]
+        plane = M * cols
+        tl.store(part + split * plane, acc, mask=ok)
+        if SWIGLU:
+            tl.store(part + split * plane + N, acc_u, mask=ok)
+        tl.debug_barrier()                                  # every thread's partials are out
+        counter = COUNTERS + tile
+        arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+        if arrived == SPLIT_K - 1:                          # the tile's last program sums them
+            tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")   # ready for the next call
+            acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+            acc_u = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+            for s in range(SPLIT_K):                        # in split order: deterministic
+                acc += tl.load(part + s * plane, mask=ok, other=0.0)
+                if SWIGLU:
+                    acc_u += tl.load(part + s * plane + N, mask=ok, other=0.0)
+            _linear_epilogue(acc, acc_u, BIAS, OUT, out_ptrs, rn, n_ok, ok, HAS_BIAS, SWIGLU)
+
+
+@triton.jit
+def _linear_epilogue(acc, acc_u, BIAS, OUT, out_ptrs, rn, n_ok, ok,
+                     HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr):
+    dt = OUT.dtype.element_ty
+    if HAS_BIAS:
+        acc += tl.load(BIAS + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if SWIGLU:
+        g = acc.to(dt).to(tl.float32)                       # the projection, rounded as torch's
+        act = (g / (1.0 + tl.exp(-g))).to(dt)               # F.silu rounds to the dtype
+        tl.store(out_ptrs, act * acc_u.to(dt), mask=ok)
+    else:
+        tl.store(out_ptrs, acc.to(dt), mask=ok)
+
+
+def linear_launch(m: int, n: int, k: int, sms: int, swiglu: bool = False) -> dict:
+    """The launch plan of :func:`linear` for ``m`` rows, ``n`` output columns and reduction
+    length ``k`` on ``sms`` multiprocessors: tile sizes, the number of K runs, pipeline
+    stages and warps.
+
+    Tiles of up to ``MAX_BLOCK_M`` rows (at least 16: the tensor cores' smallest) by 64
+    columns and 128-long K blocks; when the tiles number fewer than the multiprocessors,
+    K is cut into runs of whole blocks until about one program per SM (each reads its own
+    part of the weights once). Not yet fitted on a GPU (bench_kernels' ``linear`` section
+    sweeps the alternatives).
+    """
+    block_m = min(MAX_BLOCK_M, max(16, pow2(m)))
+    block_n, block_k = 64, 128
+    tiles = cdiv(max(1, m), block_m) * cdiv(n, block_n)
+    k_blocks = cdiv(k, block_k)
+    split = max(1, min(k_blocks, sms // max(1, tiles)))
+    per = cdiv(k_blocks, split)                  # whole blocks per run; no empty run
+    split = cdiv(k_blocks, per)
+    return dict(block_m=block_m, block_n=block_n, block_k=block_k, split_k=split,
+                num_stages=3 if swiglu or block_m > 64 else 4, num_warps=8 if block_m > 64 else 4)
+
+
+def linear(x, w, bias=None, *, swiglu=False, out=None, block_m=None, block_n=None, block_k=None,
+           split_k=None, num_stages=None, num_warps=None):
+    """Triton version of :func:`qpfast.kernels.reference.linear`.
+
+    ``out`` (optional) receives the result; ``block_m``, ``block_n``, ``block_k``,
+    ``split_k``, ``num_stages`` and ``num_warps`` override :func:`linear_launch` (tests,
+    tuning). A split product needs the per-tile counters (:func:`qpfast.kernels.common.
+    zeroed_counters`), made on the first use outside a CUDA-graph capture; without them it
+    runs unsplit.
+    """
+    m, k, n = check_linear_args(x, w, bias, swiglu)
+    if out is None:
+        out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    elif out.shape != (m, n) or out.dtype != x.dtype or out.device != x.device or out.stride(1) != 1:
+        raise ValueError(f"out must be a {x.dtype} tensor of shape {(m, n)} on {x.device} with unit column stride")
+    if m == 0 or n == 0:
+        return out
+    if k == 0:                                   # an empty sum: the bias (silu(0) * 0 = 0)
+        out.zero_()
+        if bias is not None:
+            out.add_(bias)
+        return out
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    if w.stride(1) != 1:
+        w = w.contiguous()
+    plan = linear_launch(m, n, k, num_sms(x.device), swiglu)
+    bm = block_m or plan["block_m"]
+    bn = block_n or plan["block_n"]
+    bk = block_k or plan["block_k"]
+    tiles = cdiv(m, bm) * cdiv(n, bn)
+    split = max(1, min(int(split_k or plan["split_k"]), cdiv(k, bk)))
+    split_len = cdiv(cdiv(k, bk), split) * bk
+    split = cdiv(k, split_len)
+    counters = zeroed_counters("linear", x.device, tiles) if split > 1 else None
+    if counters is None:
+        split, split_len = 1, cdiv(k, bk) * bk
+    part = (torch.empty((split, m, 2 * n if swiglu else n), dtype=torch.float32, device=x.device)
+            if split > 1 else out)
+    _linear_kernel[(tiles, split)](
+        x, w, bias if bias is not None else w, out, part, counters if counters is not None else out,
+        m, n, k, x.stride(0), w.stride(0), out.stride(0), split_len,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, EVEN_K=k % bk == 0,
+        HAS_BIAS=bias is not None, SWIGLU=bool(swiglu),
+        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        num_stages=num_stages or plan["num_stages"], num_warps=num_warps or plan["num_warps"],
+    )
+    return out
