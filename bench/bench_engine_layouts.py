@@ -2,7 +2,8 @@
 """The engine's two KV-cache layouts end to end, side by side, at several batch sizes.
 
     python bench/bench_engine_layouts.py [--batches 16,64,128] [--reps 5] [--step-tokens 256,512]
-                                         [--one-graph kernels,cascade] [--own-copies] [--out layouts.json]
+                                         [--one-graph kernels,cascade] [--own-copies] [--projections 256]
+                                         [--out layouts.json]
 
 "kernels": the prompt prefix copied into every slot of the cache, each decode step reading
 it once per row; "cascade": the prefix stored once and attended by all rows together
@@ -15,7 +16,9 @@ times each, and the medians, decode passes and rows with the same tokens are pri
 `--one-graph` adds, for the layouts named, an engine launching each step as one CUDA graph
 instead of the default pieces (`DecodeGraphs.pieces`); `--own-copies` one whose "kernels"
 layout steps read each row's own prefix copy (`NativeRunner.row0_reads = False`, the engine
-before session 18).
+before session 18); `--projections N` one whose "kernels" layout runs the layer projections of
+steps of up to N tokens through `qpfast.kernels.linear` (`NativeRunner.set_projection_rows`:
+K split across the SMs, SwiGLU fused) instead of torch's GEMMs.
 At batch 64 it also times `model.generate` + xgrammar on the same queries (the
 `bench_kernels` baseline). Without CUDA it runs on the CPU (a smoke run: the CPU has no
 graphs or Triton kernels, so its times say nothing about the GPU).
@@ -110,6 +113,9 @@ def main(argv=None) -> int:
                     help="layouts to also time with each step launched as one graph (e.g. kernels)")
     ap.add_argument("--own-copies", action="store_true",
                     help="also time the kernels layout with every row reading its own prefix copy")
+    ap.add_argument("--projections", type=int, default=0, metavar="N",
+                    help="also time the kernels layout with the projections of steps of up to N tokens "
+                         "through kernels.linear")
     ap.add_argument("--out", help="write the rows as JSON here")
     args = ap.parse_args(argv)
     batches = [int(x) for x in args.batches.split(",") if x.strip()]
@@ -134,6 +140,11 @@ def main(argv=None) -> int:
                 own.runner.row0_reads = False
                 out["warmup_kernels/own-copies"] = own.warmup(batch_size=max(batches))
                 configs["kernels/own-copies"] = (own, None)
+            if graphs is not None and name == "kernels" and args.projections:
+                proj = qpfast.Engine(model_dir, device=device, dtype=dtype, attention=name)
+                proj.runner.set_projection_rows(args.projections)
+                out["warmup_kernels/projections"] = proj.warmup(batch_size=max(batches))
+                configs["kernels/projections"] = (proj, None)
             if graphs is not None and name in one_graph:
                 one = qpfast.Engine(model_dir, device=device, dtype=dtype, attention=name)
                 one.runner.graphs.set_pieces([0, len(one.runner.layers)])

@@ -809,6 +809,22 @@ def _step_times(eng, batches=(1, 16, 64, 128)) -> list[dict]:
                 row["pieces"] = len(pieces) - 1
         finally:
             g.set_pieces(pieces)
+    if g is not None and r.projection_rows == 0:
+        # the same steps with the layer projections through kernels.linear (K split across
+        # the SMs, SwiGLU fused) instead of torch's GEMMs
+        r.set_projection_rows(max(batches) * r.step_tokens(max(batches)))
+        try:
+            for row in rows:
+                b = row["batch"]
+                toks, starts = [100] * b, [40] * b
+                mask = torch.full((b, -(-r.vocab_size // 32)), -1, dtype=torch.int32,
+                                  pin_memory=r.device.type == "cuda")
+                row["projections_ms"] = triton.testing.do_bench(lambda: r.decode_step(toks, starts),
+                                                                return_mode="median")
+                row["projections_pick_ms"] = triton.testing.do_bench(
+                    lambda: r.decode_step(toks, starts, mask=mask)[1].cpu(), return_mode="median")
+        finally:
+            r.set_projection_rows(0)
     return rows
 
 
@@ -850,6 +866,12 @@ def _cascade_section(quick: bool, on_row) -> list[dict]:
     return bench_cascade(quick, on_row=on_row)
 
 
+def _projections_section(quick: bool, on_row) -> list[dict]:
+    """bench_projections.py's rows (imported here: it imports this module's helpers)."""
+    from bench_projections import bench_projections
+    return bench_projections(quick, on_row=on_row)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", help="write all results as JSON here")
@@ -858,7 +880,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sections", default="engine,prefill,decode,cascade,bitmask",
                     help="comma-separated sections to run: engine, prefill, decode, decode_tune (launch "
                          "configurations), cascade (bench_cascade.py: shared-prefix decode vs the prefix "
-                         "copied per sequence), bitmask or bitmask_lite (bf16, 1%% allowed only); default: "
+                         "copied per sequence), projections (bench_projections.py: kernels.linear vs torch's GEMMs "
+                         "at Qwen3-0.6B's decode projections), bitmask or bitmask_lite (bf16, 1%% allowed only); default: "
                          "engine, prefill, decode, cascade, bitmask")
     ap.add_argument("--profile", metavar="PATH", help="also profile one engine run (CUDA graphs) into PATH")
     ap.add_argument("--tune-configs", help="decode_tune: launch configurations to try, as block_n/stages/warps "
@@ -952,6 +975,9 @@ def main(argv=None) -> int:
         if key == "cascade" and isinstance(results.get("cascade"), list):
             from bench_cascade import print_cascade
             print_cascade(results["cascade"])
+        if key == "projections" and isinstance(results.get("projections"), list):
+            from bench_projections import print_projections
+            print_projections(results["projections"])
         if key.startswith("bitmask") and isinstance(results.get(key), list):
             print_table(f"bitmask ops (V={VOCAB})", results[key], [
                 ("op", "op", ""), ("batch", "batch", "d"), ("dtype", "dtype", ""), ("allowed", "allowed", ".2f"),
@@ -970,6 +996,7 @@ def main(argv=None) -> int:
                                                              min_bytes=args.tune_min_mb * 1e6,
                                                              merges=tune_merges, max_bytes=args.tune_max_mb * 1e6)),
                  ("cascade", lambda q: _cascade_section(q, partial("cascade"))),
+                 ("projections", lambda q: _projections_section(q, partial("projections"))),
                  ("bitmask", lambda q: hbm_frac(bench_bitmask(q))),
                  ("bitmask_lite", lambda q: hbm_frac(bench_bitmask(q, lite=True)))]
     wanted = {x.strip() for x in args.sections.split(",") if x.strip()}

@@ -33,6 +33,10 @@ def test_compare_layouts_rows(capsys):
                  cuda_graphs=True)
     own.runner.row0_reads = False                    # --own-copies
     configs["kernels/own-copies"] = (own, None)
+    proj = Engine(copy.deepcopy(qwen3_model()), qpfast.testing.qwen_tokenizer(), device="cpu", attention="kernels",
+                  cuda_graphs=True)
+    proj.runner.set_projection_rows(256)             # --projections 256
+    configs["kernels/projections"] = (proj, None)
     rows = bl.compare_layouts(configs, [3], reps=2, baseline_at=None)
     (row,) = rows
     assert row["batch"] == 3 and list(row["configs"]) == list(configs)

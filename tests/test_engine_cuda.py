@@ -161,3 +161,16 @@ def test_cuda_graph_pieces_captured_give_the_eager_tokens():
             eng.generate(QUERIES16, max_new_tokens=96, batch_size=bs)
             assert eng.last_token_ids == want[bs], (bounds, bs)
         assert g.captured > 0 and all(len(e[0]) == len(bounds) - 1 for e in g._graphs.values())
+
+
+def test_cuda_projection_kernels_give_the_gemm_tokens_fp32():
+    """Decode steps with their projections through `kernels.linear` (K split across the SMs,
+    SwiGLU fused; `NativeRunner.set_projection_rows`), graphs on and off, give the tokens of
+    torch's GEMMs in fp32."""
+    want = _engine("float32")
+    want.generate(QUERIES16, max_new_tokens=96, batch_size=16)
+    for graphs in (True, False):
+        eng = _engine("float32", cuda_graphs=graphs)
+        eng.runner.set_projection_rows(256)
+        eng.generate(QUERIES16, max_new_tokens=96, batch_size=16)
+        assert eng.last_token_ids == want.last_token_ids, graphs

@@ -1453,3 +1453,41 @@ def test_interp_linear_dispatch_and_edges():
     assert torch.equal(projection.linear(x[:, :0], w[:, :0], swiglu=True), torch.zeros(4, 12))
     with pytest.raises(ValueError, match="out must be"):
         projection.linear(x, w, out=torch.empty(4, 23))
+
+
+@interp_only
+def test_interp_engine_projections_forward():
+    # the engine's layers with their projections through kernels.linear (gate/up fused with
+    # SwiGLU) == torch's GEMMs: prefill rows, a decode step, a multi-token graph step; steps
+    # of more tokens than projection_rows keep torch's
+    from qpfast.engine.model_runner import NativeRunner
+    from test_engine_support import qwen3_model
+    model = qwen3_model()
+    a = NativeRunner(model, "cpu", "kernels")
+    b = NativeRunner(model, "cpu", "kernels")
+    a.set_projection_rows(8)
+    assert not a.weights_in_out and b.weights_in_out
+    a.enable_graphs(capture=False)
+    calls = []
+    real = K.linear
+    close = dict(rtol=1e-4, atol=1e-5)
+    try:
+        K.linear = lambda *args, **kw: calls.append(args[0].shape[0]) or real(*args, **kw)
+        for r in (a, b):
+            r.use_prefix(r.compute_prefix([11, 12, 13, 14, 15]))
+            r.reserve(3, 24)
+        assert calls and set(calls) == {5}                  # the 5-token prefix: the kernel
+        calls.clear()
+        torch.testing.assert_close(a.forward(0, [[1, 2, 3, 4, 5], [6, 7, 8], [9]], [0, 0, 0]),
+                                   b.forward(0, [[1, 2, 3, 4, 5], [6, 7, 8], [9]], [0, 0, 0]), **close)
+        assert not calls                                    # 9 tokens: torch's GEMMs
+        torch.testing.assert_close(a.decode_step([19, 20, 21], [5, 3, 1]),
+                                   b.forward(0, [[19], [20], [21]], [5, 3, 1]), **close)
+        n_layers = len(a.layers)
+        assert calls == [3] * (4 * n_layers)               # qkv, o, gate/up + SwiGLU, down
+        feeds = [[22, 23], [24], [25, 26]]
+        torch.testing.assert_close(a.decode_step(feeds, [6, 4, 2]), b.forward(0, feeds, [6, 4, 2]), **close)
+    finally:
+        K.linear = real
+    with pytest.raises(ValueError, match="rows"):
+        a.set_projection_rows(-1)

@@ -16,8 +16,8 @@ import torch
 import qpfast.kernels as K
 from qpfast.kernels import reference as R
 
-from test_kernels import (DECODE_CASES, DECODE_MULTI_CASES, DECODE_PREFIX_PAIRS, PREFILL_CASES, PREFILL_PREFIX_PAIRS,
-                          SENTINEL, check_layer_kernels, cumsum0, make_bitmask, make_decode, make_decode_multi,
+from test_kernels import (DECODE_CASES, DECODE_MULTI_CASES, DECODE_PREFIX_PAIRS, LINEAR_CASES, PREFILL_CASES,
+                          PREFILL_PREFIX_PAIRS, QWEN3_06B_PROJECTIONS, SENTINEL, check_layer_kernels, cumsum0, make_bitmask, make_decode, make_decode_multi,
                           make_layer_inputs, make_prefill, make_prefix, poison_past_lens, rel_err, seed_of,
                           special_rows)
 
@@ -346,3 +346,51 @@ def test_cuda_row0_prefix_qp_shape_in_graph(hq, hkv, batch, t):
     plen = torch.tensor([389], dtype=torch.int32).cuda()
     _decode_graph_replays(q, kc, vc, lens, dict(row0_prefix_len=plen, queries_per_seq=t),
                           before=(None, lambda: plen.fill_(130), lambda: plen.fill_(0)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("case", list(LINEAR_CASES))
+def test_cuda_linear(case, dtype):
+    from qpfast.kernels import projection
+    m, n, k, split, swiglu, bias, bk = LINEAR_CASES[case]
+    g = torch.Generator().manual_seed(seed_of("cuda-linear", case))
+    x = torch.randn(m, k, generator=g).to(dtype).cuda()
+    w = (torch.randn(2 * n if swiglu else n, k, generator=g) / k ** 0.5).to(dtype).cuda()
+    b = torch.randn(n, generator=g).to(dtype).cuda() if bias else None
+    for cfg in (dict(split_k=split, block_k=bk, block_m=64, block_n=16), {}):
+        out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+        projection.linear(x, w, b, swiglu=swiglu, out=out, **cfg)
+        ref = R.linear(x.float(), w.float(), None if b is None else b.float(), swiglu=swiglu)
+        assert rel_err(out, ref) < TOL[dtype] * 4, cfg
+
+
+@pytest.mark.parametrize("rows", [1, 16, 64, 128])
+def test_cuda_linear_qwen3_shapes_in_graph(rows):
+    """Qwen3-0.6B's four decode projections (SwiGLU fused) at the plan's own split, bf16,
+    captured in a CUDA graph and replayed with new rows: the split runs' counters reset
+    themselves, and replays give the eager bits (the sum runs in split order)."""
+    from qpfast.kernels import projection
+    from qpfast.kernels.common import zeroed_counters
+    g = torch.Generator().manual_seed(rows)
+    dt = torch.bfloat16
+    for n, k, swiglu in QWEN3_06B_PROJECTIONS:
+        w = (torch.randn(2 * n if swiglu else n, k, generator=g) / k ** 0.5).to(dt).cuda()
+        x = torch.randn(rows, k, generator=g).to(dt).cuda()
+        want = projection.linear(x, w, swiglu=swiglu)
+        ref = R.linear(x.float(), w.float(), swiglu=swiglu)
+        assert rel_err(want, ref) < 1e-2
+        out = torch.empty_like(want)
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            projection.linear(x, w, swiglu=swiglu, out=out)
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            projection.linear(x, w, swiglu=swiglu, out=out)
+        for _ in range(3):
+            x.copy_(torch.randn(rows, k, generator=g).to(dt))
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(out, projection.linear(x, w, swiglu=swiglu)), (n, k, swiglu)
+        assert int(zeroed_counters("linear", x.device, 1).abs().sum()) == 0

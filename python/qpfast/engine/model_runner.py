@@ -195,6 +195,31 @@ class NativeRunner:
         # (`decode_attention(row0_prefix_len=)`); False reads each row's own copy (benchmarks;
         # set it before the CUDA graphs are captured)
         self.row0_reads = True
+        # steps of at most this many tokens run their layer projections through
+        # `kernels.linear` (Triton on CUDA: K split across the SMs, SwiGLU fused), larger
+        # ones (prefill) through torch's GEMMs; 0: torch's everywhere (set_projection_rows)
+        self.projection_rows = 0
+
+    def set_projection_rows(self, rows: int) -> None:
+        """Run the layer projections of steps of at most `rows` tokens through
+        `kernels.linear` (0: torch's GEMMs for all); drops the captured CUDA graphs. The
+        kernels take `F.linear`'s [out, in] weights: a CPU runner (the interpreter, for
+        tests) turns its [in, out] copies back."""
+        rows = int(rows)
+        if rows < 0:
+            raise ValueError(f"rows: expected a count >= 0, got {rows}")
+        if rows and self.weights_in_out:
+            with torch.no_grad():
+                for L in self.layers:
+                    for name in ("wqkv", "wo", "wgu", "wd"):
+                        setattr(L, name, getattr(L, name).t().contiguous())
+            self.weights_in_out = False
+        if rows and kernels.backend(self.embed) == "triton":
+            from ..kernels.common import zeroed_counters
+            zeroed_counters("linear", self.device, 1)     # the split runs' counters, outside any capture
+        self.projection_rows = rows
+        if self.graphs is not None:
+            self.graphs.reset()
 
     def enable_graphs(self, capture: bool = True) -> None:
         """Decode steps (`decode_step`) replay CUDA graphs from now on; with
@@ -345,9 +370,15 @@ class NativeRunner:
             h = h[inp.last]
         return self.final_norm(h)
 
-    def project(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def project(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None,
+                swiglu: bool = False) -> torch.Tensor:
         """A layer projection of the rows `x` [N, in]: `w` is [out, in] (F.linear), or [in, out]
-        on CPU (`weights_in_out`)."""
+        on CPU (`weights_in_out`). `swiglu`: `w` is the fused gate/up weight and the result
+        silu(gate) * up."""
+        if x.shape[0] <= self.projection_rows:
+            return kernels.linear(x, w, b, swiglu=swiglu)
+        if swiglu:
+            return kernels.silu_mul(self.project(x, w, b))
         if self.weights_in_out:
             return torch.addmm(b, x, w) if b is not None else x @ w
         return F.linear(x, w, b)
@@ -388,11 +419,10 @@ class NativeRunner:
             o = attend(li, q, kc, vc)
             a = self.project(o.reshape(N, hq * d).to(h.dtype), L.wo, L.bo)
             x, h = kernels.add_rms_norm(a, h, L.ln2, self.eps)
-            gu = self.project(x, L.wgu)
             if self.act is F.silu:
-                y = kernels.silu_mul(gu)
+                y = self.project(x, L.wgu, swiglu=True)
             else:
-                g, u = gu.chunk(2, dim=-1)
+                g, u = self.project(x, L.wgu).chunk(2, dim=-1)
                 y = self.act(g) * u
             m = self.project(y, L.wd)
             if li + 1 < len(layers):
