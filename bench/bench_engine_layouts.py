@@ -3,7 +3,7 @@
 
     python bench/bench_engine_layouts.py [--batches 16,64,128] [--reps 5] [--step-tokens 256,512]
                                          [--one-graph kernels,cascade] [--own-copies] [--projections 256]
-                                         [--out layouts.json]
+                                         [--pdl] [--out layouts.json]
 
 "kernels": the prompt prefix copied into every slot of the cache, each decode step reading
 it once per row; "cascade": the prefix stored once and attended by all rows together
@@ -18,7 +18,9 @@ instead of the default pieces (`DecodeGraphs.pieces`); `--own-copies` one whose 
 layout steps read each row's own prefix copy (`NativeRunner.row0_reads = False`, the engine
 before session 18); `--projections N` one whose "kernels" layout runs the layer projections of
 steps of up to N tokens through `qpfast.kernels.linear` (`NativeRunner.set_projection_rows`:
-K split across the SMs, SwiGLU fused) instead of torch's GEMMs.
+K split across the SMs, SwiGLU fused) instead of torch's GEMMs; `--pdl` one whose "kernels"
+layout graphs are captured with programmatic dependent launch (`DecodeGraphs.set_pdl`), and
+with `--projections` also one with both.
 At batch 64 it also times `model.generate` + xgrammar on the same queries (the
 `bench_kernels` baseline). Without CUDA it runs on the CPU (a smoke run: the CPU has no
 graphs or Triton kernels, so its times say nothing about the GPU).
@@ -116,6 +118,8 @@ def main(argv=None) -> int:
     ap.add_argument("--projections", type=int, default=0, metavar="N",
                     help="also time the kernels layout with the projections of steps of up to N tokens "
                          "through kernels.linear")
+    ap.add_argument("--pdl", action="store_true",
+                    help="also time the kernels layout with its graphs captured with programmatic dependent launch")
     ap.add_argument("--out", help="write the rows as JSON here")
     args = ap.parse_args(argv)
     batches = [int(x) for x in args.batches.split(",") if x.strip()]
@@ -140,11 +144,16 @@ def main(argv=None) -> int:
                 own.runner.row0_reads = False
                 out["warmup_kernels/own-copies"] = own.warmup(batch_size=max(batches))
                 configs["kernels/own-copies"] = (own, None)
-            if graphs is not None and name == "kernels" and args.projections:
-                proj = qpfast.Engine(model_dir, device=device, dtype=dtype, attention=name)
-                proj.runner.set_projection_rows(args.projections)
-                out["warmup_kernels/projections"] = proj.warmup(batch_size=max(batches))
-                configs["kernels/projections"] = (proj, None)
+            variants = [("projections", args.projections, False)] if args.projections else []
+            if args.pdl:
+                variants += [("pdl", 0, True)] + ([("pdl+projections", args.projections, True)]
+                                                  if args.projections else [])
+            for label, proj_rows, pdl in variants if graphs is not None and name == "kernels" else []:
+                var = qpfast.Engine(model_dir, device=device, dtype=dtype, attention=name)
+                var.runner.set_projection_rows(proj_rows)
+                var.runner.graphs.set_pdl(pdl)
+                out[f"warmup_kernels/{label}"] = var.warmup(batch_size=max(batches))
+                configs[f"kernels/{label}"] = (var, None)
             if graphs is not None and name in one_graph:
                 one = qpfast.Engine(model_dir, device=device, dtype=dtype, attention=name)
                 one.runner.graphs.set_pieces([0, len(one.runner.layers)])

@@ -809,22 +809,28 @@ def _step_times(eng, batches=(1, 16, 64, 128)) -> list[dict]:
                 row["pieces"] = len(pieces) - 1
         finally:
             g.set_pieces(pieces)
-    if g is not None and r.projection_rows == 0:
-        # the same steps with the layer projections through kernels.linear (K split across
-        # the SMs, SwiGLU fused) instead of torch's GEMMs
-        r.set_projection_rows(max(batches) * r.step_tokens(max(batches)))
+    if g is None or r.projection_rows or g.pdl:
+        return rows
+    # the same steps captured with programmatic dependent launch between the Triton kernels
+    # ("pdl"), with the layer projections through kernels.linear (K split across the SMs,
+    # SwiGLU fused) instead of torch's GEMMs ("projections"), and with both ("pdl_projections")
+    rows_all = max(batches) * r.step_tokens(max(batches))
+    for name, pdl, proj in (("pdl", True, 0), ("projections", False, rows_all), ("pdl_projections", True, rows_all)):
+        r.set_projection_rows(proj)
+        g.set_pdl(pdl)
         try:
             for row in rows:
                 b = row["batch"]
                 toks, starts = [100] * b, [40] * b
                 mask = torch.full((b, -(-r.vocab_size // 32)), -1, dtype=torch.int32,
                                   pin_memory=r.device.type == "cuda")
-                row["projections_ms"] = triton.testing.do_bench(lambda: r.decode_step(toks, starts),
-                                                                return_mode="median")
-                row["projections_pick_ms"] = triton.testing.do_bench(
+                row[f"{name}_ms"] = triton.testing.do_bench(lambda: r.decode_step(toks, starts),
+                                                            return_mode="median")
+                row[f"{name}_pick_ms"] = triton.testing.do_bench(
                     lambda: r.decode_step(toks, starts, mask=mask)[1].cpu(), return_mode="median")
         finally:
             r.set_projection_rows(0)
+            g.set_pdl(False)
     return rows
 
 

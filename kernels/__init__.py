@@ -30,6 +30,10 @@ Dispatch, per call, on the first tensor argument:
   interpreting when it is imported, so set the variable before anything imports triton;
 * otherwise (CPU, or no usable triton) the torch references run.
 
+``with programmatic_launch(True):`` launches the kernels of a decode step with programmatic
+dependent launch on Hopper and later GPUs (:mod:`.launch`; the engine's CUDA graphs,
+``DecodeGraphs.pdl``).
+
 Importing this package never imports triton; the kernel modules load on first use.
 """
 from __future__ import annotations
@@ -40,12 +44,13 @@ import os
 import warnings
 
 from . import reference
+from .launch import programmatic_launch
 from .reference import NO_TOKEN
 
 __all__ = [
     "prefill_attention", "decode_attention", "apply_bitmask_", "masked_argmax",
     "masked_sample", "reference", "HAS_TRITON", "NO_TOKEN", "backend",
-    "add_rms_norm", "qk_norm_rope_store", "silu_mul", "linear",
+    "add_rms_norm", "qk_norm_rope_store", "silu_mul", "linear", "programmatic_launch",
 ]
 
 

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import cdiv, cut, fill_count, pow2
+from .common import cdiv, cut, fill_count, grid_dependency, pdl_launch, pow2
 from .common import num_sms as _num_sms
 from .reference import check_bitmask_args, check_sampling_args
 
@@ -62,12 +62,14 @@ def _pick_kernel(
     LOGITS, BITMASK, OUT, PART_VAL, PART_IDX, PART_FIRST, SEED, THRESH,
     vocab, stride_l, stride_m, inv_temp, chunk_len,
     SAMPLE: tl.constexpr, USE_THRESH: tl.constexpr, NUM_CHUNKS: tl.constexpr, BLOCK_V: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """Greedy (or Gumbel-max) pick over the allowed tokens of one chunk of one row.
 
     Program (row, chunk) scans tokens [chunk * chunk_len, (chunk + 1) * chunk_len). With
     one chunk it writes the pick; otherwise it writes its best key, that key's token and its
     lowest allowed token, and `_reduce_picks_kernel` combines the chunks in token order."""
+    grid_dependency(USE_PDL)
     row = tl.program_id(0)
     chunk = tl.program_id(1)
     logits_row = LOGITS + row.to(tl.int64) * stride_l
@@ -111,7 +113,8 @@ def _pick_kernel(
 
 @triton.jit
 def _reduce_picks_kernel(OUT, PART_VAL, PART_IDX, PART_FIRST, vocab,
-                         NUM_CHUNKS: tl.constexpr, BLOCK_C: tl.constexpr):
+                         NUM_CHUNKS: tl.constexpr, BLOCK_C: tl.constexpr, USE_PDL: tl.constexpr):
+    grid_dependency(USE_PDL)
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK_C)
     c_ok = offs < NUM_CHUNKS
@@ -303,10 +306,11 @@ def _pick(logits, bitmask, out, *, sample, seed=None, thresh=None, inv_temp=1.0,
         seed if seed is not None else out, thresh if thresh is not None else out,
         vocab, lg.stride(0), bm.stride(0), inv_temp, chunk_len,
         SAMPLE=sample, USE_THRESH=thresh is not None, NUM_CHUNKS=num_chunks, BLOCK_V=block_v,
-        num_warps=8 if block_v >= 2048 else 4)
+        num_warps=8 if block_v >= 2048 else 4, **pdl_launch(lg.device))
     if num_chunks > 1:
         _reduce_picks_kernel[(rows,)](out, part_val, part_idx, part_first, vocab,
-                                      NUM_CHUNKS=num_chunks, BLOCK_C=max(2, pow2(num_chunks)), num_warps=1)
+                                      NUM_CHUNKS=num_chunks, BLOCK_C=max(2, pow2(num_chunks)), num_warps=1,
+                                      **pdl_launch(lg.device))
     return out
 
 

@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import attend_key_range, cdiv, cut, num_sms
+from .common import attend_key_range, cdiv, cut, grid_dependency, num_sms, pdl_launch
 
 LOG2E = 1.4426950408889634
 MIN_PREFIX_SPLIT = 128          # keys per prefix split at least
@@ -58,7 +58,9 @@ def _prefix_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    USE_PDL: tl.constexpr,                      # programmatic dependent launch (common.grid_dependency)
 ):
+    grid_dependency(USE_PDL)
     ROWS: tl.constexpr = BLOCK_M * GROUP_PAD
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -148,7 +150,7 @@ def prefix_partials(q, prefix_k, prefix_v, prefix_len, scale: float, part_o, par
         rows, prefix_k.shape[1], split_len, part_o.shape[2],
         HAS_PLEN=prefix_len is not None, GROUP=hq // hkv, HEAD_DIM=d,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        **cfg,
+        **cfg, **pdl_launch(q.device),
     )
 
 

@@ -9,6 +9,16 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _interpret as _interpreting
+from .launch import programmatic_launch_on
+
+try:                                        # Triton >= 3.3 (older: no PDL, launches as before)
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+    HAS_PDL = True
+except ImportError:                         # pragma: no cover - depends on the installed triton
+    gdc_launch_dependents = gdc_wait = None
+    HAS_PDL = False
+
 
 def pow2(n: int) -> int:
     """The smallest power of two >= n (1 for n <= 1)."""
@@ -69,6 +79,30 @@ def zeroed_counters(use: str, device: torch.device, rows: int, slots: int = 1 <<
             return None
         buf = _counters[key] = torch.zeros(slots, dtype=torch.int32, device=device)
     return buf
+
+
+def pdl_launch(device: torch.device) -> dict:
+    """The launch options of a kernel that calls :func:`grid_dependency` on ``device``:
+    ``{"USE_PDL": True, "launch_pdl": True}`` inside ``programmatic_launch(True)`` on a GPU
+    of compute capability 9.0+ (not in the interpreter), else ``{"USE_PDL": False}``."""
+    on = (HAS_PDL and programmatic_launch_on() and device.type == "cuda" and not _interpreting()
+          and _cuda_capability(device.index if device.index is not None else torch.cuda.current_device()) >= 9)
+    return dict(USE_PDL=True, launch_pdl=True) if on else dict(USE_PDL=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_capability(index: int) -> int:
+    return torch.cuda.get_device_capability(index)[0]
+
+
+@triton.jit
+def grid_dependency(USE_PDL: tl.constexpr):
+    """A kernel's first step under programmatic dependent launch: wait until the kernel
+    ahead of it in the stream has finished and its writes are visible, then let the next
+    kernel launch (its programs become resident and wait in turn). No-op when off."""
+    if USE_PDL:
+        gdc_wait()
+        gdc_launch_dependents()
 
 
 @functools.lru_cache(maxsize=None)

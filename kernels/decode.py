@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from .cascade import shared_prefix, split_scratch
-from .common import attend_key_range, cdiv, cut, merge_partials, zeroed_counters
+from .common import attend_key_range, cdiv, cut, grid_dependency, merge_partials, pdl_launch, zeroed_counters
 from .common import num_sms as _num_sms
 from .common import pow2 as _pow2
 from .reference import check_decode_args, check_prefix_args, check_row0_prefix
@@ -71,7 +71,9 @@ def _decode_kernel(
     QPS: tl.constexpr,                          # new tokens (query rows) per sequence, causal among them
     PREFIX_MODE: tl.constexpr,                  # keys < PLEN[0] from PK/PV: 1 = row 0 of the caches, 2 =
                                                 # a shared prefix (the rows' own keys after it)
+    USE_PDL: tl.constexpr,                      # programmatic dependent launch (common.grid_dependency)
 ):
+    grid_dependency(USE_PDL)
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -185,7 +187,9 @@ def _merge_splits_kernel(
     BLOCK_S: tl.constexpr,                      # NUM_SPLITS rounded up to a power of two
     PART_BASE: tl.constexpr,                    # leading slots every row uses (the shared prefix)
     QPS: tl.constexpr,                          # consecutive rows per entry of SEQ_LENS
+    USE_PDL: tl.constexpr,
 ):
+    grid_dependency(USE_PDL)
     b = tl.program_id(0)
     head = tl.program_id(1)
     seq_len = tl.load(SEQ_LENS + b // QPS)
@@ -217,7 +221,7 @@ def merge_splits(out, part_o, part_lse, seq_lens, split_len: int, base: int = 0,
     _merge_splits_kernel[(rows, heads)](
         out, part_o, part_lse, seq_lens, out.stride(0), out.stride(1), heads, split_len,
         HEAD_DIM=d, BLOCK_D=block_d, NUM_SPLITS=num_splits, BLOCK_S=_pow2(num_splits), PART_BASE=base,
-        QPS=rows_per_len, num_warps=4)
+        QPS=rows_per_len, num_warps=4, **pdl_launch(out.device))
 
 
 def decode_num_splits(batch: int, num_kv_heads: int, max_len: int, num_sms: int) -> int:
@@ -378,7 +382,7 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=N
         GROUP=group, BLOCK_H=block_h, HEAD_DIM=d, BLOCK_D=block_d,
         BLOCK_N=block_n or auto[0], NUM_SPLITS=splits, DOT_PRECISION=dot_precision,
         FUSED_MERGE=counters is not None, PART_BASE=base, QPS=qps, PREFIX_MODE=mode,
-        num_warps=num_warps or auto[2], num_stages=num_stages or auto[1],
+        num_warps=num_warps or auto[2], num_stages=num_stages or auto[1], **pdl_launch(q.device),
     )
     if splits > 1 and counters is None:
         merge_splits(dst, part_o, part_lse, seq_lens, split_len, base, qps)

@@ -21,12 +21,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import pow2
+from .common import grid_dependency, pdl_launch, pow2
 
 
 @triton.jit
 def _add_rms_kernel(X, RES, W, OUT, H_OUT, n_cols, stride_x, stride_r, stride_o, stride_h, eps,
-                    HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+                    HAS_RES: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    grid_dependency(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     ok = cols < n_cols
@@ -52,7 +53,7 @@ def add_rms_norm(x, residual, weight, eps):
     res = residual if residual is not None else x
     _add_rms_kernel[(n,)](x, res, weight, out, h_out, h, x.stride(0), res.stride(0), out.stride(0),
                           h_out.stride(0), eps, HAS_RES=residual is not None, BLOCK=pow2(h),
-                          num_warps=4 if h <= 2048 else 8)
+                          num_warps=4 if h <= 2048 else 8, **pdl_launch(x.device))
     return out, h_out
 
 
@@ -81,7 +82,8 @@ def _qk_norm_rope_kernel(QKV, QN, KN, COS, SIN, ROPE_POS, KC, VC, SLOT, WPOS, Q_
                          stride_qkv, stride_cos, stride_kb, stride_kh, stride_kt,
                          stride_vb, stride_vh, stride_vt, stride_qo, stride_qh, eps,
                          HQ: tl.constexpr, HKV: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr,
-                         HAS_QN: tl.constexpr, HAS_KN: tl.constexpr):
+                         HAS_QN: tl.constexpr, HAS_KN: tl.constexpr, USE_PDL: tl.constexpr):
+    grid_dependency(USE_PDL)
     n = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1)                        # head: q heads, then k heads, then v heads
     offs = tl.arange(0, BLOCK)
@@ -129,12 +131,14 @@ def qk_norm_rope_store(qkv, q_norm, k_norm, cos, sin, rope_pos, k_cache, v_cache
         qkv.stride(0), cos.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), q.stride(0), q.stride(1), eps,
         HQ=hq, HKV=hkv, HALF=half, BLOCK=max(16, pow2(half)),
-        HAS_QN=q_norm is not None, HAS_KN=k_norm is not None, num_warps=1 if half <= 64 else 2)
+        HAS_QN=q_norm is not None, HAS_KN=k_norm is not None, num_warps=1 if half <= 64 else 2,
+        **pdl_launch(qkv.device))
     return q
 
 
 @triton.jit
-def _silu_mul_kernel(GU, OUT, n_inter, stride_gu, stride_o, BLOCK: tl.constexpr):
+def _silu_mul_kernel(GU, OUT, n_inter, stride_gu, stride_o, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    grid_dependency(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < n_inter
@@ -154,5 +158,5 @@ def silu_mul(gate_up):
         return out
     block = min(1024, pow2(inter))
     _silu_mul_kernel[(n, triton.cdiv(inter, block))](gate_up, out, inter, gate_up.stride(0), out.stride(0),
-                                                    BLOCK=block, num_warps=4)
+                                                    BLOCK=block, num_warps=4, **pdl_launch(gate_up.device))
     return out

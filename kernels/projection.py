@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import cdiv, num_sms, pow2, zeroed_counters
+from .common import cdiv, grid_dependency, num_sms, pdl_launch, pow2, zeroed_counters
 from .reference import check_linear_args
 
 #: Most rows :func:`linear_launch` plans for in one tile (larger inputs take more tiles).
@@ -40,7 +40,9 @@ def _linear_kernel(
     HAS_BIAS: tl.constexpr,
     SWIGLU: tl.constexpr,                       # W is [2N, K] (gate rows, then up rows)
     DOT_PRECISION: tl.constexpr,
+    USE_PDL: tl.constexpr,                      # programmatic dependent launch (common.grid_dependency)
 ):
+    grid_dependency(USE_PDL)
     tile = tl.program_id(0)
     split = tl.program_id(1)
     tiles_n = tl.cdiv(N, BLOCK_N)
@@ -181,5 +183,6 @@ def linear(x, w, bias=None, *, swiglu=False, out=None, block_m=None, block_n=Non
         HAS_BIAS=bias is not None, SWIGLU=bool(swiglu),
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         num_stages=num_stages or plan["num_stages"], num_warps=num_warps or plan["num_warps"],
+        **pdl_launch(x.device),
     )
     return out

@@ -63,7 +63,8 @@ def test_engine_benchmark_dry_run(monkeypatch, capsys):
     for key in ("step_ms", "cascade_step_ms"):
         assert isinstance(out[key], list) and len(out[key]) == 4, out[key]
         assert all("graph_pick_ms" in row and row["pieces"] == 2 and "one_graph_pick_ms" in row for row in out[key])
-        assert all("projections_pick_ms" in row and "projections_ms" in row for row in out[key])
+        for name in ("pdl", "projections", "pdl_projections"):
+            assert all(f"{name}_pick_ms" in row and f"{name}_ms" in row for row in out[key]), name
     sp = out["speculation"]                                  # drafts on graph steps, default model
     assert "error" not in sp and sp["spec4"]["errors"] == 0, sp
     assert sp["spec4"]["stats"]["accepted_draft_tokens"] > 0 and sp["same_rows"] == 6

@@ -37,6 +37,10 @@ def test_compare_layouts_rows(capsys):
                   cuda_graphs=True)
     proj.runner.set_projection_rows(256)             # --projections 256
     configs["kernels/projections"] = (proj, None)
+    pdl = Engine(copy.deepcopy(qwen3_model()), qpfast.testing.qwen_tokenizer(), device="cpu", attention="kernels",
+                 cuda_graphs=True)
+    pdl.runner.graphs.set_pdl(True)                  # --pdl (the CPU launches as before)
+    configs["kernels/pdl"] = (pdl, None)
     rows = bl.compare_layouts(configs, [3], reps=2, baseline_at=None)
     (row,) = rows
     assert row["batch"] == 3 and list(row["configs"]) == list(configs)

@@ -174,3 +174,21 @@ def test_cuda_projection_kernels_give_the_gemm_tokens_fp32():
         eng.runner.set_projection_rows(256)
         eng.generate(QUERIES16, max_new_tokens=96, batch_size=16)
         assert eng.last_token_ids == want.last_token_ids, graphs
+
+
+@pytest.mark.parametrize("projections", [0, 256])
+def test_cuda_programmatic_launch_graphs_give_the_eager_tokens_fp32(projections):
+    """Decode-step graphs captured with programmatic dependent launch (`DecodeGraphs.set_pdl`:
+    each Triton kernel's programs wait resident for the kernel before) give the tokens of the
+    eager engine in fp32, with torch's GEMMs between the kernels and with every projection a
+    Triton kernel too (`set_projection_rows`: a chain of dependent launches)."""
+    want = _engine("float32", cuda_graphs=False)
+    want.generate(QUERIES16, max_new_tokens=96, batch_size=16)
+    eng = _engine("float32")
+    eng.runner.set_projection_rows(projections)
+    eng.runner.graphs.set_pdl(True)
+    for bs in (16, 5, 16):
+        eng.generate(QUERIES16, max_new_tokens=96, batch_size=bs)
+        if bs == 16:
+            assert eng.last_token_ids == want.last_token_ids
+    assert eng.runner.graphs.captured > 0

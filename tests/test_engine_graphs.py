@@ -83,3 +83,20 @@ def test_kernels_layout_steps_read_the_prefix_from_slot_0():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     r.use_prefix(None)
     assert int(r.cache.row0_len[0]) == 0
+
+
+def test_set_pdl_drops_the_graphs():
+    """`DecodeGraphs.set_pdl` (capture with programmatic dependent launch) drops the captured
+    steps, like `set_pieces`: the next step records its graphs again under the new setting."""
+    r = NativeRunner(qwen3_model(), "cpu", "kernels")
+    r.enable_graphs(capture=False)
+    g = r.graphs
+    assert g.pdl is False
+    r.use_prefix(r.compute_prefix([11, 12, 13]))
+    r.reserve(2, 16)
+    r.forward(0, [[1, 2], [3]], [0, 0])
+    want = r.decode_step([4, 5], [2, 1]).clone()
+    assert g._graphs
+    g.set_pdl(True)
+    assert g.pdl is True and not g._graphs
+    torch.testing.assert_close(r.decode_step([4, 5], [2, 1]), want, rtol=0, atol=0)   # CPU: launches as before

@@ -1491,3 +1491,31 @@ def test_interp_engine_projections_forward():
         K.linear = real
     with pytest.raises(ValueError, match="rows"):
         a.set_projection_rows(-1)
+
+
+@needs_triton
+def test_programmatic_launch_setting():
+    """`programmatic_launch` turns PDL on for this thread only, restores what was set before,
+    and never applies off a GPU (CPU tensors, the interpreter): kernels then launch as
+    before."""
+    import threading
+
+    from qpfast.kernels.common import pdl_launch
+    from qpfast.kernels.launch import programmatic_launch_on
+    cpu = torch.device("cpu")
+    assert not programmatic_launch_on() and pdl_launch(cpu) == dict(USE_PDL=False)
+    seen = []
+    with K.programmatic_launch(True):
+        assert programmatic_launch_on()
+        assert pdl_launch(cpu) == dict(USE_PDL=False)          # no GPU: off whatever the setting
+        with K.programmatic_launch(False):
+            assert not programmatic_launch_on()
+        assert programmatic_launch_on()
+        t = threading.Thread(target=lambda: seen.append(programmatic_launch_on()))
+        t.start()
+        t.join()
+    assert seen == [False] and not programmatic_launch_on()
+    with pytest.raises(RuntimeError):
+        with K.programmatic_launch(True):
+            raise RuntimeError("boom")
+    assert not programmatic_launch_on()                         # restored on the way out

@@ -152,6 +152,14 @@ VARIANTS.update({
 })
 
 
+# a decode step's kernels as a graph captured with programmatic dependent launch runs them
+# (DecodeGraphs.pdl): every kernel the step launches, at one of its variants
+VARIANTS.update({f"{name}_pdl": VARIANTS[name] for name in (
+    "add_rms_norm", "qk_norm_rope_store", "silu_mul", "linear_split", "linear_swiglu_split", "decode_row0",
+    "decode_fused", "merge_multi", "prefix_device_len", "masked_argmax", "masked_sample_chunks", "reduce_picks")})
+STAGES.update({f"{name}_pdl": STAGES[name] for name in list(STAGES)})
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_kernels_compile_for_sm90(variant):
     import importlib
@@ -169,6 +177,10 @@ def test_kernels_compile_for_sm90(variant):
         warps = cfg.pop("num_warps")
         cfg.pop("num_stages")
         consts = dict(consts, GROUP=group, HEAD_DIM=128, DOT_PRECISION="tf32", **cfg)
+    if variant.endswith("_pdl"):                  # programmatic dependent launch (kernels.launch)
+        consts, options = dict(consts, USE_PDL=True), dict(launch_pdl=True)
+    else:
+        consts, options = (dict(consts, USE_PDL=False) if "USE_PDL" in fn.arg_names else consts), {}
     signature = {**args, **{k: "constexpr" for k in consts}}
     assert sorted(signature) == sorted(fn.arg_names), "the test's argument list is out of date"
     signature = {n: signature[n] for n in fn.arg_names}
@@ -180,7 +192,7 @@ def test_kernels_compile_for_sm90(variant):
     src = ASTSource(fn, signature, {(fn.arg_names.index(k),): v for k, v in consts.items()}, aligned)
     stages = STAGES.get(variant, 3)
     try:
-        kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
+        kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages, **options))
     except RuntimeError as exc:                   # the tool chain, not the kernel
         if "ptxas" in str(exc) and "not found" in str(exc):
             pytest.skip(f"no ptxas: {exc}")
@@ -188,3 +200,9 @@ def test_kernels_compile_for_sm90(variant):
     assert ".entry " + name in kernel.asm["ptx"]
     assert kernel.asm["cubin"]
     assert kernel.metadata.shared <= SMEM_PER_BLOCK, f"{kernel.metadata.shared} bytes of shared memory"
+    ptx = kernel.asm["ptx"]
+    if variant.endswith("_pdl"):                  # waits for the kernel ahead, then lets the next launch
+        assert ptx.index("griddepcontrol.wait") < ptx.index("griddepcontrol.launch_dependents")
+        assert kernel.metadata.launch_pdl
+    else:
+        assert "griddepcontrol" not in ptx

@@ -394,3 +394,51 @@ def test_cuda_linear_qwen3_shapes_in_graph(rows):
             torch.cuda.synchronize()
             assert torch.equal(out, projection.linear(x, w, swiglu=swiglu)), (n, k, swiglu)
         assert int(zeroed_counters("linear", x.device, 1).abs().sum()) == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
+                    reason="programmatic dependent launch needs compute capability 9.0+")
+def test_cuda_programmatic_launch_chain_in_graph():
+    """A decode layer's kernels launched with programmatic dependent launch, captured in a
+    CUDA graph and replayed with new inputs: each kernel reads what the one before wrote
+    (norm -> projection -> rope/cache write -> attention -> projection + SwiGLU), bit for
+    bit the chain launched plainly."""
+    from qpfast.kernels import decode, layers, projection
+    g = torch.Generator().manual_seed(11)
+    dt = torch.bfloat16
+    hq, hkv, d, hidden, b, cap = 16, 8, 128, 1024, 64, 512
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(dt).cuda()
+
+    x, ln = rnd(b, hidden), rnd(hidden, scale=0.1) + 1
+    wqkv, wgu = rnd((hq + 2 * hkv) * d, hidden, scale=hidden ** -0.5), rnd(6144, hidden, scale=hidden ** -0.5)
+    kc, vc = rnd(b, hkv, cap, d), rnd(b, hkv, cap, d)
+    ang = torch.randn(cap, d // 2, generator=g)
+    cos, sin = torch.cat([ang.cos()] * 2, 1).to(dt).cuda(), torch.cat([ang.sin()] * 2, 1).to(dt).cuda()
+    pos = torch.randint(100, cap - 1, (b,), generator=g).cuda()
+    slot = torch.arange(b).cuda()
+    lens = (pos + 1).to(torch.int32)
+
+    def chain():
+        xn, _ = layers.add_rms_norm(x, None, ln, 1e-6)
+        qkv = projection.linear(xn, wqkv)
+        q = layers.qk_norm_rope_store(qkv, None, None, cos, sin, pos, kc, vc, slot, pos, hq, hkv, 1e-6)
+        o = decode.decode_attention(q, kc, vc, lens)
+        return projection.linear(o.reshape(b, hq * d)[:, :hidden], wgu, swiglu=True)
+
+    want = chain()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s), K.programmatic_launch(True):
+        chain()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), K.programmatic_launch(True):
+        out = chain()
+    for _ in range(3):
+        x.copy_(torch.randn(b, hidden, generator=g).to(dt))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, chain())
+    assert out.shape == want.shape == (b, 3072)

@@ -128,6 +128,10 @@ class DecodeGraphs:
         #: the tensors the pieces pass on, kept alive)
         self._graphs: dict[tuple[int, int, Any], tuple[Optional[list], Any, list]] = {}
         self.pieces = piece_bounds(len(runner.layers))
+        #: capture with programmatic dependent launch between the step's Triton kernels
+        #: (`qpfast.kernels.launch`: each one's programs wait resident for the one before,
+        #: hiding the launch gaps; Hopper and later); `set_pdl`
+        self.pdl = False
         self._slot_idx: dict[tuple[int, int], torch.Tensor] = {}
         self._idx: Optional[torch.Tensor] = None
         self._host: Optional[torch.Tensor] = None
@@ -151,6 +155,12 @@ class DecodeGraphs:
             raise ValueError(f"pieces: expected increasing layer bounds from 0 to {n}, got {list(bounds)}")
         self.reset()
         self.pieces = b
+
+    def set_pdl(self, enabled: bool) -> None:
+        """Captures the steps with programmatic dependent launch (or without) from now on;
+        drops the graphs."""
+        self.reset()
+        self.pdl = bool(enabled)
 
     def _drop(self, keys: Sequence[tuple]) -> None:
         """Drops the graphs of `keys`; later captures go to a new memory pool. (PyTorch's
@@ -346,7 +356,7 @@ class DecodeGraphs:
         dev = self.runner.device
         stream = torch.cuda.Stream(dev)
         stream.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(stream):
+        with torch.cuda.stream(stream), kernels.programmatic_launch(self.pdl):
             self._core(B, T, pick)
         torch.cuda.current_stream(dev).wait_stream(stream)
         if self._pool is None:
@@ -355,7 +365,7 @@ class DecodeGraphs:
         try:
             for k in range(len(self.pieces) - 1):
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self._pool):
+                with torch.cuda.graph(graph, pool=self._pool), kernels.programmatic_launch(self.pdl):
                     state = self._piece(B, T, pick, k, state)
                 graphs.append(graph)
                 states.append(state)
