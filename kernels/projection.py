@@ -41,8 +41,8 @@ def _linear_kernel(
     SWIGLU: tl.constexpr,                       # W is [2N, K] (gate rows, then up rows)
     DOT_PRECISION: tl.constexpr,
     USE_PDL: tl.constexpr,                      # programmatic dependent launch (common.grid_dependency)
+    PREFETCH: tl.constexpr,                     # with USE_PDL: pull the weights into L2 before the wait
 ):
-    grid_dependency(USE_PDL)
     tile = tl.program_id(0)
     split = tl.program_id(1)
     tiles_n = tl.cdiv(N, BLOCK_N)
@@ -58,6 +58,15 @@ def _linear_kernel(
     acc_u = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     k_lo = split * split_len
     k_hi = tl.minimum(K, k_lo + split_len)
+    if PREFETCH:
+        # the weights do not depend on the kernel ahead: while it runs, start streaming this
+        # program's slice of them from HBM into the L2 (one bulk prefetch a weight row)
+        nbytes = (k_hi - k_lo) * (W.dtype.element_ty.primitive_bitwidth // 8)
+        rows = tl.minimum(rn, N - 1)
+        _prefetch_rows(W + k_lo, rows, stride_wn, nbytes)
+        if SWIGLU:
+            _prefetch_rows(W + k_lo, rows + N, stride_wn, nbytes)
+    grid_dependency(USE_PDL)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         kk = k0 + rk
         if EVEN_K:
@@ -99,6 +108,15 @@ def _linear_kernel(
                 if SWIGLU:
                     acc_u += tl.load(part + s * plane + N, mask=ok, other=0.0)
             _linear_epilogue(acc, acc_u, BIAS, OUT, out_ptrs, rn, n_ok, ok, HAS_BIAS, SWIGLU)
+
+
+@triton.jit
+def _prefetch_rows(BASE, rows, stride, nbytes):
+    """Hopper's bulk L2 prefetch of ``nbytes`` (a multiple of 16, 16-byte aligned) from
+    ``BASE + row * stride`` for each of ``rows``."""
+    tl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2;\n mov.u32 $0, 0;", "=r,l,r",
+                              [BASE + rows.to(tl.int64) * stride, tl.zeros_like(rows) + nbytes],
+                              dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
@@ -176,6 +194,7 @@ def linear(x, w, bias=None, *, swiglu=False, out=None, block_m=None, block_n=Non
         split, split_len = 1, cdiv(k, bk) * bk
     part = (torch.empty((split, m, 2 * n if swiglu else n), dtype=torch.float32, device=x.device)
             if split > 1 else out)
+    pdl = pdl_launch(x.device)
     _linear_kernel[(tiles, split)](
         x, w, bias if bias is not None else w, out, part, counters if counters is not None else out,
         m, n, k, x.stride(0), w.stride(0), out.stride(0), split_len,
@@ -183,6 +202,14 @@ def linear(x, w, bias=None, *, swiglu=False, out=None, block_m=None, block_n=Non
         HAS_BIAS=bias is not None, SWIGLU=bool(swiglu),
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         num_stages=num_stages or plan["num_stages"], num_warps=num_warps or plan["num_warps"],
-        **pdl_launch(x.device),
+        PREFETCH=pdl["USE_PDL"] and _bulk_aligned(w), **pdl,
     )
     return out
+
+
+def _bulk_aligned(w: torch.Tensor) -> bool:
+    """Whether every weight row's K runs start and end 16-byte aligned (bulk L2 prefetch):
+    the base, the row stride and the row length in whole 16 bytes (K blocks are >= 16
+    elements, so the runs' starts are then too)."""
+    size = w.element_size()
+    return w.data_ptr() % 16 == 0 and (w.stride(0) * size) % 16 == 0 and (w.shape[1] * size) % 16 == 0

@@ -9,6 +9,8 @@ compilation: nothing runs (the GPU tests are test_kernels_cuda.py).
 """
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import qpfast.kernels as K
@@ -181,6 +183,8 @@ def test_kernels_compile_for_sm90(variant):
         consts, options = dict(consts, USE_PDL=True), dict(launch_pdl=True)
     else:
         consts, options = (dict(consts, USE_PDL=False) if "USE_PDL" in fn.arg_names else consts), {}
+    if "PREFETCH" in fn.arg_names:                # the projections' weight prefetch comes with PDL
+        consts = dict(consts, PREFETCH=consts["USE_PDL"])
     signature = {**args, **{k: "constexpr" for k in consts}}
     assert sorted(signature) == sorted(fn.arg_names), "the test's argument list is out of date"
     signature = {n: signature[n] for n in fn.arg_names}
@@ -204,5 +208,9 @@ def test_kernels_compile_for_sm90(variant):
     if variant.endswith("_pdl"):                  # waits for the kernel ahead, then lets the next launch
         assert ptx.index("griddepcontrol.wait") < ptx.index("griddepcontrol.launch_dependents")
         assert kernel.metadata.launch_pdl
+        if "PREFETCH" in fn.arg_names:            # the weights (gate and up rows) asked for before the wait
+            prefetches = [m.start() for m in re.finditer(r"cp\.async\.bulk\.prefetch\.L2", ptx)]
+            assert len(prefetches) == (2 if consts["SWIGLU"] else 1)
+            assert max(prefetches) < ptx.index("griddepcontrol.wait")
     else:
         assert "griddepcontrol" not in ptx
