@@ -315,12 +315,14 @@ def bench_decode(quick: bool) -> list[dict]:
                 return call
             return lambda: D.decode_attention(qi, ki, vi, seq_lens, num_splits=ns)
         cold = bench_graph_cold(decode_call, nbytes)
+        with K.programmatic_launch(True):     # each call's programs wait resident for the one before
+            cold_pdl = bench_graph_cold(decode_call, nbytes)
         cold_sdpa = bench_graph_cold(lambda i: decode_call(i, flash=True), nbytes) if sdpa is not None else None
         cold_copy = bench_graph_cold(lambda i: copy_call(nbytes), nbytes)
         cold_sweep = ({ns: bench_graph_cold(lambda i, ns=ns: decode_call(i, ns), nbytes) for ns in (1, 2, 4, 8)}
                       if bsz * hkv < num_sms(q.device) else {})
         rows.append(dict(heads=f"{hq}:{hkv}", batch=bsz, seq_len=seq, splits=splits, ms=ms, ms_repeat=ms2,
-                         cold_ms=cold, cold_sdpa_ms=cold_sdpa, cold_copy_ms=cold_copy,
+                         cold_ms=cold, cold_pdl_ms=cold_pdl, cold_sdpa_ms=cold_sdpa, cold_copy_ms=cold_copy,
                          cold_ms_by_splits=cold_sweep,
                          cold_vs_copy=cold_copy / cold if (cold and cold_copy) else None,
                          sdpa_ms=sdpa_ms, sdpa=how, speedup_vs_sdpa=(sdpa_ms / ms) if sdpa_ms else None,
@@ -928,7 +930,7 @@ def main(argv=None) -> int:
             r["copy_fraction"] = r["bytes_per_s"] / ceil["copy_bytes_per_s"]
             if r.get("graph_bytes_per_s") and hbm:
                 r["graph_hbm_fraction"] = r["graph_bytes_per_s"] / hbm
-            for key in ("cold_ms", "cold_copy_ms"):          # decode: from HBM, see bench_graph_cold
+            for key in ("cold_ms", "cold_pdl_ms", "cold_copy_ms"):   # decode: from HBM, see bench_graph_cold
                 if key in r:
                     t = r[key]
                     r[key.replace("_ms", "_hbm_fraction")] = r["bytes"] / (t * 1e-3) / hbm if (t and hbm) else None
@@ -972,7 +974,8 @@ def main(argv=None) -> int:
                 ("g_HBM", "graph_hbm_fraction", ".2f"), ("cold_ms", "cold_ms", ".4f"),
                 ("cold_sdpa", "cold_sdpa_ms", ".4f"), ("cold_copy", "cold_copy_ms", ".4f"),
                 ("cold_HBM", "cold_hbm_fraction", ".2f"), ("copy_HBM", "cold_copy_hbm_fraction", ".2f"),
-                ("cold_ceil", "cold_ceiling_fraction", ".2f"),
+                ("cold_ceil", "cold_ceiling_fraction", ".2f"), ("cold_pdl", "cold_pdl_ms", ".4f"),
+                ("pdl_ceil", "cold_pdl_ceiling_fraction", ".2f"),
                 ("vs_copy", "cold_vs_copy", ".2f"), ("rel_err", "rel_err", ".1e")])
             for r in results["decode"]:
                 print(f"  {r['heads']} b={r['batch']} len={r['seq_len']}: cold ms by splits "

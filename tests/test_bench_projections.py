@@ -27,8 +27,8 @@ m.print_projections([row])
 assert row["rel_err"] < 2e-3 and row["torch_rel_err"] < 2e-3, row
 assert row["plan"] == "16x64x128/s8/st4/w4", row["plan"]
 assert all(isinstance(v, float) for v in row["ms_by_variant"].values()), row["ms_by_variant"]
-assert len(sizes) == 2 + len(row["ms_by_variant"]) and set(sizes) == {row["bytes"]}
-assert row["bytes"] == 2 * (1024 * 2048 + 2048 + 1024) and row["x_torch"] == 0.5
+assert len(sizes) == 3 + len(row["ms_by_variant"]) and set(sizes) == {row["bytes"]}
+assert row["bytes"] == 2 * (1024 * 2048 + 2048 + 1024) and row["x_torch"] == 0.5 and row["pdl_ms"] == 0.003
 print("ok")
 """
 
