@@ -24,15 +24,14 @@ fitted to).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_kernels import HEAD_DIM, _decode_bytes, add_shape_row, bench_graph_cold, print_table, rel_err  # noqa: E402
+from bench_kernels import (HEAD_DIM, _decode_bytes, add_shape_row, bench_graph_cold, print_table,  # noqa: E402
+                           rel_err, section_main)
 
 OWN = 100
 
@@ -149,19 +148,7 @@ def print_cascade(rows: list[dict]) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", help="write the rows as JSON here")
-    ap.add_argument("--quick", action="store_true", help="fewer shapes")
-    args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("bench_cascade: CUDA is not available; skipped.")
-        return 0
-    rows = bench_cascade(args.quick)
-    print_cascade(rows)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=2)
-    return 0
+    return section_main(argv, "bench_cascade", __doc__.split("\n\n")[0], bench_cascade, print_cascade, "fewer shapes")
 
 
 if __name__ == "__main__":

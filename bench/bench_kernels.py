@@ -802,12 +802,7 @@ def _step_times(eng, batches=(1, 16, 64, 128)) -> list[dict]:
         g.set_pieces([0, len(r.layers)])
         try:
             for row in rows:
-                b = row["batch"]
-                toks, starts = [100] * b, [40] * b
-                mask = torch.full((b, -(-r.vocab_size // 32)), -1, dtype=torch.int32,
-                                  pin_memory=r.device.type == "cuda")
-                row["one_graph_pick_ms"] = triton.testing.do_bench(
-                    lambda: r.decode_step(toks, starts, mask=mask)[1].cpu(), return_mode="median")
+                row["one_graph_pick_ms"] = _step_ms(r, row["batch"], pick=True)
                 row["pieces"] = len(pieces) - 1
         finally:
             g.set_pieces(pieces)
@@ -822,18 +817,40 @@ def _step_times(eng, batches=(1, 16, 64, 128)) -> list[dict]:
         g.set_pdl(pdl)
         try:
             for row in rows:
-                b = row["batch"]
-                toks, starts = [100] * b, [40] * b
-                mask = torch.full((b, -(-r.vocab_size // 32)), -1, dtype=torch.int32,
-                                  pin_memory=r.device.type == "cuda")
-                row[f"{name}_ms"] = triton.testing.do_bench(lambda: r.decode_step(toks, starts),
-                                                            return_mode="median")
-                row[f"{name}_pick_ms"] = triton.testing.do_bench(
-                    lambda: r.decode_step(toks, starts, mask=mask)[1].cpu(), return_mode="median")
+                row[f"{name}_ms"] = _step_ms(r, row["batch"], pick=False)
+                row[f"{name}_pick_ms"] = _step_ms(r, row["batch"], pick=True)
         finally:
             r.set_projection_rows(0)
             g.set_pdl(False)
     return rows
+
+
+def _step_ms(r, b: int, pick: bool) -> float:
+    """Median milliseconds of one replayed one-token decode step of ``b`` rows, with the
+    graph's masked pick (an all-allowed mask copied in, the picks copied back) or without."""
+    toks, starts = [100] * b, [40] * b
+    if not pick:
+        return triton.testing.do_bench(lambda: r.decode_step(toks, starts), return_mode="median")
+    mask = torch.full((b, -(-r.vocab_size // 32)), -1, dtype=torch.int32, pin_memory=r.device.type == "cuda")
+    return triton.testing.do_bench(lambda: r.decode_step(toks, starts, mask=mask)[1].cpu(), return_mode="median")
+
+
+def section_main(argv, name: str, description: str, run, show, quick_help: str) -> int:
+    """``main`` of a script that runs one of this benchmark's sections on its own
+    (bench_cascade.py, bench_projections.py): ``--out`` JSON, ``--quick``; skipped without CUDA."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--out", help="write the rows as JSON here")
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print(f"{name}: CUDA is not available; skipped.")
+        return 0
+    rows = run(args.quick)
+    show(rows)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=2, default=str)
+    return 0
 
 
 def _xgrammar_baseline(eng, queries: list[str]) -> dict:

@@ -20,8 +20,6 @@ step's 112 of them were ~0.6 of its 1.88 ms.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 
@@ -29,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_kernels import add_shape_row, bench_graph_cold, print_table, rel_err  # noqa: E402
+from bench_kernels import add_shape_row, bench_graph_cold, print_table, rel_err, section_main  # noqa: E402
 
 # Qwen3-0.6B: name -> (weight rows, reduction length, SwiGLU fused)
 PROJECTIONS = {"qkv": (4096, 1024, False), "o": (1024, 2048, False), "gate_up": (6144, 1024, True),
@@ -128,19 +126,8 @@ def print_projections(rows: list[dict]) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", help="write the rows as JSON here")
-    ap.add_argument("--quick", action="store_true", help="batches 16 and 64 only")
-    args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("bench_projections: CUDA is not available; skipped.")
-        return 0
-    rows = bench_projections(args.quick)
-    print_projections(rows)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=2, default=str)
-    return 0
+    return section_main(argv, "bench_projections", __doc__.split("\n\n")[0], bench_projections, print_projections,
+                        "batches 16 and 64 only")
 
 
 if __name__ == "__main__":
