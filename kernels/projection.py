@@ -133,19 +133,20 @@ def _linear_epilogue(acc, acc_u, BIAS, OUT, out_ptrs, rn, n_ok, ok,
         tl.store(out_ptrs, acc.to(dt), mask=ok)
 
 
-def linear_launch(m: int, n: int, k: int, sms: int, swiglu: bool = False) -> dict:
+def linear_launch(m: int, n: int, k: int, sms: int, swiglu: bool = False, elem_bytes: int = 2) -> dict:
     """The launch plan of :func:`linear` for ``m`` rows, ``n`` output columns and reduction
-    length ``k`` on ``sms`` multiprocessors: tile sizes, the number of K runs, pipeline
-    stages and warps.
+    length ``k`` on ``sms`` multiprocessors (inputs of ``elem_bytes`` bytes): tile sizes, the
+    number of K runs, pipeline stages and warps.
 
     Tiles of up to ``MAX_BLOCK_M`` rows (at least 16: the tensor cores' smallest) by 64
-    columns and 128-long K blocks; when the tiles number fewer than the multiprocessors,
+    columns and 128-long K blocks (64 for 4-byte inputs: a 128-row SwiGLU tile's three
+    stages would not fit a block's shared memory); when the tiles number fewer than the multiprocessors,
     K is cut into runs of whole blocks until about one program per SM (each reads its own
     part of the weights once). Not yet fitted on a GPU (bench_kernels' ``linear`` section
     sweeps the alternatives).
     """
     block_m = min(MAX_BLOCK_M, max(16, pow2(m)))
-    block_n, block_k = 64, 128
+    block_n, block_k = 64, (128 if elem_bytes <= 2 else 64)
     tiles = cdiv(max(1, m), block_m) * cdiv(n, block_n)
     k_blocks = cdiv(k, block_k)
     split = max(1, min(k_blocks, sms // max(1, tiles)))
@@ -181,7 +182,7 @@ def linear(x, w, bias=None, *, swiglu=False, out=None, block_m=None, block_n=Non
         x = x.contiguous()
     if w.stride(1) != 1:
         w = w.contiguous()
-    plan = linear_launch(m, n, k, num_sms(x.device), swiglu)
+    plan = linear_launch(m, n, k, num_sms(x.device), swiglu, x.element_size())
     bm = block_m or plan["block_m"]
     bn = block_n or plan["block_n"]
     bk = block_k or plan["block_k"]

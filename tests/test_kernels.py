@@ -1368,7 +1368,8 @@ def test_reference_linear_is_f_linear_and_swiglu():
     assert torch.equal(R.linear(x, w, b), torch.nn.functional.linear(x, w, b))
     assert torch.equal(R.linear(x, w, swiglu=True), R.silu_mul(x @ w.T))
     assert R.linear(x, w, swiglu=True).shape == (5, 4)
-    assert torch.equal(K.linear(x, w, b), R.linear(x, w, b))        # CPU tensors: the reference
+    if K.backend(x) == "reference":
+        assert torch.equal(K.linear(x, w, b), R.linear(x, w, b))    # CPU tensors: the reference
 
 
 @pytest.mark.parametrize("args, kwargs, match", [
@@ -1404,6 +1405,10 @@ def test_linear_launch_plan(rows):
         if tiles * 2 <= 132:
             assert split > 1                                   # few tiles: K is cut to fill the SMs
         assert linear_launch(rows, n, k, 1, swiglu)["split_k"] == 1   # nothing to fill (interpreter)
+        for size in (2, 4):             # the pipeline's buffers fit an H100/H200 block (227 KiB)
+            p = linear_launch(rows, n, k, 132, swiglu, size)
+            per_stage = (p["block_m"] + p["block_n"] * (2 if swiglu else 1)) * p["block_k"] * size
+            assert p["num_stages"] * per_stage <= 227 * 1024, (size, p)
 
 
 # (rows, outputs, reduction length, K runs, SwiGLU, bias, K block)

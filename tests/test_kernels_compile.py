@@ -135,8 +135,9 @@ LINEAR_ARGS = dict(X=P, W=P, BIAS=P, OUT=P, PART="*fp32", COUNTERS="*i32", M=I, 
                    stride_wn=I, stride_om=I, split_len=I)
 
 
-def _linear(num_warps: int, **constexprs):
-    return ("projection", "_linear_kernel", LINEAR_ARGS,
+def _linear(num_warps: int, ptr: str = P, **constexprs):
+    args = {k: (ptr if k in ("X", "W", "BIAS", "OUT") else v) for k, v in LINEAR_ARGS.items()}
+    return ("projection", "_linear_kernel", args,
             dict(dict(BLOCK_N=64, BLOCK_K=128, EVEN_K=True, HAS_BIAS=False, SWIGLU=False, DOT_PRECISION="tf32"),
                  **constexprs), num_warps)
 
@@ -151,6 +152,9 @@ VARIANTS.update({
     "linear_swiglu_split": _linear(4, BLOCK_M=64, SPLIT_K=2, SWIGLU=True),
     "linear_bias_rows128": _linear(8, BLOCK_M=128, SPLIT_K=1, HAS_BIAS=True),
     "linear_one_row_ragged_k": _linear(4, BLOCK_M=16, SPLIT_K=3, EVEN_K=False),
+    # fp32 (the engine's fp32 tests on CUDA): the largest tile, SwiGLU, 64-long K blocks
+    "linear_fp32_swiglu_rows128": _linear(8, "*fp32", BLOCK_M=128, BLOCK_K=64, SPLIT_K=1, SWIGLU=True,
+                                          DOT_PRECISION="ieee"),
 })
 
 
