@@ -105,6 +105,37 @@ def grid_dependency(USE_PDL: tl.constexpr):
         gdc_launch_dependents()
 
 
+#: Pieces :func:`prefetch_l2` cuts a range into (at least one a thread of 8 warps).
+PREFETCH_PIECES = 256
+
+
+@triton.jit
+def prefetch_l2(BASE, nbytes):
+    """Hopper's bulk prefetch of ``nbytes`` bytes (a multiple of 16; none if <= 0) from
+    ``BASE`` (16-byte aligned) into the L2, cut into ``PREFETCH_PIECES`` pieces issued by
+    different threads of the program. A hint: it never changes a result, so a kernel may
+    issue it before ``griddepcontrol.wait``, with sizes from loads the kernel ahead may
+    still change. sm_90+ only (PTX ``cp.async.bulk.prefetch.L2``)."""
+    i = tl.arange(0, 256)
+    chunk = (tl.maximum(nbytes, 0) + 256 * 16 - 1) // (256 * 16) * 16
+    lo = i * chunk
+    size = tl.maximum(tl.minimum(chunk, nbytes - lo), 0)
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.ne.s32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
+        "=r,l,r", [BASE.to(tl.pointer_type(tl.int8)) + lo.to(tl.int64), size], dtype=tl.int32, is_pure=False,
+        pack=1)
+
+
+def bulk_aligned(*tensors) -> bool:
+    """Whether :func:`prefetch_l2` may take ranges of whole rows of these tensors: each
+    16-byte aligned, with 16-byte multiples for every stride but the last (unit) one."""
+    for t in tensors:
+        size = t.element_size()
+        if t.data_ptr() % 16 or any((s * size) % 16 for s in t.stride()[:-1]):
+            return False
+    return True
+
+
 @functools.lru_cache(maxsize=None)
 def _cuda_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count

@@ -39,7 +39,8 @@ import triton
 import triton.language as tl
 
 from .cascade import shared_prefix, split_scratch
-from .common import attend_key_range, cdiv, cut, grid_dependency, merge_partials, pdl_launch, zeroed_counters
+from .common import (attend_key_range, bulk_aligned, cdiv, cut, grid_dependency, merge_partials, pdl_launch,
+                     prefetch_l2, zeroed_counters)
 from .common import num_sms as _num_sms
 from .common import pow2 as _pow2
 from .reference import check_decode_args, check_prefix_args, check_row0_prefix
@@ -72,11 +73,16 @@ def _decode_kernel(
     PREFIX_MODE: tl.constexpr,                  # keys < PLEN[0] from PK/PV: 1 = row 0 of the caches, 2 =
                                                 # a shared prefix (the rows' own keys after it)
     USE_PDL: tl.constexpr,                      # programmatic dependent launch (common.grid_dependency)
+    PREFETCH: tl.constexpr,                     # with USE_PDL: ask the L2 for the keys before the wait
 ):
-    grid_dependency(USE_PDL)
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
+    if PREFETCH:
+        _prefetch_split(K, V, SEQ_LENS, PLEN, PK, PV, b, kv_head, split, split_len, stride_kb, stride_kh,
+                        stride_kt, stride_vb, stride_vh, stride_vt, stride_pkh, stride_pkt, stride_pvh,
+                        stride_pvt, PREFIX_MODE)
+    grid_dependency(USE_PDL)
     offs_h = tl.arange(0, BLOCK_H)              # tile row: new token offs_h // GROUP, head offs_h % GROUP
     if QPS == 1:
         q_row = b.to(tl.int64)                  # q / out / scratch row of each tile row
@@ -174,6 +180,41 @@ def _decode_kernel(
                                                                0, PART_BASE, offs_d, h_ok, d_ok, BLOCK_D)
                     tl.store(o_ptrs, (merged / w_sum[:, None]).to(OUT.dtype.element_ty),
                              mask=h_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _prefetch_split(K, V, SEQ_LENS, PLEN, PK, PV, b, kv_head, split, split_len, stride_kb, stride_kh, stride_kt,
+                    stride_vb, stride_vh, stride_vt, stride_pkh, stride_pkt, stride_pvh, stride_pvt,
+                    PREFIX_MODE: tl.constexpr):
+    """Before the wait of a programmatic dependent launch: the keys and values program
+    (b, kv_head, split) will read, into the L2, while the kernel ahead still runs (the new
+    token's K/V it may be writing are coherent there). The lengths come from loads that
+    kernel may still change: hints, like the prefetch itself. The shared or row-0 prefix,
+    read by every row, is asked for by row 0's programs only."""
+    esize = K.dtype.element_ty.primitive_bitwidth // 8
+    seq_len = tl.load(SEQ_LENS + b)
+    plen = 0
+    if PREFIX_MODE > 0:
+        plen = tl.load(PLEN)
+    if PREFIX_MODE == 2:
+        seq_len += plen
+    start = split * split_len
+    end = tl.minimum(seq_len, start + split_len)
+    own = start
+    if PREFIX_MODE > 0:
+        own = tl.maximum(start, tl.minimum(end, plen))
+        if b == 0:
+            prefetch_l2(PK + kv_head.to(tl.int64) * stride_pkh + start.to(tl.int64) * stride_pkt,
+                        (own - start) * stride_pkt * esize)
+            prefetch_l2(PV + kv_head.to(tl.int64) * stride_pvh + start.to(tl.int64) * stride_pvt,
+                        (own - start) * stride_pvt * esize)
+    first = own
+    if PREFIX_MODE == 2:                        # own key j at cache position j (key position plen + j)
+        first = own - plen
+    prefetch_l2(K + b.to(tl.int64) * stride_kb + kv_head.to(tl.int64) * stride_kh + first.to(tl.int64) * stride_kt,
+                (end - own) * stride_kt * esize)
+    prefetch_l2(V + b.to(tl.int64) * stride_vb + kv_head.to(tl.int64) * stride_vh + first.to(tl.int64) * stride_vt,
+                (end - own) * stride_vt * esize)
 
 
 @triton.jit
@@ -373,6 +414,8 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=N
     if part_o is None:
         part_o = part_lse = dst                  # unused
     dot_precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    pdl = pdl_launch(q.device)
+    prefetch = pdl["USE_PDL"] and bulk_aligned(k_cache, v_cache, *(extra[1:] if mode == 2 else ()))
     _decode_kernel[(b, hkv, splits)](
         q, k_cache, v_cache, dst, part_o, part_lse, seq_lens, counters if counters is not None else seq_lens,
         *extra, scale * LOG2E,
@@ -382,7 +425,7 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=N
         GROUP=group, BLOCK_H=block_h, HEAD_DIM=d, BLOCK_D=block_d,
         BLOCK_N=block_n or auto[0], NUM_SPLITS=splits, DOT_PRECISION=dot_precision,
         FUSED_MERGE=counters is not None, PART_BASE=base, QPS=qps, PREFIX_MODE=mode,
-        num_warps=num_warps or auto[2], num_stages=num_stages or auto[1], **pdl_launch(q.device),
+        num_warps=num_warps or auto[2], num_stages=num_stages or auto[1], PREFETCH=prefetch, **pdl,
     )
     if splits > 1 and counters is None:
         merge_splits(dst, part_o, part_lse, seq_lens, split_len, base, qps)

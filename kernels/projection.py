@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import cdiv, grid_dependency, num_sms, pdl_launch, pow2, zeroed_counters
+from .common import bulk_aligned, cdiv, grid_dependency, num_sms, pdl_launch, pow2, zeroed_counters
 from .reference import check_linear_args
 
 #: Most rows :func:`linear_launch` plans for in one tile (larger inputs take more tiles).
@@ -203,14 +203,6 @@ def linear(x, w, bias=None, *, swiglu=False, out=None, block_m=None, block_n=Non
         HAS_BIAS=bias is not None, SWIGLU=bool(swiglu),
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         num_stages=num_stages or plan["num_stages"], num_warps=num_warps or plan["num_warps"],
-        PREFETCH=pdl["USE_PDL"] and _bulk_aligned(w), **pdl,
+        PREFETCH=pdl["USE_PDL"] and bulk_aligned(w), **pdl,
     )
     return out
-
-
-def _bulk_aligned(w: torch.Tensor) -> bool:
-    """Whether every weight row's K runs start and end 16-byte aligned (bulk L2 prefetch):
-    the base, the row stride and the row length in whole 16 bytes (K blocks are >= 16
-    elements, so the runs' starts are then too)."""
-    size = w.element_size()
-    return w.data_ptr() % 16 == 0 and (w.stride(0) * size) % 16 == 0 and (w.shape[1] * size) % 16 == 0

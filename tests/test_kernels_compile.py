@@ -162,7 +162,8 @@ VARIANTS.update({
 # (DecodeGraphs.pdl): every kernel the step launches, at one of its variants
 VARIANTS.update({f"{name}_pdl": VARIANTS[name] for name in (
     "add_rms_norm", "qk_norm_rope_store", "silu_mul", "linear_split", "linear_swiglu_split", "decode_row0",
-    "decode_fused", "merge_multi", "prefix_device_len", "masked_argmax", "masked_sample_chunks", "reduce_picks")})
+    "decode_fused", "decode_inline_prefix_multi", "merge_multi", "prefix_device_len", "masked_argmax",
+    "masked_sample_chunks", "reduce_picks")})
 STAGES.update({f"{name}_pdl": STAGES[name] for name in list(STAGES)})
 
 
@@ -212,9 +213,13 @@ def test_kernels_compile_for_sm90(variant):
     if variant.endswith("_pdl"):                  # waits for the kernel ahead, then lets the next launch
         assert ptx.index("griddepcontrol.wait") < ptx.index("griddepcontrol.launch_dependents")
         assert kernel.metadata.launch_pdl
-        if "PREFETCH" in fn.arg_names:            # the weights (gate and up rows) asked for before the wait
+        if "PREFETCH" in fn.arg_names:            # what the kernel reads, asked of the L2 before the wait
             prefetches = [m.start() for m in re.finditer(r"cp\.async\.bulk\.prefetch\.L2", ptx)]
-            assert len(prefetches) == (2 if consts["SWIGLU"] else 1)
+            if name == "_linear_kernel":          # the weight rows (gate and up)
+                calls = 2 if consts["SWIGLU"] else 1
+            else:                                 # the own keys and values (and the prefix's)
+                calls = 4 if consts["PREFIX_MODE"] else 2
+            assert prefetches and len(prefetches) % calls == 0    # (a thread may issue several pieces)
             assert max(prefetches) < ptx.index("griddepcontrol.wait")
     else:
         assert "griddepcontrol" not in ptx
