@@ -45,17 +45,18 @@ def _cuda(*ts):
     return tuple(t.cuda() for t in ts)
 
 
-def _decode_graph_replays(q, kc, vc, lens, args: dict, launch: dict = None, before=(None,) * 3):
+def _decode_graph_replays(q, kc, vc, lens, args: dict, launch: dict = None, before=(None,) * 3, pdl=False):
     """``decode_attention(q, kc, vc, lens, **args, **launch)`` captured once in a CUDA graph
-    (after a warm-up call that compiles and makes the merge counters) and replayed once per
-    entry of ``before`` (called first with new queries in place), each output against the
-    reference with ``args``."""
+    (after a warm-up call that compiles and makes the merge counters; with programmatic
+    dependent launch if ``pdl``) and replayed once per entry of ``before`` (called first with
+    new queries in place), each output against the reference with ``args``."""
     from qpfast.kernels import decode
     out = torch.full_like(q, float("nan"))
     kw = dict(args, out=out, **(launch or {}))
-    decode.decode_attention(q, kc, vc, lens, **kw)
+    with K.programmatic_launch(pdl):
+        decode.decode_attention(q, kc, vc, lens, **kw)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph), K.programmatic_launch(pdl):
         decode.decode_attention(q, kc, vc, lens, **kw)
     for change in before:
         q.normal_()
@@ -442,3 +443,33 @@ def test_cuda_programmatic_launch_chain_in_graph():
         torch.cuda.synchronize()
         assert torch.equal(out, chain())
     assert out.shape == want.shape == (b, 3072)
+
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
+                    reason="programmatic dependent launch needs compute capability 9.0+")
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("mode", ["own", "row0", "inline"])
+def test_cuda_decode_programmatic_launch_prefetch_in_graph(mode, splits):
+    """The decode kernel launched with programmatic dependent launch, which first asks the L2
+    for its split's keys (and, in row 0's programs, the prefix's): captured and replayed
+    with new queries and lengths, it gives the reference's attention (bf16, Qwen3-0.6B's
+    16:8 heads, batch 64, a 389-key prefix)."""
+    g = torch.Generator().manual_seed(len(mode) * 10 + splits)
+    dt, b, hq, hkv, cap = torch.bfloat16, 64, 16, 8, 560
+    q = torch.randn(b, hq, 128, generator=g).to(dt).cuda()
+    kc = torch.randn(b, hkv, cap, 128, generator=g).to(dt).cuda()
+    vc = torch.randn(b, hkv, cap, 128, generator=g).to(dt).cuda()
+    plen = torch.tensor([389], dtype=torch.int32).cuda()
+    if mode == "inline":
+        lens = torch.randint(1, cap - 389, (b,), generator=g, dtype=torch.int32).cuda()
+        pk = torch.randn(hkv, 389, 128, generator=g).to(dt).cuda()
+        pv = torch.randn(hkv, 389, 128, generator=g).to(dt).cuda()
+        args = dict(prefix_k=pk, prefix_v=pv, prefix_len=plen)
+    else:
+        lens = torch.randint(390, cap + 1, (b,), generator=g, dtype=torch.int32).cuda()
+        args = dict(row0_prefix_len=plen) if mode == "row0" else {}
+    new_lens = lambda: lens.copy_(torch.randint(int(lens.min()), int(lens.max()) + 1, (b,),  # noqa: E731
+                                                generator=g, dtype=torch.int32))
+    launch = dict(num_splits=splits, **(dict(prefix_inline=True) if mode == "inline" else {}))
+    _decode_graph_replays(q, kc, vc, lens, args, launch, before=(None, new_lens), pdl=True)
