@@ -183,11 +183,15 @@ def silu_mul(gate_up):
     return impl(gate_up)
 
 
-def linear(x, w, bias=None, swiglu=False):
+def linear(x, w, bias=None, swiglu=False, *, residual=None, norm_weight=None, eps=1e-6, row_sumsq=None,
+           sumsq_out=False):
     """``x [M, K] @ w [N, K].T + bias`` in float32, rounded to x's dtype; ``swiglu=True``
-    gives ``silu(gate) * up`` of a fused ``[2I, K]`` gate/up weight instead; see
-    :func:`qpfast.kernels.reference.linear`. On CUDA a kernel made for decode steps (few
-    rows: the reduction is split across multiprocessors, :mod:`.projection`)."""
+    gives ``silu(gate) * up`` of a fused ``[2I, K]`` gate/up weight instead; ``norm_weight``
+    RMS-normalizes x's rows first and ``residual`` adds the product to it (a decoder
+    layer's norms and residual adds, fused); see :func:`qpfast.kernels.reference.linear`.
+    On CUDA a kernel made for decode steps (few rows: the reduction is split across
+    multiprocessors, :mod:`.projection`)."""
     mod = _kernel_module("projection", x)
     impl = mod.linear if mod is not None else reference.linear
-    return impl(x, w, bias, swiglu=swiglu)
+    return impl(x, w, bias, swiglu=swiglu, residual=residual, norm_weight=norm_weight, eps=eps,
+                row_sumsq=row_sumsq, sumsq_out=sumsq_out)

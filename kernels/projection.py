@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from .common import bulk_aligned, cdiv, grid_dependency, num_sms, pdl_launch, pow2, zeroed_counters
+from . import reference
 from .reference import check_linear_args
 
 #: Most rows :func:`linear_launch` plans for in one tile (larger inputs take more tiles).
@@ -32,8 +33,8 @@ MAX_BLOCK_M = 128
 
 @triton.jit
 def _linear_kernel(
-    X, W, BIAS, OUT, PART, COUNTERS,
-    M, N, K, stride_xm, stride_wn, stride_om, split_len,
+    X, W, BIAS, OUT, PART, COUNTERS, RES, NORM_W, ROW_SS, SS_OUT,
+    M, N, K, stride_xm, stride_wn, stride_om, stride_rm, split_len, n_parts, eps,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr,                      # runs of K, summed by each tile's last program
     EVEN_K: tl.constexpr,                       # K % BLOCK_K == 0: no mask along K
@@ -42,6 +43,11 @@ def _linear_kernel(
     DOT_PRECISION: tl.constexpr,
     USE_PDL: tl.constexpr,                      # programmatic dependent launch (common.grid_dependency)
     PREFETCH: tl.constexpr,                     # with USE_PDL: pull the weights into L2 before the wait
+    NORM_MODE: tl.constexpr,                    # x's rows RMS-normalized (weight NORM_W) first: 0 no, 1 their
+                                                # sums of squares computed here, 2 summed from ROW_SS [n_parts, M]
+    HAS_RES: tl.constexpr,                      # OUT = RES + the product (the residual stream)
+    WRITE_SS: tl.constexpr,                     # with HAS_RES: SS_OUT [N tiles, M] = each tile's sums of
+                                                # squares of OUT's rows (a NORM_MODE 2 call's ROW_SS)
 ):
     tile = tl.program_id(0)
     split = tl.program_id(1)
@@ -67,6 +73,17 @@ def _linear_kernel(
         if SWIGLU:
             _prefetch_rows(W + k_lo, rows + N, stride_wn, nbytes)
     grid_dependency(USE_PDL)
+    # the RMSNorm of x's rows (add_rms_norm's arithmetic): 1 / sqrt(mean of squares + eps)
+    ss = tl.zeros([BLOCK_M], tl.float32)
+    if NORM_MODE == 1:                          # the whole rows, read here (from the L2)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + rk
+            xf = tl.load(x_rows + kk[None, :], mask=m_ok[:, None] & (kk < K)[None, :], other=0.0).to(tl.float32)
+            ss += tl.sum(xf * xf, axis=1)
+    if NORM_MODE == 2:                          # the partial sums the call that wrote x left
+        for t in range(n_parts):
+            ss += tl.load(ROW_SS + t * M + rm, mask=m_ok, other=0.0)
+    rstd = tl.rsqrt(ss / K + eps)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         kk = k0 + rk
         if EVEN_K:
@@ -76,6 +93,9 @@ def _linear_kernel(
             k_ok = kk < K
             x = tl.load(x_rows + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             w = tl.load(w_rows + kk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        if NORM_MODE > 0:                       # rounded to the dtype, then the weight (as HF's)
+            nw = tl.load(NORM_W + kk, mask=kk < K, other=0.0).to(x.dtype)
+            x = (x.to(tl.float32) * rstd[:, None]).to(x.dtype) * nw[None, :]
         acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
         if SWIGLU:
             if EVEN_K:
@@ -87,7 +107,8 @@ def _linear_kernel(
     out_ptrs = OUT + rm.to(tl.int64)[:, None] * stride_om + rn[None, :]
     ok = m_ok[:, None] & n_ok[None, :]
     if SPLIT_K == 1:
-        _linear_epilogue(acc, acc_u, BIAS, OUT, out_ptrs, rn, n_ok, ok, HAS_BIAS, SWIGLU)
+        _linear_epilogue(acc, acc_u, BIAS, OUT, out_ptrs, RES, SS_OUT, rm, rn, m_ok, n_ok, ok, M, tile % tiles_n,
+                         stride_rm, HAS_BIAS, SWIGLU, HAS_RES, WRITE_SS)
     else:
         # partials: PART [SPLIT_K, M, N] (and the up half at [SPLIT_K, M, N .. 2N] for SwiGLU)
         cols = 2 * N if SWIGLU else N
@@ -107,7 +128,8 @@ def _linear_kernel(
                 acc += tl.load(part + s * plane, mask=ok, other=0.0)
                 if SWIGLU:
                     acc_u += tl.load(part + s * plane + N, mask=ok, other=0.0)
-            _linear_epilogue(acc, acc_u, BIAS, OUT, out_ptrs, rn, n_ok, ok, HAS_BIAS, SWIGLU)
+            _linear_epilogue(acc, acc_u, BIAS, OUT, out_ptrs, RES, SS_OUT, rm, rn, m_ok, n_ok, ok, M,
+                             tile % tiles_n, stride_rm, HAS_BIAS, SWIGLU, HAS_RES, WRITE_SS)
 
 
 @triton.jit
@@ -120,8 +142,8 @@ def _prefetch_rows(BASE, rows, stride, nbytes):
 
 
 @triton.jit
-def _linear_epilogue(acc, acc_u, BIAS, OUT, out_ptrs, rn, n_ok, ok,
-                     HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr):
+def _linear_epilogue(acc, acc_u, BIAS, OUT, out_ptrs, RES, SS_OUT, rm, rn, m_ok, n_ok, ok, M, tile_n, stride_rm,
+                     HAS_BIAS: tl.constexpr, SWIGLU: tl.constexpr, HAS_RES: tl.constexpr, WRITE_SS: tl.constexpr):
     dt = OUT.dtype.element_ty
     if HAS_BIAS:
         acc += tl.load(BIAS + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -129,6 +151,13 @@ def _linear_epilogue(acc, acc_u, BIAS, OUT, out_ptrs, rn, n_ok, ok,
         g = acc.to(dt).to(tl.float32)                       # the projection, rounded as torch's
         act = (g / (1.0 + tl.exp(-g))).to(dt)               # F.silu rounds to the dtype
         tl.store(out_ptrs, act * acc_u.to(dt), mask=ok)
+    elif HAS_RES:                                           # add_rms_norm's residual add
+        r = tl.load(RES + rm.to(tl.int64)[:, None] * stride_rm + rn[None, :], mask=ok, other=0.0)
+        h = (acc.to(dt).to(tl.float32) + r.to(tl.float32)).to(dt)
+        tl.store(out_ptrs, h, mask=ok)
+        if WRITE_SS:
+            hf = tl.where(ok, h.to(tl.float32), 0.0)
+            tl.store(SS_OUT + tile_n * M + rm, tl.sum(hf * hf, axis=1), mask=m_ok)
     else:
         tl.store(out_ptrs, acc.to(dt), mask=ok)
 
@@ -156,27 +185,30 @@ def linear_launch(m: int, n: int, k: int, sms: int, swiglu: bool = False, elem_b
                 num_stages=3 if swiglu or block_m > 64 else 4, num_warps=8 if block_m > 64 else 4)
 
 
-def linear(x, w, bias=None, *, swiglu=False, out=None, block_m=None, block_n=None, block_k=None,
-           split_k=None, num_stages=None, num_warps=None):
+def linear(x, w, bias=None, *, swiglu=False, residual=None, norm_weight=None, eps=1e-6, row_sumsq=None,
+           sumsq_out=False, out=None, block_m=None, block_n=None, block_k=None, split_k=None, num_stages=None,
+           num_warps=None):
     """Triton version of :func:`qpfast.kernels.reference.linear`.
 
+    ``row_sumsq`` (with ``norm_weight``): the partial sums of squares of x's rows that the
+    call writing x returned with ``sumsq_out=True`` (float32 ``[parts, M]``); the rows' norm
+    then reads them instead of the whole rows. ``sumsq_out=True`` (with ``residual``)
+    returns ``(out, row_sumsq)``, one partial sum per output tile of 64 columns.
     ``out`` (optional) receives the result; ``block_m``, ``block_n``, ``block_k``,
     ``split_k``, ``num_stages`` and ``num_warps`` override :func:`linear_launch` (tests,
     tuning). A split product needs the per-tile counters (:func:`qpfast.kernels.common.
     zeroed_counters`), made on the first use outside a CUDA-graph capture; without them it
     runs unsplit.
     """
-    m, k, n = check_linear_args(x, w, bias, swiglu)
+    m, k, n = check_linear_args(x, w, bias, swiglu, residual, norm_weight, row_sumsq, sumsq_out)
     if out is None:
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     elif out.shape != (m, n) or out.dtype != x.dtype or out.device != x.device or out.stride(1) != 1:
         raise ValueError(f"out must be a {x.dtype} tensor of shape {(m, n)} on {x.device} with unit column stride")
-    if m == 0 or n == 0:
-        return out
-    if k == 0:                                   # an empty sum: the bias (silu(0) * 0 = 0)
-        out.zero_()
-        if bias is not None:
-            out.add_(bias)
+    if m == 0 or n == 0 or k == 0:               # nothing to stream: torch's
+        out.copy_(reference.linear(x, w, bias, swiglu=swiglu, residual=residual, norm_weight=norm_weight, eps=eps))
+        if sumsq_out:
+            return out, out.float().square().sum(1)[None]
         return out
     if x.stride(1) != 1:
         x = x.contiguous()
@@ -195,14 +227,22 @@ def linear(x, w, bias=None, *, swiglu=False, out=None, block_m=None, block_n=Non
         split, split_len = 1, cdiv(k, bk) * bk
     part = (torch.empty((split, m, 2 * n if swiglu else n), dtype=torch.float32, device=x.device)
             if split > 1 else out)
+    ss_out = torch.empty((cdiv(n, bn), m), dtype=torch.float32, device=x.device) if sumsq_out else None
+    if residual is not None and residual.stride(1) != 1:
+        residual = residual.contiguous()
     pdl = pdl_launch(x.device)
     _linear_kernel[(tiles, split)](
         x, w, bias if bias is not None else w, out, part, counters if counters is not None else out,
-        m, n, k, x.stride(0), w.stride(0), out.stride(0), split_len,
+        residual if residual is not None else out, norm_weight if norm_weight is not None else w,
+        row_sumsq if row_sumsq is not None else part, ss_out if ss_out is not None else part,
+        m, n, k, x.stride(0), w.stride(0), out.stride(0), residual.stride(0) if residual is not None else 0,
+        split_len, row_sumsq.shape[0] if row_sumsq is not None else 0, float(eps),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, EVEN_K=k % bk == 0,
         HAS_BIAS=bias is not None, SWIGLU=bool(swiglu),
+        NORM_MODE=0 if norm_weight is None else (2 if row_sumsq is not None else 1),
+        HAS_RES=residual is not None, WRITE_SS=ss_out is not None,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         num_stages=num_stages or plan["num_stages"], num_warps=num_warps or plan["num_warps"],
         PREFETCH=pdl["USE_PDL"] and bulk_aligned(w), **pdl,
     )
-    return out
+    return (out, ss_out) if sumsq_out else out

@@ -256,7 +256,8 @@ def _prefix_keys(prefix_k, prefix_v, prefix_len, rows: int):
     return pk[None].expand(rows, -1, -1, -1), pv[None].expand(rows, -1, -1, -1), live
 
 
-def check_linear_args(x, w, bias, swiglu) -> tuple[int, int, int]:
+def check_linear_args(x, w, bias, swiglu, residual=None, norm_weight=None, row_sumsq=None,
+                      sumsq_out=False) -> tuple[int, int, int]:
     """Validates :func:`linear`'s arguments; returns ``(rows, reduction length, output
     columns)``."""
     if x.dim() != 2:
@@ -275,7 +276,25 @@ def check_linear_args(x, w, bias, swiglu) -> tuple[int, int, int]:
     if bias is not None and (bias.shape != (w.shape[0],) or bias.dtype != x.dtype or bias.device != x.device
                              or bias.stride(0) != 1):
         raise ValueError(f"bias must be a contiguous {x.dtype} tensor of shape ({w.shape[0]},) on {x.device}")
-    return x.shape[0], x.shape[1], n
+    m, k = x.shape
+    if residual is not None:
+        if swiglu:
+            raise ValueError("residual: swiglu=True takes none")
+        if residual.shape != (m, n) or residual.dtype != x.dtype or residual.device != x.device:
+            raise ValueError(f"residual must be a {x.dtype} tensor of shape {(m, n)} on {x.device}, "
+                             f"got {residual.dtype} {tuple(residual.shape)} on {residual.device}")
+    if sumsq_out and residual is None:
+        raise ValueError("sumsq_out=True needs a residual (the sums of squares are the residual stream's)")
+    if norm_weight is not None and (norm_weight.shape != (k,) or norm_weight.dtype != x.dtype
+                                    or norm_weight.device != x.device or norm_weight.stride(0) != 1):
+        raise ValueError(f"norm_weight must be a contiguous {x.dtype} tensor of shape ({k},) on {x.device}")
+    if row_sumsq is not None:
+        if norm_weight is None:
+            raise ValueError("row_sumsq: only with norm_weight")
+        if (row_sumsq.dim() != 2 or row_sumsq.shape[1] != m or row_sumsq.dtype != torch.float32
+                or row_sumsq.device != x.device or not row_sumsq.is_contiguous()):
+            raise ValueError(f"row_sumsq must be a contiguous float32 [parts, {m}] tensor on {x.device}")
+    return m, k, n
 
 
 def check_bitmask_args(logits, bitmask) -> None:
@@ -621,13 +640,26 @@ def silu_mul(gate_up):
     return F.silu(g) * u
 
 
-def linear(x, w, bias=None, *, swiglu=False):
+def linear(x, w, bias=None, *, swiglu=False, residual=None, norm_weight=None, eps=1e-6, row_sumsq=None,
+           sumsq_out=False):
     """A projection of the rows ``x [M, K]`` by ``w [N, K]`` (``F.linear``'s layout):
     ``x @ w.T + bias`` ``[M, N]``, accumulated in float32 and rounded to x's dtype.
 
     ``swiglu=True``: ``w`` is a fused gate/up weight ``[2I, K]`` (gate rows first) and the
     result is :func:`silu_mul` of the product, ``[M, I]``; no bias then.
+    ``norm_weight [K]``: x's rows are RMS-normalized first (``add_rms_norm(x, None,
+    norm_weight, eps)[0]``); ``row_sumsq`` may carry their sums of squares in parts from the
+    call that wrote x (the kernel reads them; here they are recomputed).
+    ``residual [M, N]``: returns ``residual + product`` rounded as :func:`add_rms_norm`'s
+    residual add (the decoder's residual stream); ``sumsq_out=True`` then returns
+    ``(out, row_sumsq)`` for the next call's norm (here None: recomputed there).
     """
-    check_linear_args(x, w, bias, swiglu)
+    check_linear_args(x, w, bias, swiglu, residual, norm_weight, row_sumsq, sumsq_out)
+    if norm_weight is not None:
+        x = _rms_rows(x, norm_weight, eps, x.dtype)
     y = F.linear(x, w, bias)
-    return silu_mul(y) if swiglu else y
+    if swiglu:
+        y = silu_mul(y)
+    if residual is not None:
+        y = (y + residual).to(x.dtype)
+    return (y, None) if sumsq_out else y

@@ -1370,6 +1370,13 @@ def test_reference_linear_is_f_linear_and_swiglu():
     assert R.linear(x, w, swiglu=True).shape == (5, 4)
     if K.backend(x) == "reference":
         assert torch.equal(K.linear(x, w, b), R.linear(x, w, b))    # CPU tensors: the reference
+    # a decoder layer's norm before and residual add after, fused
+    ln, res = 1 + 0.1 * torch.randn(12, generator=g), torch.randn(5, 8, generator=g)
+    normed = R.add_rms_norm(x, None, ln, 1e-5)[0]
+    assert torch.equal(R.linear(x, w, b, norm_weight=ln, eps=1e-5), torch.nn.functional.linear(normed, w, b))
+    assert torch.equal(R.linear(x, w, residual=res), R.add_rms_norm(x @ w.T, res, torch.ones(8), 1e-6)[1])
+    y, sumsq = R.linear(x, w, residual=res, sumsq_out=True)
+    assert sumsq is None and torch.equal(y, R.linear(x, w, residual=res))
 
 
 @pytest.mark.parametrize("args, kwargs, match", [
@@ -1379,6 +1386,13 @@ def test_reference_linear_is_f_linear_and_swiglu():
     ((torch.zeros(2, 3), torch.zeros(5, 3)), dict(swiglu=True), "even number of rows"),
     ((torch.zeros(2, 3), torch.zeros(4, 3), torch.zeros(4)), dict(swiglu=True), "takes no bias"),
     ((torch.zeros(2, 3), torch.zeros(4, 3), torch.zeros(3)), {}, "bias must be"),
+    ((torch.zeros(2, 3), torch.zeros(4, 3)), dict(residual=torch.zeros(2, 3)), "residual must be"),
+    ((torch.zeros(2, 3), torch.zeros(4, 3)), dict(residual=torch.zeros(2, 2), swiglu=True), "takes none"),
+    ((torch.zeros(2, 3), torch.zeros(4, 3)), dict(sumsq_out=True), "needs a residual"),
+    ((torch.zeros(2, 3), torch.zeros(4, 3)), dict(norm_weight=torch.zeros(4)), "norm_weight must be"),
+    ((torch.zeros(2, 3), torch.zeros(4, 3)), dict(row_sumsq=torch.zeros(1, 2)), "only with norm_weight"),
+    ((torch.zeros(2, 3), torch.zeros(4, 3)), dict(norm_weight=torch.zeros(3), row_sumsq=torch.zeros(1, 3)),
+     "row_sumsq must be"),
 ])
 def test_linear_rejects_bad_arguments(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -1524,3 +1538,43 @@ def test_programmatic_launch_setting():
         with K.programmatic_launch(True):
             raise RuntimeError("boom")
     assert not programmatic_launch_on()                         # restored on the way out
+
+
+
+# a decoder layer's MLP half through the fused projections: (rows, hidden, intermediate, K runs,
+# row tile); the residual stream h0 -> o_proj + residual -> gate/up on its norm -> down + residual
+FUSED_LAYER_CASES = {"rows5_split3": (5, 96, 40, 3, 64), "rows40_tile16_unsplit": (40, 64, 24, 1, 16)}
+
+
+@interp_only
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("case", list(FUSED_LAYER_CASES))
+def test_interp_linear_fused_norm_and_residual(case, dtype):
+    """`linear(residual=, sumsq_out=True)` writes the residual stream and its rows' sums of
+    squares in parts (one per output tile); `linear(norm_weight=, row_sumsq=)` normalizes its
+    input rows from them, `norm_weight=` alone from the rows themselves: both as the
+    reference (add_rms_norm's arithmetic), and as the unfused kernels up to the order of the
+    squares' sum."""
+    from qpfast.kernels import layers, projection
+    m, hid, inter, split, bm = FUSED_LAYER_CASES[case]
+    g = torch.Generator().manual_seed(seed_of("fused", case))
+    h0, o = torch.randn(m, hid, generator=g).to(dtype), torch.randn(m, 80, generator=g).to(dtype)
+    wo = (torch.randn(hid, 80, generator=g) / 9).to(dtype)
+    wgu = (torch.randn(2 * inter, hid, generator=g) / 10).to(dtype)
+    wd = (torch.randn(hid, inter, generator=g) / 6).to(dtype)
+    ln = (1 + 0.1 * torch.randn(hid, generator=g)).to(dtype)
+    cfg = dict(split_k=split, block_k=32, block_n=16, block_m=bm)
+    tol = TOL[dtype] * 4
+    h1 = torch.full((m, hid), float("nan"), dtype=dtype)
+    got, sumsq = projection.linear(o, wo, residual=h0, sumsq_out=True, out=h1, **cfg)
+    assert got is h1 and sumsq.shape == (hid // 16, m) and sumsq.dtype == torch.float32
+    assert rel_err(h1, R.linear(o.float(), wo.float(), residual=h0.float())) < tol
+    torch.testing.assert_close(sumsq.sum(0), h1.float().square().sum(1), rtol=1e-5, atol=1e-5)
+    want = R.linear(h1.float(), wgu.float(), swiglu=True, norm_weight=ln.float())
+    y_parts = projection.linear(h1, wgu, swiglu=True, norm_weight=ln, row_sumsq=sumsq, **cfg)
+    y_rows = projection.linear(h1, wgu, swiglu=True, norm_weight=ln, **cfg)
+    assert rel_err(y_parts, want) < tol and rel_err(y_rows, want) < tol
+    unfused = projection.linear(layers.add_rms_norm(h1, None, ln, 1e-6)[0], wgu, swiglu=True, **cfg)
+    assert rel_err(y_rows, unfused) < TOL[dtype] / 4
+    h2, _ = projection.linear(y_parts, wd, residual=h1, sumsq_out=True, **cfg)
+    assert rel_err(h2, R.linear(y_parts.float(), wd.float(), residual=h1.float())) < tol

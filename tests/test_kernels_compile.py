@@ -131,15 +131,16 @@ VARIANTS.update({
 
 # the decode steps' projections (kernels.projection, Qwen3-0.6B at batch 64 and 128): K split
 # with the last program's sum, the fused SwiGLU split, a biased unsplit 128-row tile
-LINEAR_ARGS = dict(X=P, W=P, BIAS=P, OUT=P, PART="*fp32", COUNTERS="*i32", M=I, N=I, K=I, stride_xm=I,
-                   stride_wn=I, stride_om=I, split_len=I)
+LINEAR_ARGS = dict(X=P, W=P, BIAS=P, OUT=P, PART="*fp32", COUNTERS="*i32", RES=P, NORM_W=P, ROW_SS="*fp32",
+                   SS_OUT="*fp32", M=I, N=I, K=I, stride_xm=I, stride_wn=I, stride_om=I, stride_rm=I, split_len=I,
+                   n_parts=I, eps=F)
 
 
 def _linear(num_warps: int, ptr: str = P, **constexprs):
-    args = {k: (ptr if k in ("X", "W", "BIAS", "OUT") else v) for k, v in LINEAR_ARGS.items()}
+    args = {k: (ptr if k in ("X", "W", "BIAS", "OUT", "RES", "NORM_W") else v) for k, v in LINEAR_ARGS.items()}
     return ("projection", "_linear_kernel", args,
-            dict(dict(BLOCK_N=64, BLOCK_K=128, EVEN_K=True, HAS_BIAS=False, SWIGLU=False, DOT_PRECISION="tf32"),
-                 **constexprs), num_warps)
+            dict(dict(BLOCK_N=64, BLOCK_K=128, EVEN_K=True, HAS_BIAS=False, SWIGLU=False, DOT_PRECISION="tf32",
+                      NORM_MODE=0, HAS_RES=False, WRITE_SS=False), **constexprs), num_warps)
 
 
 # an H100/H200 block's shared memory (227 KiB)
@@ -155,13 +156,20 @@ VARIANTS.update({
     # fp32 (the engine's fp32 tests on CUDA): the largest tile, SwiGLU, 64-long K blocks
     "linear_fp32_swiglu_rows128": _linear(8, "*fp32", BLOCK_M=128, BLOCK_K=64, SPLIT_K=1, SWIGLU=True,
                                           DOT_PRECISION="ieee"),
+    # a layer's norms and residual adds fused (set_projection_rows): qkv normalizing its rows
+    # itself (the first layer of a piece), o_proj / down_proj adding to the residual stream and
+    # leaving its sums of squares, gate/up normalizing from them
+    "linear_norm_rows": _linear(4, BLOCK_M=64, SPLIT_K=2, HAS_BIAS=True, NORM_MODE=1),
+    "linear_residual_sumsq": _linear(4, BLOCK_M=64, SPLIT_K=8, HAS_RES=True, WRITE_SS=True),
+    "linear_swiglu_norm_parts": _linear(4, BLOCK_M=64, SPLIT_K=2, SWIGLU=True, NORM_MODE=2),
 })
 
 
 # a decode step's kernels as a graph captured with programmatic dependent launch runs them
 # (DecodeGraphs.pdl): every kernel the step launches, at one of its variants
 VARIANTS.update({f"{name}_pdl": VARIANTS[name] for name in (
-    "add_rms_norm", "qk_norm_rope_store", "silu_mul", "linear_split", "linear_swiglu_split", "decode_row0",
+    "add_rms_norm", "qk_norm_rope_store", "silu_mul", "linear_split", "linear_swiglu_split",
+    "linear_residual_sumsq", "linear_swiglu_norm_parts", "decode_row0",
     "decode_fused", "decode_inline_prefix_multi", "merge_multi", "prefix_device_len", "masked_argmax",
     "masked_sample_chunks", "reduce_picks")})
 STAGES.update({f"{name}_pdl": STAGES[name] for name in list(STAGES)})

@@ -17,9 +17,9 @@ import qpfast.kernels as K
 from qpfast.kernels import reference as R
 
 from test_kernels import (DECODE_CASES, DECODE_MULTI_CASES, DECODE_PREFIX_PAIRS, LINEAR_CASES, PREFILL_CASES,
-                          PREFILL_PREFIX_PAIRS, QWEN3_06B_PROJECTIONS, SENTINEL, check_layer_kernels, cumsum0, make_bitmask, make_decode, make_decode_multi,
-                          make_layer_inputs, make_prefill, make_prefix, poison_past_lens, rel_err, seed_of,
-                          special_rows)
+                          PREFILL_PREFIX_PAIRS, QWEN3_06B_PROJECTIONS, SENTINEL, check_layer_kernels, cumsum0,
+                          make_bitmask, make_decode, make_decode_multi, make_layer_inputs, make_prefill, make_prefix,
+                          poison_past_lens, rel_err, seed_of, special_rows)
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and K.HAS_TRITON),
                                 reason="needs CUDA and triton")
@@ -473,3 +473,46 @@ def test_cuda_decode_programmatic_launch_prefetch_in_graph(mode, splits):
                                                 generator=g, dtype=torch.int32))
     launch = dict(num_splits=splits, **(dict(prefix_inline=True) if mode == "inline" else {}))
     _decode_graph_replays(q, kc, vc, lens, args, launch, before=(None, new_lens), pdl=True)
+
+
+@pytest.mark.parametrize("rows", [16, 64])
+def test_cuda_linear_fused_layer_half_in_graph(rows):
+    """Qwen3-0.6B's MLP half as the engine's fused steps run it (`set_projection_rows`):
+    o_proj adding to the residual stream and leaving its sums of squares, gate/up normalizing
+    from them with SwiGLU, down_proj adding again; bf16, against the reference chain, then
+    captured in a CUDA graph and replayed with new rows, bit for bit the eager chain."""
+    from qpfast.kernels import projection
+    g = torch.Generator().manual_seed(rows + 5)
+    dt = torch.bfloat16
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(dt).cuda()
+
+    h0, o = rnd(rows, 1024), rnd(rows, 2048)
+    wo, wgu = rnd(1024, 2048, scale=2048 ** -0.5), rnd(6144, 1024, scale=1024 ** -0.5)
+    wd = rnd(1024, 3072, scale=3072 ** -0.5)
+    ln = rnd(1024, scale=0.1) + 1
+
+    def chain():
+        h1, ss = projection.linear(o, wo, residual=h0, sumsq_out=True)
+        y = projection.linear(h1, wgu, swiglu=True, norm_weight=ln, row_sumsq=ss)
+        return projection.linear(y, wd, residual=h1)
+
+    f = {k: v.float() for k, v in dict(h0=h0, o=o, wo=wo, wgu=wgu, wd=wd, ln=ln).items()}
+    h1 = R.linear(f["o"], f["wo"], residual=f["h0"])
+    want = R.linear(R.linear(h1, f["wgu"], swiglu=True, norm_weight=f["ln"]), f["wd"], residual=h1)
+    eager = chain()
+    assert rel_err(eager, want) < 2e-2
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        chain()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = chain()
+    for _ in range(2):
+        o.copy_(torch.randn(rows, 2048, generator=g).to(dt))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, chain())

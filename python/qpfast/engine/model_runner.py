@@ -408,8 +408,10 @@ class NativeRunner:
         hq, d = self.hq, self.d
         N = h.shape[0]
         layers = self.layers
-        if lo == 0:
-            x, h = kernels.add_rms_norm(h, None, layers[0].ln1, self.eps)
+        if N <= self.projection_rows and self.act is F.silu:
+            return None, self._fused_layer_span(h, lo, hi, rope_pos, cache, slot, write_pos, attend)
+        if lo == 0 or x is None:
+            x, h = kernels.add_rms_norm(h, None, layers[lo].ln1, self.eps)
         for li in range(lo, hi):
             L = layers[li]
             kc, vc = cache.k[li], cache.v[li]
@@ -430,6 +432,28 @@ class NativeRunner:
             else:
                 x, h = None, h + m
         return x, h
+
+    def _fused_layer_span(self, h: torch.Tensor, lo: int, hi: int, rope_pos: torch.Tensor, cache: KVCache,
+                          slot: torch.Tensor, write_pos: torch.Tensor, attend) -> torch.Tensor:
+        """`layer_span` with every projection through `kernels.linear` and the layer's norms
+        and residual adds fused into them (`set_projection_rows`): the qkv and gate/up
+        projections normalize their input rows, o_proj and down_proj add their product to the
+        residual stream and leave its rows' sums of squares for the next norm. Four kernels a
+        layer besides the attention's two. Returns the residual stream after layer `hi - 1`."""
+        hq, d, eps = self.hq, self.d, self.eps
+        N = h.shape[0]
+        sumsq = None                    # the stream's sums of squares, from the call that wrote it
+        for li in range(lo, hi):
+            L = self.layers[li]
+            kc, vc = cache.k[li], cache.v[li]
+            qkv = kernels.linear(h, L.wqkv, L.bqkv, norm_weight=L.ln1, eps=eps, row_sumsq=sumsq)
+            q = kernels.qk_norm_rope_store(qkv, L.qn, L.kn, self._cos, self._sin, rope_pos, kc, vc, slot,
+                                           write_pos, hq, self.hkv, eps)
+            o = attend(li, q, kc, vc)
+            h, sumsq = kernels.linear(o.reshape(N, hq * d).to(h.dtype), L.wo, L.bo, residual=h, sumsq_out=True)
+            y = kernels.linear(h, L.wgu, swiglu=True, norm_weight=L.ln2, eps=eps, row_sumsq=sumsq)
+            h, sumsq = kernels.linear(y, L.wd, residual=h, sumsq_out=True)
+        return h
 
     # -- attention ---------------------------------------------------------------------
     def _attn_meta(self, inp: StepInputs, plen: int, via_kernels: bool, skip_prefix: bool = False) -> dict:
