@@ -202,7 +202,8 @@ class NativeRunner:
 
     def set_projection_rows(self, rows: int) -> None:
         """Run the layer projections of steps of at most `rows` tokens through
-        `kernels.linear` (0: torch's GEMMs for all); drops the captured CUDA graphs. The
+        `kernels.linear`, the layer's norms and residual adds fused into them (with a SwiGLU
+        MLP: `_fused_layer_span`); 0: torch's GEMMs for all. Drops the captured CUDA graphs. The
         kernels take `F.linear`'s [out, in] weights: a CPU runner (the interpreter, for
         tests) turns its [in, out] copies back."""
         rows = int(rows)
