@@ -1165,7 +1165,7 @@ def test_interp_engine_cascade_forward():
     # padding row; then a shorter prefix swapped into the same buffers
     from qpfast.engine.model_runner import NativeRunner
     from test_engine_support import qwen3_model
-    model = qwen3_model()
+    model = qwen3_model(layers=1)            # one layer: the kernels run as in every other
     a = NativeRunner(model, "cpu", "cascade")
     b = NativeRunner(model, "cpu", "cascade")
     b.cascade_kernels = False                    # the CPU path: torch matmuls
@@ -1481,7 +1481,7 @@ def test_interp_engine_projections_forward():
     # of more tokens than projection_rows keep torch's
     from qpfast.engine.model_runner import NativeRunner
     from test_engine_support import qwen3_model
-    model = qwen3_model()
+    model = qwen3_model(layers=1)
     a = NativeRunner(model, "cpu", "kernels")
     b = NativeRunner(model, "cpu", "kernels")
     a.set_projection_rows(8)
