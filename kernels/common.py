@@ -105,19 +105,17 @@ def grid_dependency(USE_PDL: tl.constexpr):
         gdc_launch_dependents()
 
 
-#: Pieces :func:`prefetch_l2` cuts a range into (at least one a thread of 8 warps).
-PREFETCH_PIECES = 256
-
-
 @triton.jit
 def prefetch_l2(BASE, nbytes):
     """Hopper's bulk prefetch of ``nbytes`` bytes (a multiple of 16; none if <= 0) from
-    ``BASE`` (16-byte aligned) into the L2, cut into ``PREFETCH_PIECES`` pieces issued by
-    different threads of the program. A hint: it never changes a result, so a kernel may
-    issue it before ``griddepcontrol.wait``, with sizes from loads the kernel ahead may
-    still change. sm_90+ only (PTX ``cp.async.bulk.prefetch.L2``)."""
+    ``BASE`` (16-byte aligned) into the L2, in up to 256 pieces of at least 4 KiB issued by
+    different threads of the program (ptxas issues the instruction a lane at a time, so few
+    pieces for small ranges). A hint: it never changes a result, so a kernel may issue it
+    before ``griddepcontrol.wait``, with sizes from loads the kernel ahead may still change
+    (clamped to the buffer). A piece's size field holds < 1 MiB, so at most 256 MiB a call.
+    sm_90+ only (PTX ``cp.async.bulk.prefetch.L2``)."""
     i = tl.arange(0, 256)
-    chunk = (tl.maximum(nbytes, 0) + 256 * 16 - 1) // (256 * 16) * 16
+    chunk = tl.maximum((tl.maximum(nbytes, 0) + 256 * 16 - 1) // (256 * 16) * 16, 4096)
     lo = i * chunk
     size = tl.maximum(tl.minimum(chunk, nbytes - lo), 0)
     tl.inline_asm_elementwise(
@@ -134,6 +132,13 @@ def bulk_aligned(*tensors) -> bool:
         if t.data_ptr() % 16 or any((s * size) % 16 for s in t.stride()[:-1]):
             return False
     return True
+
+
+def keys_prefetchable(*caches) -> bool:
+    """Whether the decode kernel may prefetch ranges of keys of these caches (``[..., keys,
+    D]``) as one byte range each: :func:`bulk_aligned`, and each head's keys contiguous (a
+    strided view would stretch a range over other heads' keys, past the tensor's end)."""
+    return bulk_aligned(*caches) and all(t.stride(-1) == 1 and t.stride(-2) == t.shape[-1] for t in caches)
 
 
 @functools.lru_cache(maxsize=None)

@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from .cascade import shared_prefix, split_scratch
-from .common import (attend_key_range, bulk_aligned, cdiv, cut, grid_dependency, merge_partials, pdl_launch,
+from .common import (attend_key_range, cdiv, cut, grid_dependency, keys_prefetchable, merge_partials, pdl_launch,
                      prefetch_l2, zeroed_counters)
 from .common import num_sms as _num_sms
 from .common import pow2 as _pow2
@@ -60,6 +60,7 @@ def _decode_kernel(
     stride_qb, stride_qh, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
     stride_ob, stride_oh, stride_pkh, stride_pkt, stride_pvh, stride_pvt,
     split_len,                                  # keys per split, a multiple of BLOCK_N
+    own_cap, prefix_cap,                        # keys the caches hold a row, and PK/PV a head (prefetch bounds)
     GROUP: tl.constexpr,
     BLOCK_H: tl.constexpr,                      # GROUP padded to a power of two >= 16
     HEAD_DIM: tl.constexpr,
@@ -79,9 +80,9 @@ def _decode_kernel(
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     if PREFETCH:
-        _prefetch_split(K, V, SEQ_LENS, PLEN, PK, PV, b, kv_head, split, split_len, stride_kb, stride_kh,
-                        stride_kt, stride_vb, stride_vh, stride_vt, stride_pkh, stride_pkt, stride_pvh,
-                        stride_pvt, PREFIX_MODE)
+        _prefetch_split(K, V, SEQ_LENS, PLEN, PK, PV, b, kv_head, split, split_len, own_cap, prefix_cap,
+                        stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt, stride_pkh, stride_pkt,
+                        stride_pvh, stride_pvt, PREFIX_MODE)
     grid_dependency(USE_PDL)
     offs_h = tl.arange(0, BLOCK_H)              # tile row: new token offs_h // GROUP, head offs_h % GROUP
     if QPS == 1:
@@ -183,19 +184,21 @@ def _decode_kernel(
 
 
 @triton.jit
-def _prefetch_split(K, V, SEQ_LENS, PLEN, PK, PV, b, kv_head, split, split_len, stride_kb, stride_kh, stride_kt,
-                    stride_vb, stride_vh, stride_vt, stride_pkh, stride_pkt, stride_pvh, stride_pvt,
-                    PREFIX_MODE: tl.constexpr):
+def _prefetch_split(K, V, SEQ_LENS, PLEN, PK, PV, b, kv_head, split, split_len, own_cap, prefix_cap,
+                    stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt, stride_pkh, stride_pkt,
+                    stride_pvh, stride_pvt, PREFIX_MODE: tl.constexpr):
     """Before the wait of a programmatic dependent launch: the keys and values program
     (b, kv_head, split) will read, into the L2, while the kernel ahead still runs (the new
     token's K/V it may be writing are coherent there). The lengths come from loads that
-    kernel may still change: hints, like the prefetch itself. The shared or row-0 prefix,
-    read by every row, is asked for by row 0's programs only."""
+    kernel may still change: hints, like the prefetch itself, clamped to the buffers so that
+    a stale value cannot send it outside them. The shared or row-0 prefix, read by every row,
+    is asked for by row 0's programs only. Needs each head's keys contiguous (the wrapper
+    checks)."""
     esize = K.dtype.element_ty.primitive_bitwidth // 8
-    seq_len = tl.load(SEQ_LENS + b)
+    seq_len = tl.minimum(tl.maximum(tl.load(SEQ_LENS + b), 0), own_cap)
     plen = 0
     if PREFIX_MODE > 0:
-        plen = tl.load(PLEN)
+        plen = tl.minimum(tl.maximum(tl.load(PLEN), 0), prefix_cap)
     if PREFIX_MODE == 2:
         seq_len += plen
     start = split * split_len
@@ -415,13 +418,13 @@ def decode_attention(q, k_cache, v_cache, seq_lens, sm_scale=None, *, prefix_k=N
         part_o = part_lse = dst                  # unused
     dot_precision = "ieee" if q.dtype == torch.float32 else "tf32"
     pdl = pdl_launch(q.device)
-    prefetch = pdl["USE_PDL"] and bulk_aligned(k_cache, v_cache, *(extra[1:] if mode == 2 else ()))
+    prefetch = pdl["USE_PDL"] and keys_prefetchable(k_cache, v_cache, *(extra[1:] if mode == 2 else ()))
     _decode_kernel[(b, hkv, splits)](
         q, k_cache, v_cache, dst, part_o, part_lse, seq_lens, counters if counters is not None else seq_lens,
         *extra, scale * LOG2E,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), dst.stride(0), dst.stride(1), *pstrides,
-        split_len,
+        split_len, max_len, extra[1].shape[1] if mode == 2 else max_len,
         GROUP=group, BLOCK_H=block_h, HEAD_DIM=d, BLOCK_D=block_d,
         BLOCK_N=block_n or auto[0], NUM_SPLITS=splits, DOT_PRECISION=dot_precision,
         FUSED_MERGE=counters is not None, PART_BASE=base, QPS=qps, PREFIX_MODE=mode,

@@ -243,6 +243,6 @@ def linear(x, w, bias=None, *, swiglu=False, residual=None, norm_weight=None, ep
         HAS_RES=residual is not None, WRITE_SS=ss_out is not None,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         num_stages=num_stages or plan["num_stages"], num_warps=num_warps or plan["num_warps"],
-        PREFETCH=pdl["USE_PDL"] and bulk_aligned(w), **pdl,
+        PREFETCH=pdl["USE_PDL"] and bulk_aligned(w) and (k * w.element_size()) % 16 == 0, **pdl,
     )
     return (out, ss_out) if sumsq_out else out

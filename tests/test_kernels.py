@@ -1578,3 +1578,18 @@ def test_interp_linear_fused_norm_and_residual(case, dtype):
     assert rel_err(y_rows, unfused) < TOL[dtype] / 4
     h2, _ = projection.linear(y_parts, wd, residual=h1, sumsq_out=True, **cfg)
     assert rel_err(h2, R.linear(y_parts.float(), wd.float(), residual=h1.float())) < tol
+
+
+
+@needs_triton
+def test_prefetch_needs_aligned_contiguous_rows():
+    """The L2 prefetches take whole 16-byte-aligned rows: a cache whose heads' keys are not
+    contiguous (a [B, L, Hkv, D] view transposed), or rows of a size that is no multiple of 16
+    bytes, get no prefetch."""
+    from qpfast.kernels.common import bulk_aligned, keys_prefetchable
+    cache = torch.zeros(2, 4, 256, 64, dtype=torch.float16)
+    assert keys_prefetchable(cache, cache.clone()) and bulk_aligned(cache)
+    strided = torch.zeros(2, 256, 4, 64, dtype=torch.float16).transpose(1, 2)
+    assert bulk_aligned(strided) and not keys_prefetchable(cache, strided)
+    assert not bulk_aligned(torch.zeros(8, 100, dtype=torch.float16)[:, :50][:, 1:])    # misaligned start
+    assert not bulk_aligned(torch.zeros(8, 100, dtype=torch.float16))                    # 200-byte rows

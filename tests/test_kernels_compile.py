@@ -26,7 +26,7 @@ PREFIX_ARGS = dict(Q=P, PK=P, PV=P, PLEN="*i32", PART_O="*fp32", PART_LSE="*fp32
 DECODE_ARGS = dict(Q=P, K=P, V=P, OUT=P, PART_O="*fp32", PART_LSE="*fp32", SEQ_LENS="*i32", COUNTERS="*i32",
                    PLEN="*i32", PK=P, PV=P, qk_scale=F, stride_qb=I, stride_qh=I, stride_kb=I, stride_kh=I,
                    stride_kt=I, stride_vb=I, stride_vh=I, stride_vt=I, stride_ob=I, stride_oh=I, stride_pkh=I,
-                   stride_pkt=I, stride_pvh=I, stride_pvt=I, split_len=I)
+                   stride_pkt=I, stride_pvh=I, stride_pvt=I, split_len=I, own_cap=I, prefix_cap=I)
 MERGE_ARGS = dict(OUT=P, PART_O="*fp32", PART_LSE="*fp32", SEQ_LENS="*i32", stride_ob=I, stride_oh=I,
                   num_heads=I, split_len=I)
 PREFILL_ARGS = dict(Q=P, K=P, V=P, OUT=P, CU_Q="*i32", CU_K="*i32", PART_O="*fp32", PART_LSE="*fp32",
