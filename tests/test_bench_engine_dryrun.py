@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench_scripts import bench_module
+from bench_scripts import bench_module, tiny_qwen3_checkpoint
 from test_engine_support import torch_threads
 
 pytest.importorskip("triton")
@@ -23,18 +23,6 @@ def test_engine_benchmark_dry_run(monkeypatch, capsys):
     from qpfast.engine.model_runner import NativeRunner
     bk = bench_module("bench_kernels")
 
-    def tiny_checkpoint(out_dir: str) -> str:
-        from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
-        from qpfast.testing import qwen_tokenizer_dir
-        tok = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
-        cfg = Qwen3Config(vocab_size=bk.VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, tie_word_embeddings=True,
-                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        torch.manual_seed(0)
-        Qwen3ForCausalLM(cfg).save_pretrained(out_dir)
-        tok.save_pretrained(out_dir)
-        return out_dir
-
     class CpuEngine(Engine):            # the benchmark asks for CUDA + bf16
         def __init__(self, model, device=None, dtype=None, **kw):
             super().__init__(model, device="cpu", dtype="float32", cuda_graphs=True, **kw)
@@ -42,7 +30,7 @@ def test_engine_benchmark_dry_run(monkeypatch, capsys):
     enable = NativeRunner.enable_graphs
     monkeypatch.setattr(NativeRunner, "enable_graphs", lambda self, capture=True: enable(self, capture=False))
     monkeypatch.setattr(qpfast, "Engine", CpuEngine)
-    monkeypatch.setattr(bk, "_qwen3_06b_dir", tiny_checkpoint)
+    monkeypatch.setattr(bk, "_qwen3_06b_dir", tiny_qwen3_checkpoint)
     monkeypatch.setattr(bk, "_xgrammar_baseline", lambda eng, queries: {"skipped": "dry run"})
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "NVIDIA H200")

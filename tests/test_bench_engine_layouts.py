@@ -10,7 +10,7 @@ import pytest
 import qpfast
 from qpfast.engine import Engine
 
-from bench_scripts import bench_module
+from bench_scripts import bench_module, tiny_qwen3_checkpoint
 from test_engine_support import qwen3_model
 
 pytest.importorskip("triton")
@@ -52,3 +52,30 @@ def test_compare_layouts_rows(capsys):
     # fewer tokens a step, more steps
     assert row["configs"]["kernels/4"]["decode_passes"] > row["configs"]["kernels"]["decode_passes"]
     assert "rows as the first" in capsys.readouterr().out
+
+
+def test_main_builds_every_variant(monkeypatch, capsys, tmp_path):
+    """`main` with every A/B flag, on the CPU (graph steps run eagerly, a tiny checkpoint):
+    each variant engine is built with its setting, warmed up and timed, and the JSON lists
+    them."""
+    import json
+
+    from qpfast.engine.model_runner import NativeRunner
+    bl = bench_module("bench_engine_layouts")
+
+    class CpuEngine(Engine):                         # graph steps, eagerly, as on CUDA
+        def __init__(self, model, device=None, dtype=None, **kw):
+            super().__init__(model, device="cpu", dtype="float32", cuda_graphs=True, **kw)
+
+    enable = NativeRunner.enable_graphs
+    monkeypatch.setattr(NativeRunner, "enable_graphs", lambda self, capture=True: enable(self, capture=False))
+    monkeypatch.setattr(qpfast, "Engine", CpuEngine)
+    monkeypatch.setattr(bl.bk, "_qwen3_06b_dir", tiny_qwen3_checkpoint)
+    out = tmp_path / "layouts.json"
+    assert bl.main(["--batches", "2", "--reps", "1", "--one-graph", "kernels", "--own-copies", "--projections", "64",
+                    "--pdl", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert set(row["configs"]) == {"kernels", "cascade", "kernels/own-copies", "kernels/projections", "kernels/pdl",
+                                   "kernels/pdl+projections", "kernels/1graph"}
+    for name, r in row["configs"].items():          # fp32: every variant gives the first one's tokens
+        assert r["errors"] == 0 and (name == "kernels" or r["same_rows"] == 2), name
