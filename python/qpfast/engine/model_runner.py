@@ -371,15 +371,11 @@ class NativeRunner:
             h = h[inp.last]
         return self.final_norm(h)
 
-    def project(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None,
-                swiglu: bool = False) -> torch.Tensor:
+    def project(self, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
         """A layer projection of the rows `x` [N, in]: `w` is [out, in] (F.linear), or [in, out]
-        on CPU (`weights_in_out`). `swiglu`: `w` is the fused gate/up weight and the result
-        silu(gate) * up."""
+        on CPU (`weights_in_out`); through `kernels.linear` for at most `projection_rows` rows."""
         if x.shape[0] <= self.projection_rows:
-            return kernels.linear(x, w, b, swiglu=swiglu)
-        if swiglu:
-            return kernels.silu_mul(self.project(x, w, b))
+            return kernels.linear(x, w, b)
         if self.weights_in_out:
             return torch.addmm(b, x, w) if b is not None else x @ w
         return F.linear(x, w, b)
@@ -422,10 +418,11 @@ class NativeRunner:
             o = attend(li, q, kc, vc)
             a = self.project(o.reshape(N, hq * d).to(h.dtype), L.wo, L.bo)
             x, h = kernels.add_rms_norm(a, h, L.ln2, self.eps)
+            gu = self.project(x, L.wgu)
             if self.act is F.silu:
-                y = self.project(x, L.wgu, swiglu=True)
+                y = kernels.silu_mul(gu)
             else:
-                g, u = self.project(x, L.wgu).chunk(2, dim=-1)
+                g, u = gu.chunk(2, dim=-1)
                 y = self.act(g) * u
             m = self.project(y, L.wd)
             if li + 1 < len(layers):
