@@ -18,6 +18,8 @@ and the fused pieces of a decoder layer the engine's own forward uses (:mod:`.la
                        write_pos, num_q_heads, num_kv_heads, eps) -> q
     silu_mul(gate_up) -> silu(gate) * up
     linear(x, w, bias=None, swiglu=False) -> x @ w.T + bias    # or SwiGLU of a fused gate/up
+        # also keyword-only norm_weight / row_sumsq and residual / sumsq_out: the layer's
+        # RMSNorms and residual adds fused in
 
 Shapes and semantics are documented in :mod:`qpfast.kernels.reference`, which holds the
 plain-torch versions under the same names.

@@ -48,11 +48,18 @@ def fill_count(programs: int, num_sms: int, most: int) -> int:
     return max(1, min(cdiv(2 * num_sms, max(1, programs)), most))
 
 
+def device_index(device: torch.device) -> int:
+    """The device's index (a bare ``cuda`` is the current CUDA device; 0 off CUDA)."""
+    if device.index is not None:
+        return device.index
+    return torch.cuda.current_device() if device.type == "cuda" else 0
+
+
 def num_sms(device: torch.device) -> int:
     """Multiprocessors of a CUDA device; 1 elsewhere (the interpreter runs programs one at a
     time: splitting work buys nothing there)."""
     if device.type == "cuda":
-        return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())
+        return _cuda_sms(device_index(device))
     return 1
 
 
@@ -70,9 +77,7 @@ def zeroed_counters(use: str, device: torch.device, rows: int, slots: int = 1 <<
     capture)."""
     if rows > slots:
         return None
-    index = device.index if device.index is not None else (
-        torch.cuda.current_device() if device.type == "cuda" else 0)
-    key = (use, device.type, index)
+    key = (use, device.type, device_index(device))
     buf = _counters.get(key)
     if buf is None or buf.numel() < slots:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
@@ -86,7 +91,7 @@ def pdl_launch(device: torch.device) -> dict:
     ``{"USE_PDL": True, "launch_pdl": True}`` inside ``programmatic_launch(True)`` on a GPU
     of compute capability 9.0+ (not in the interpreter), else ``{"USE_PDL": False}``."""
     on = (HAS_PDL and programmatic_launch_on() and device.type == "cuda" and not _interpreting()
-          and _cuda_capability(device.index if device.index is not None else torch.cuda.current_device()) >= 9)
+          and _cuda_capability(device_index(device)) >= 9)
     return dict(USE_PDL=True, launch_pdl=True) if on else dict(USE_PDL=False)
 
 
@@ -117,11 +122,16 @@ def prefetch_l2(BASE, nbytes):
     i = tl.arange(0, 256)
     chunk = tl.maximum((tl.maximum(nbytes, 0) + 256 * 16 - 1) // (256 * 16) * 16, 4096)
     lo = i * chunk
-    size = tl.maximum(tl.minimum(chunk, nbytes - lo), 0)
+    bulk_prefetch(BASE.to(tl.pointer_type(tl.int8)) + lo.to(tl.int64), tl.maximum(tl.minimum(chunk, nbytes - lo), 0))
+
+
+@triton.jit
+def bulk_prefetch(addrs, sizes):
+    """One ``cp.async.bulk.prefetch.L2`` of ``sizes[i]`` bytes (a multiple of 16; none when
+    0) at ``addrs[i]`` (16-byte aligned) for every element; sm_90+."""
     tl.inline_asm_elementwise(
         "{ .reg .pred p; setp.ne.s32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
-        "=r,l,r", [BASE.to(tl.pointer_type(tl.int8)) + lo.to(tl.int64), size], dtype=tl.int32, is_pure=False,
-        pack=1)
+        "=r,l,r", [addrs, sizes], dtype=tl.int32, is_pure=False, pack=1)
 
 
 def bulk_aligned(*tensors) -> bool:

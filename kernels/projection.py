@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import bulk_aligned, cdiv, grid_dependency, num_sms, pdl_launch, pow2, zeroed_counters
+from .common import bulk_aligned, bulk_prefetch, cdiv, grid_dependency, num_sms, pdl_launch, pow2, zeroed_counters
 from . import reference
 from .reference import check_linear_args
 
@@ -69,9 +69,9 @@ def _linear_kernel(
         # program's slice of them from HBM into the L2 (one bulk prefetch a weight row)
         nbytes = (k_hi - k_lo) * (W.dtype.element_ty.primitive_bitwidth // 8)
         rows = tl.minimum(rn, N - 1)
-        _prefetch_rows(W + k_lo, rows, stride_wn, nbytes)
+        bulk_prefetch(W + k_lo + rows.to(tl.int64) * stride_wn, tl.zeros_like(rows) + nbytes)
         if SWIGLU:
-            _prefetch_rows(W + k_lo, rows + N, stride_wn, nbytes)
+            bulk_prefetch(W + k_lo + (rows + N).to(tl.int64) * stride_wn, tl.zeros_like(rows) + nbytes)
     grid_dependency(USE_PDL)
     # the RMSNorm of x's rows (add_rms_norm's arithmetic): 1 / sqrt(mean of squares + eps)
     ss = tl.zeros([BLOCK_M], tl.float32)
@@ -130,15 +130,6 @@ def _linear_kernel(
                     acc_u += tl.load(part + s * plane + N, mask=ok, other=0.0)
             _linear_epilogue(acc, acc_u, BIAS, OUT, out_ptrs, RES, SS_OUT, rm, rn, m_ok, n_ok, ok, M,
                              tile % tiles_n, stride_rm, HAS_BIAS, SWIGLU, HAS_RES, WRITE_SS)
-
-
-@triton.jit
-def _prefetch_rows(BASE, rows, stride, nbytes):
-    """Hopper's bulk L2 prefetch of ``nbytes`` (a multiple of 16, 16-byte aligned) from
-    ``BASE + row * stride`` for each of ``rows``."""
-    tl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2;\n mov.u32 $0, 0;", "=r,l,r",
-                              [BASE + rows.to(tl.int64) * stride, tl.zeros_like(rows) + nbytes],
-                              dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit

@@ -24,7 +24,9 @@ Shapes (``B`` sequences, ``Hq`` query heads, ``Hkv`` key/value heads, ``D`` head
 * ``masked_sample(logits, bitmask, temperature=1.0, top_p=1.0, generator=None)
   -> int64 [B]``
 * ``linear(x [M, K], w [N, K], bias=None, swiglu=False) -> [M, N]`` (``[M, N/2]``, the
-  SwiGLU of a fused gate/up weight, with ``swiglu``)
+  SwiGLU of a fused gate/up weight, with ``swiglu``); keyword-only ``norm_weight`` (x's
+  rows RMS-normalized first, ``row_sumsq``) and ``residual`` (added to the product,
+  ``sumsq_out``): a decoder layer's norms and residual adds
 """
 from __future__ import annotations
 

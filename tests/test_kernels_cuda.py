@@ -68,6 +68,27 @@ def _decode_graph_replays(q, kc, vc, lens, args: dict, launch: dict = None, befo
         assert rel_err(out, _ref64(R.decode_attention, q, kc, vc, lens, **args)) < TOL[q.dtype], change
 
 
+def _graph_replays_match_eager(call, refresh, replays: int, pdl: bool = False, what=None):
+    """``call()`` warmed up on a side stream, captured in a CUDA graph (both with
+    programmatic dependent launch if ``pdl``), then ``replays`` times: ``refresh()`` (new
+    inputs in place), a replay, and the graph's output equal to ``call()`` run eagerly, bit
+    for bit. Returns the graph's output."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s), K.programmatic_launch(pdl):
+        call()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), K.programmatic_launch(pdl):
+        out = call()
+    for _ in range(replays):
+        refresh()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, call()), what
+    return out
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("case", list(PREFILL_CASES))
 def test_cuda_prefill(case, dtype):
@@ -380,20 +401,9 @@ def test_cuda_linear_qwen3_shapes_in_graph(rows):
         want = projection.linear(x, w, swiglu=swiglu)
         ref = R.linear(x.float(), w.float(), swiglu=swiglu)
         assert rel_err(want, ref) < 1e-2
-        out = torch.empty_like(want)
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            projection.linear(x, w, swiglu=swiglu, out=out)
-        torch.cuda.current_stream().wait_stream(s)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            projection.linear(x, w, swiglu=swiglu, out=out)
-        for _ in range(3):
-            x.copy_(torch.randn(rows, k, generator=g).to(dt))
-            graph.replay()
-            torch.cuda.synchronize()
-            assert torch.equal(out, projection.linear(x, w, swiglu=swiglu)), (n, k, swiglu)
+        _graph_replays_match_eager(lambda: projection.linear(x, w, swiglu=swiglu),
+                                   lambda: x.copy_(torch.randn(rows, k, generator=g).to(dt)), 3,
+                                   what=(n, k, swiglu))
         assert int(zeroed_counters("linear", x.device, 1).abs().sum()) == 0
 
 
@@ -429,19 +439,8 @@ def test_cuda_programmatic_launch_chain_in_graph():
         return projection.linear(o.reshape(b, hq * d)[:, :hidden], wgu, swiglu=True)
 
     want = chain()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s), K.programmatic_launch(True):
-        chain()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), K.programmatic_launch(True):
-        out = chain()
-    for _ in range(3):
-        x.copy_(torch.randn(b, hidden, generator=g).to(dt))
-        graph.replay()
-        torch.cuda.synchronize()
-        assert torch.equal(out, chain())
+    out = _graph_replays_match_eager(chain, lambda: x.copy_(torch.randn(b, hidden, generator=g).to(dt)), 3,
+                                     pdl=True)
     assert out.shape == want.shape == (b, 3072)
 
 
@@ -503,16 +502,4 @@ def test_cuda_linear_fused_layer_half_in_graph(rows):
     want = R.linear(R.linear(h1, f["wgu"], swiglu=True, norm_weight=f["ln"]), f["wd"], residual=h1)
     eager = chain()
     assert rel_err(eager, want) < 2e-2
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        chain()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = chain()
-    for _ in range(2):
-        o.copy_(torch.randn(rows, 2048, generator=g).to(dt))
-        graph.replay()
-        torch.cuda.synchronize()
-        assert torch.equal(out, chain())
+    _graph_replays_match_eager(chain, lambda: o.copy_(torch.randn(rows, 2048, generator=g).to(dt)), 2)
