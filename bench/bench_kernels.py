@@ -273,15 +273,25 @@ def bench_prefill(quick: bool) -> list[dict]:
 # decode
 # --------------------------------------------------------------------------------------
 
-def bench_decode(quick: bool) -> list[dict]:
-    import torch.nn.functional as F
+def decode_shapes(quick: bool, min_bytes: float = 0, max_bytes: float = float("inf")) -> list[tuple]:
+    """The decode sections' shapes `(hq, hkv, batch, cache_len)`: the QP grid (a smaller one
+    with `quick`), less those whose bf16 call moves fewer than `min_bytes` or more than
+    `max_bytes` (`_decode_bytes`)."""
     heads = [(16, 2), (8, 1)] if quick else [(16, 2), (8, 1), (16, 8)]
     batches = [1, 64, 256] if quick else [1, 8, 32, 64, 128, 256]
     lens = [600] if quick else [160, 600]
+    return [(hq, hkv, b, n) for hq, hkv in heads for b in batches for n in lens
+            if min_bytes <= _decode_bytes(hq, hkv, b, n) <= max_bytes]
+
+
+def bench_decode(quick: bool, min_bytes: float = 0, max_bytes: float = float("inf")) -> list[dict]:
+    """The decode table (`decode_shapes`): eager, graph and cold times against flash SDPA
+    and a copy of the same bytes, cold also under programmatic dependent launch."""
+    import torch.nn.functional as F
     from qpfast.kernels import decode as D
     rows = []
     dt = torch.bfloat16
-    for (hq, hkv), bsz, seq in ((h, b, n) for h in heads for b in batches for n in lens):
+    for hq, hkv, bsz, seq in decode_shapes(quick, min_bytes, max_bytes):
         q = torch.randn(bsz, hq, HEAD_DIM, device="cuda", dtype=dt)
         kc = torch.randn(bsz, hkv, seq, HEAD_DIM, device="cuda", dtype=dt)
         vc = torch.randn_like(kc)
@@ -339,10 +349,11 @@ DECODE_TUNE_CONFIGS = [(64, 2, 4), (64, 3, 4), (64, 4, 4), (32, 4, 4), (128, 2, 
 DECODE_TUNE_MERGES = [False, True]
 
 
-def graph_cold_ms(calls, min_calls: int = 64, replays: int = 10) -> float:
+def graph_cold_ms(calls, min_calls: int = 64, replays: int = 10, pdl: bool = False) -> float:
     """Median milliseconds per call of ``calls`` (each on its own buffers, together over
     twice the L2, see :func:`bench_graph_cold`) replayed from one CUDA graph that runs the
-    list round-robin at least ``min_calls`` times (so the graph launch is amortized)."""
+    list round-robin at least ``min_calls`` times (so the graph launch is amortized);
+    with ``pdl`` the Triton calls are captured with programmatic dependent launch."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -351,7 +362,7 @@ def graph_cold_ms(calls, min_calls: int = 64, replays: int = 10) -> float:
     torch.cuda.synchronize()
     rounds = -(-min_calls // len(calls))
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
+    with torch.cuda.graph(g), K.programmatic_launch(pdl):
         for _ in range(rounds):
             for c in calls:
                 c()
@@ -375,7 +386,7 @@ def _decode_bytes(hq: int, hkv: int, bsz: int, seq: int) -> int:
 
 
 def bench_decode_tune(quick: bool, on_row=None, configs=None, min_bytes: float = 0,
-                      merges=None, max_bytes: float = float("inf")) -> list[dict]:
+                      merges=None, max_bytes: float = float("inf"), pdl: bool = False) -> list[dict]:
     """Cold decode times (from HBM, graph replay) at the decode section's shapes for each
     launch configuration in DECODE_TUNE_CONFIGS and for the heuristics' own choice
     (`decode_launch`, `decode_num_splits`), at the heuristic's split count and, where
@@ -385,19 +396,15 @@ def bench_decode_tune(quick: bool, on_row=None, configs=None, min_bytes: float =
     ``on_row(rows)`` is called after each shape (the caller saves partial results);
     ``configs`` replaces DECODE_TUNE_CONFIGS; shapes under ``min_bytes`` or over ``max_bytes``
     are skipped;
-    ``merges`` = the fused_merge settings to try (default DECODE_TUNE_MERGES)."""
-    heads = [(16, 2), (8, 1)] if quick else [(16, 2), (8, 1), (16, 8)]
-    batches = [1, 64, 256] if quick else [1, 8, 32, 64, 128, 256]
-    lens = [600] if quick else [160, 600]
+    ``merges`` = the fused_merge settings to try (default DECODE_TUNE_MERGES); ``pdl``:
+    the decode calls chained with programmatic dependent launch (the copy stays plain)."""
     l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20) or (50 << 20)
     rows = []
-    for (hq, hkv), bsz, seq in ((h, b, n) for h in heads for b in batches for n in lens):
-        if not min_bytes <= _decode_bytes(hq, hkv, bsz, seq) <= max_bytes:
-            continue
+    for hq, hkv, bsz, seq in decode_shapes(quick, min_bytes, max_bytes):
         add_shape_row(rows, dict(heads=f"{hq}:{hkv}", batch=bsz, seq_len=seq),
                       lambda: _tune_decode_shape(hq, hkv, bsz, seq, num_sms(torch.device("cuda")), l2,
                                                  configs or DECODE_TUNE_CONFIGS,
-                                                 DECODE_TUNE_MERGES if merges is None else merges), on_row)
+                                                 DECODE_TUNE_MERGES if merges is None else merges, pdl), on_row)
     return rows
 
 
@@ -416,7 +423,8 @@ def add_shape_row(rows: list, shape: dict, measure, on_row=None) -> None:
         on_row(rows)
 
 
-def _tune_decode_shape(hq: int, hkv: int, bsz: int, seq: int, sms: int, l2: int, configs, merges) -> dict:
+def _tune_decode_shape(hq: int, hkv: int, bsz: int, seq: int, sms: int, l2: int, configs, merges,
+                       pdl: bool = False) -> dict:
     from qpfast.kernels import decode as D
     dt = torch.bfloat16
     nbytes = _decode_bytes(hq, hkv, bsz, seq)
@@ -435,7 +443,7 @@ def _tune_decode_shape(hq: int, hkv: int, bsz: int, seq: int, sms: int, l2: int,
     copies = [copy_call(nbytes) for _ in range(n)]           # each on its own buffers, like the sets
     copy_ms = graph_cold_ms(copies)
     row = dict(heads=f"{hq}:{hkv}", batch=bsz, seq_len=seq, bytes=nbytes, auto_splits=auto,
-               cold_copy_ms=copy_ms, variants=[])
+               cold_copy_ms=copy_ms, pdl=pdl, variants=[])
     seen = set()
     auto_cfg = D.decode_launch(bsz * hkv * auto, sms, HEAD_DIM)          # what decode_attention picks
     for (bn, st, nw), ns, fused in [(auto_cfg, auto, True)] + [
@@ -451,7 +459,7 @@ def _tune_decode_shape(hq: int, hkv: int, bsz: int, seq: int, sms: int, l2: int,
         try:
             err = rel_err(D.decode_attention(q0, k0, v0, seq_lens, **kw), ref)
             ms = graph_cold_ms([lambda q=q, k=k, vv=vv, o=o: D.decode_attention(q, k, vv, seq_lens, out=o, **kw)
-                                for (q, k, vv), o in zip(sets, outs)])
+                                for (q, k, vv), o in zip(sets, outs)], pdl=pdl)
             v.update(cold_ms=ms, rel_err=err, hbm_bytes_per_s=nbytes / (ms * 1e-3),
                      vs_copy=copy_ms / ms)
         except Exception as exc:             # e.g. out of shared memory: record, go on
@@ -911,8 +919,13 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", metavar="PATH", help="also profile one engine run (CUDA graphs) into PATH")
     ap.add_argument("--tune-configs", help="decode_tune: launch configurations to try, as block_n/stages/warps "
                                             "separated by commas (default: DECODE_TUNE_CONFIGS)")
-    ap.add_argument("--tune-min-mb", type=float, default=0.0, help="decode_tune: skip shapes of fewer MB")
-    ap.add_argument("--tune-max-mb", type=float, default=float("inf"), help="decode_tune: skip shapes of more MB")
+    ap.add_argument("--min-mb", "--tune-min-mb", dest="min_mb", type=float, default=0.0,
+                    help="decode, decode_tune: skip shapes of fewer MB (the whole grid, not --quick's, when "
+                         "either bound is given)")
+    ap.add_argument("--max-mb", "--tune-max-mb", dest="max_mb", type=float, default=float("inf"),
+                    help="decode, decode_tune: skip shapes of more MB")
+    ap.add_argument("--tune-pdl", action="store_true",
+                    help="decode_tune: chain the calls with programmatic dependent launch")
     ap.add_argument("--tune-merges", help="decode_tune: split merges to try, 'kernel' (a second kernel) and/or "
                                            "'fused' (the last split), separated by commas (default: both)")
     args = ap.parse_args(argv)
@@ -1016,11 +1029,14 @@ def main(argv=None) -> int:
 
     # the engine first: it is the number that matters most if the run is cut short;
     # every section's table is printed and the JSON saved as soon as it is done
+    # a size window picks from the whole decode grid (--quick's six shapes would miss it)
+    filtered = args.min_mb > 0 or args.max_mb != float("inf")
+    mb = dict(min_bytes=args.min_mb * 1e6, max_bytes=args.max_mb * 1e6)
     sections = [] if args.no_engine else [("engine", lambda quick: engine_benchmark(profile_path=args.profile))]
-    sections += [("prefill", lambda q: hbm_frac(bench_prefill(q))), ("decode", lambda q: hbm_frac(bench_decode(q))),
-                 ("decode_tune", lambda q: bench_decode_tune(q, on_row=partial("decode_tune"), configs=tune_configs,
-                                                             min_bytes=args.tune_min_mb * 1e6,
-                                                             merges=tune_merges, max_bytes=args.tune_max_mb * 1e6)),
+    sections += [("prefill", lambda q: hbm_frac(bench_prefill(q))), ("decode", lambda q: hbm_frac(bench_decode(q and not filtered, **mb))),
+                 ("decode_tune", lambda q: bench_decode_tune(q and not filtered, on_row=partial("decode_tune"),
+                                                             configs=tune_configs, merges=tune_merges,
+                                                             pdl=args.tune_pdl, **mb)),
                  ("cascade", lambda q: _cascade_section(q, partial("cascade"))),
                  ("projections", lambda q: _projections_section(q, partial("projections"))),
                  ("bitmask", lambda q: hbm_frac(bench_bitmask(q))),

@@ -844,6 +844,8 @@ def test_prefill_config_tiles(group, mean_q, head_dim):
 
 
 @pytest.mark.parametrize("script,args", [("bench_kernels.py", ["--sections", "cascade,decode"]),
+                                         ("bench_kernels.py", ["--sections", "decode,decode_tune", "--min-mb", "15",
+                                                               "--max-mb", "25", "--tune-pdl", "--quick"]),
                                          ("bench_cascade.py", ["--quick"])])
 def test_gpu_benchmark_scripts_skip_cleanly_without_cuda(tmp_path, script, args):
     # the device session runs them as they are: at least they must import and parse their
@@ -858,6 +860,17 @@ def test_gpu_benchmark_scripts_skip_cleanly_without_cuda(tmp_path, script, args)
     assert "skipped" in res.stdout
     if script == "bench_kernels.py":
         assert "CUDA is not available" in out.read_text()
+
+
+def test_decode_benchmark_size_window_picks_from_the_whole_grid():
+    # the device plan's window for decode >= 60% of HBM: the six 20-22 MB shapes of run 9's table
+    from bench_scripts import bench_module
+    bk = bench_module("bench_kernels")
+    six = bk.decode_shapes(False, 15e6, 25e6)
+    assert six == [(16, 2, 32, 600), (16, 2, 128, 160), (8, 1, 64, 600), (8, 1, 256, 160), (16, 8, 8, 600),
+                   (16, 8, 32, 160)]
+    assert all(19.5e6 < bk._decode_bytes(*s) < 22.1e6 for s in six)
+    assert len(bk.decode_shapes(False)) == 36 and len(bk.decode_shapes(True)) == 6
 
 
 def test_cpu_uses_reference_without_interpreter(monkeypatch):
