@@ -188,6 +188,45 @@ def test_continuous_batching_refills_slots(baseline):
     assert eng.last_stats["prefill_forward_passes"] > 1
 
 
+@pytest.mark.parametrize("admission", ["longest_first", "in_order"])
+def test_admission_order_keeps_each_querys_tokens(baseline, monkeypatch, admission):
+    """More queries than the batch holds: they enter longest first (the fewest output tokens
+    their matcher allows, ties in the caller's order) or in the caller's order; every
+    query gets the tokens it gets alone, and the results come back in the caller's order."""
+    ids, _ = baseline
+    eng = qwen3_engine()
+    entered = []
+    loop = Engine._loop
+
+    def spy(self, seqs, *args, **kw):
+        entered.extend((s.index, s.matcher.remaining_min_tokens()) for s in seqs)
+        return loop(self, seqs, *args, **kw)
+
+    monkeypatch.setattr(Engine, "_loop", spy)
+    with engine_options(eng, admission=admission):
+        assert _ids(eng, batch_size=5) == ids
+        assert eng.last_stats["admission"] == admission
+    order = [i for i, _ in entered]
+    if admission == "in_order":
+        assert order == list(range(len(QUERIES16)))
+    else:
+        assert entered == sorted(entered, key=lambda e: (-e[1], e[0]))
+        assert order != list(range(len(QUERIES16)))    # QUERIES16 is not already in that order
+    entered.clear()
+    with engine_options(eng, admission=admission):      # all fit in the batch: the caller's order
+        assert _ids(eng, batch_size=16) == ids
+    assert [i for i, _ in entered] == list(range(len(QUERIES16)))
+
+
+def test_admission_rejects_unknown_orders():
+    with pytest.raises(ValueError, match="admission"):
+        Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", admission="shortest_first")
+    eng = qwen3_engine()
+    with pytest.raises(ValueError, match="admission"):
+        eng.admission = None
+    assert eng.admission == "longest_first"
+
+
 def test_kernels_attention_layout(baseline):
     ids, _ = baseline
     eng = Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", attention="kernels")

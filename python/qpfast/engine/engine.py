@@ -69,6 +69,8 @@ _DTYPES = {
 _VOCABS: "weakref.WeakKeyDictionary[Any, dict[int, Vocab]]" = weakref.WeakKeyDictionary()
 _VOCABS_LOCK = threading.Lock()
 
+#: the orders queries may enter the batch in (`Engine.admission`)
+ADMISSIONS = ("longest_first", "in_order")
 #: speculate="auto": drafts a row, and the most rows a step may have for them (CPU, eager;
 #: bench/RESULTS.md: drafts pay at 64 rows, 1.05-1.16x, and break even at 128)
 SPEC_DRAFTS = 4
@@ -222,7 +224,12 @@ class Engine:
     step's picks verify them and the longest confirmed run is kept, so the tokens are the
     same in fewer passes; an int: that many drafts a row at any batch size, CUDA-graph steps
     included (within their tokens a row; "auto" drafts nothing there: on an H200 the host
-    picks at every draft position cost more than the passes saved); 0: off).
+    picks at every draft position cost more than the passes saved); 0: off), admission
+    ("longest_first": when a call has more queries than the batch holds, they enter it in
+    decreasing order of the fewest output tokens their matcher allows,
+    `Matcher.remaining_min_tokens`, ties in the caller's order, so the long ones do not start
+    last and leave a tail of near-empty steps; "in_order": the caller's order. Results
+    always come back in the caller's order, and each query's tokens are the same either way).
 
     After each `generate`, `last_stats` holds counters and timings and `last_token_ids` the
     output token ids of each query (None for a query that got an error result).
@@ -233,7 +240,7 @@ class Engine:
                  jump_forward: bool = True, sparse_logits: int | bool = 64, reuse_prefix: bool = True,
                  overlap_masks: bool = False, attention: str = "auto", runner: str = "auto",
                  cuda_graphs: bool | str = "auto", graph_picks: bool = True, screen_logits: bool | str = "auto",
-                 speculate: int | str = "auto"):
+                 speculate: int | str = "auto", admission: str = "longest_first"):
         if schema is None:
             schema = model_schema(model)
         if not isinstance(schema, Schema):
@@ -256,6 +263,7 @@ class Engine:
         self.graph_picks = bool(graph_picks)
         self.screen_logits = screen_logits
         self.speculate = speculate
+        self.admission = admission
         self._screen: Optional[LogitScreen] = None
         self._spec_mask: Optional[np.ndarray] = None
 
@@ -458,7 +466,7 @@ class Engine:
         stats.update(queries=len(queries), max_new_tokens=budget, batch_size=bs, runner=self.runner.kind,
                      attention=getattr(self.runner, "attention", None), jump_forward=self.jump_forward,
                      sparse_threshold=self._sparse_threshold(), reuse_prefix=self.reuse_prefix,
-                     speculate=self.speculate)
+                     speculate=self.speculate, admission=self.admission)
         schema = self.schema
         results: list[Optional[QPResult]] = [None] * len(queries)
         token_ids: list[Optional[list[int]]] = [None] * len(queries)
@@ -492,7 +500,8 @@ class Engine:
             if temperature > 0.0:
                 gen = torch.Generator(device=self.device)
                 gen.manual_seed(int(seed) if seed is not None else int(torch.seed()))
-            self._loop(seqs, bs, temperature, top_p, gen, stats, results, token_ids, progress)
+            self._loop(self._admission_order(seqs, bs), bs, temperature, top_p, gen, stats, results, token_ids,
+                       progress)
         stats["errors"] = sum(1 for r in results if r is not None and r.error is not None)
         stats["forward_passes"] = (stats["prefix_forward_passes"] + stats["prefill_forward_passes"]
                                    + stats["decode_forward_passes"])
@@ -573,6 +582,26 @@ class Engine:
                 picked = pick_dense(lg if sel is None else lg[sel], bm, temperature, top_p, gen)
                 out[dense_rows[todo]] = picked.cpu().numpy()
         return out
+
+    @property
+    def admission(self) -> str:
+        """The order queries enter the batch in ("longest_first" or "in_order"; checked when set)."""
+        return self._admission
+
+    @admission.setter
+    def admission(self, value: str) -> None:
+        if value not in ADMISSIONS:
+            raise ValueError(f"admission: expected one of {', '.join(map(repr, ADMISSIONS))}, got {value!r}")
+        self._admission = value
+
+    def _admission_order(self, seqs: list[Sequence], bs: int) -> list[Sequence]:
+        """The order `seqs` enter a batch of `bs` rows in (see `admission`). Measured on CPU
+        (bench/bench_admission.py, bench/RESULTS.md session 20): 256 shuffled test queries,
+        batch 64, the default model: the CPU step 180 -> 169 decode passes (4.32 -> 3.87 s),
+        the CUDA-graph step run on the CPU 261 -> 228; the same row passes and tokens."""
+        if self.admission == "in_order" or len(seqs) <= bs:
+            return seqs
+        return sorted(seqs, key=lambda s: -s.matcher.remaining_min_tokens())
 
     # -- speculation -------------------------------------------------------------------
     @property
