@@ -1,7 +1,7 @@
 """Admission order: more queries than the batch holds, in the caller's order against longest
 first (`Engine(..., admission=...)`), with the shipped default model on CPU, greedy.
 
-    python bench/bench_admission.py [--queries 256] [--batch-size 64] [--graph-step] [--reps 1]
+    python bench/bench_admission.py [--queries 256] [--batch-size 64] [--graph-step] [--speculate auto] [--reps 1]
 
 A fixed batch's steps run until its longest row ends, and each step costs about the same
 however few rows are left in it (on a GPU it reads all the weights once). So when the long
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--speculate", default="auto", help="the engines' setting ('auto' or an int)")
     ap.add_argument("--model", default=None, help="a checkpoint directory (default: the shipped default model)")
     ap.add_argument("--json", metavar="OUT")
     args = ap.parse_args(argv)
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     queries = [ex.query for ex in QueryGenerator("test").examples(args.queries, seed=args.seed)]
     random.Random(args.seed).shuffle(queries)
     eng = Engine(args.model or default_model_dir(), device="cpu", dtype="float32",
-                 cuda_graphs=True if args.graph_step else "auto")
+                 cuda_graphs=True if args.graph_step else "auto",
+                 speculate=args.speculate if args.speculate == "auto" else int(args.speculate))
     eng.generate(queries[:8], batch_size=8)          # warm-up: prefix, cache, first calls
     rows, ids = [], {}
     for order in ("in_order", "longest_first"):
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                          output_tokens=st["output_tokens"], floor_passes=st["row_forward_passes"] / args.batch_size))
     same = ids["in_order"] == ids["longest_first"]
     print(f"{args.queries} queries, batch {args.batch_size}, {'graph step' if args.graph_step else 'eager step'}"
-          f" on CPU, {torch.get_num_threads()} threads; same tokens in both orders: {same}")
+          f" on CPU, speculate={args.speculate}, {torch.get_num_threads()} threads; same tokens in both orders: {same}")
     for r in rows:
         print(f"  {r['admission']:>13}: {r['wall_s']:.2f} s, {r['decode_passes']} decode + {r['prefill_passes']}"
               f" prefill passes, {r['row_passes']} row passes (floor {r['floor_passes']:.0f} passes in all),"
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(queries=args.queries, batch_size=args.batch_size, graph_step=args.graph_step,
+                           speculate=args.speculate,
                            same_tokens=same, rows=rows), f, indent=2)
     return 0 if same else 1
 
