@@ -74,6 +74,21 @@ def test_cuda_graphs_on_vs_off_same_tokens_fp32():
     assert with_host_picks.last_stats["graph_pick_steps"] == 0
 
 
+def test_cuda_chunked_prefill_same_tokens_fp32():
+    """Rows joining a running batch prefill through the captured graph steps: the eager
+    engine's tokens, one prefill pass a call; with chunked_prefill off, an eager pass a refill."""
+    on = _engine("float32")
+    eager = _engine("float32", cuda_graphs=False)
+    eager.generate(QUERIES16, max_new_tokens=96, batch_size=5)
+    on.generate(QUERIES16, max_new_tokens=96, batch_size=5)
+    assert on.last_token_ids == eager.last_token_ids
+    assert on.last_stats["prefill_forward_passes"] == 1 and on.last_stats["graph_positions"] > 0
+    on.chunked_prefill = False
+    on.generate(QUERIES16, max_new_tokens=96, batch_size=5)
+    assert on.last_token_ids == eager.last_token_ids
+    assert on.last_stats["prefill_forward_passes"] > 1
+
+
 def test_cuda_cascade_layout_same_tokens_fp32():
     """The cascade layout on CUDA (prefix stored once, the shared-prefix kernels, graphs on
     and off) gives the kernels layout's tokens and the CPU engine's."""

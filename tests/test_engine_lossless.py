@@ -267,6 +267,32 @@ def test_decode_graph_step_gives_the_same_tokens(baseline):
     assert one["decode_forward_passes"] > multi["decode_forward_passes"]
 
 
+@pytest.mark.parametrize("attention", ["kernels", "cascade"])
+def test_chunked_prefill_through_the_graph_steps(baseline, attention):
+    """Rows that join a running batch feed their prompt suffix through the graph steps (a
+    step's tokens a row at a time) instead of an eager prefill pass: the same tokens, one
+    prefill pass a call (its first rows'), with drafts too; off, every refill is a pass."""
+    ids, _ = baseline
+    eng = Engine(qwen3_model(), qpfast.testing.qwen_tokenizer(), device="cpu", attention=attention,
+                 cuda_graphs=True, speculate=0)
+    assert eng.chunked_prefill is True
+    assert _ids(eng, batch_size=5) == ids
+    on = eng.last_stats
+    assert on["prefill_forward_passes"] == 1 and on["chunked_prefill"] is True
+    assert on["graph_positions"] >= on["row_forward_passes"] - 5 > 0    # the steps' positions, padding included
+    with engine_options(eng, chunked_prefill=False):
+        assert _ids(eng, batch_size=5) == ids
+        off = eng.last_stats
+    assert off["prefill_forward_passes"] > 1
+    # here 173 decode passes + 1 against 171 + 12: the joining rows take a few steps each
+    assert on["decode_forward_passes"] + on["prefill_forward_passes"] \
+        < off["decode_forward_passes"] + off["prefill_forward_passes"]
+    with engine_options(eng, speculate=4):
+        assert _ids(eng, batch_size=5) == ids
+        assert eng.last_stats["prefill_forward_passes"] == 1
+        assert eng.last_stats["accepted_draft_tokens"] > 0
+
+
 def test_decode_graph_step_cascade_layout(baseline):
     """The graph step in the cascade layout (own tokens in the slots, the prompt prefix in
     the cache's shared buffers with its length on the device), run eagerly on CPU through

@@ -122,6 +122,7 @@ class DecodeGraphs:
         self.runner = runner
         self.capture = capture
         self.captured = 0                     # graphs captured so far (stats)
+        self.positions = 0                    # query positions the steps ran, padding included (stats)
         self.max_step_tokens = MAX_STEP_TOKENS
         self._key: Optional[tuple] = None
         #: (B, T, mode) -> (its pieces' graphs, or None without capture; the step's output;
@@ -238,6 +239,7 @@ class DecodeGraphs:
         self._prepare()
         B = self.bucket(b)
         T = self.step_width(token_lists)
+        self.positions += B * T
         plen = r.prefix_len
         self._wait_copied()
         host = self._host.numpy()

@@ -215,7 +215,11 @@ class Engine:
     runs the same bucketed step without capture, for tests), graph_picks (True: with graphs,
     greedy decoding and masks filled before the forward pass, the graph also computes the
     full logits and each row's masked argmax, so a step costs one copy back instead of
-    the sparse/dense pick's launches and synchronizations), screen_logits ("auto": on CPU with
+    the sparse/dense pick's launches and synchronizations), chunked_prefill (True: with
+    graphs, queries that join a running batch feed their prompt suffix through the graph
+    steps, up to the step's tokens a row at a time, beside the other rows' decoding, instead
+    of in an eager multi-token pass of their own; the first rows of a call still get one),
+    screen_logits ("auto": on CPU with
     fp32 weights and a CPU with native bf16 dot products, greedy picks over large allowed
     sets compute the logits from a bf16 copy of the lm_head and recheck in fp32 only the ids
     within a rigorous error bound of the best: `qpfast.engine.screen`; True/False force it),
@@ -239,7 +243,8 @@ class Engine:
                  dtype: Any = "auto", *, batch_size: Optional[int] = None, max_new_tokens: Optional[int] = None,
                  jump_forward: bool = True, sparse_logits: int | bool = 64, reuse_prefix: bool = True,
                  overlap_masks: bool = False, attention: str = "auto", runner: str = "auto",
-                 cuda_graphs: bool | str = "auto", graph_picks: bool = True, screen_logits: bool | str = "auto",
+                 cuda_graphs: bool | str = "auto", graph_picks: bool = True, chunked_prefill: bool = True,
+                 screen_logits: bool | str = "auto",
                  speculate: int | str = "auto", admission: str = "longest_first"):
         if schema is None:
             schema = model_schema(model)
@@ -261,6 +266,7 @@ class Engine:
         self.reuse_prefix = bool(reuse_prefix)
         self.overlap_masks = bool(overlap_masks)
         self.graph_picks = bool(graph_picks)
+        self.chunked_prefill = bool(chunked_prefill)
         self.screen_logits = screen_logits
         self.speculate = speculate
         self.admission = admission
@@ -456,7 +462,7 @@ class Engine:
                     decode_forward_passes=0, row_forward_passes=0, output_tokens=0, picked_tokens=0,
                     jump_forward_tokens=0, single_choice_steps=0, sparse_logit_steps=0, dense_logit_steps=0,
                     screened_logit_steps=0, graph_pick_steps=0, draft_tokens=0, accepted_draft_tokens=0,
-                    draft_host_picks=0,
+                    draft_host_picks=0, graph_positions=0,
                     time_total=0.0, time_setup=0.0, time_prefix=0.0, time_forward=0.0, time_logits=0.0,
                     time_masks=0.0, time_finish=0.0)
 
@@ -466,7 +472,8 @@ class Engine:
         stats.update(queries=len(queries), max_new_tokens=budget, batch_size=bs, runner=self.runner.kind,
                      attention=getattr(self.runner, "attention", None), jump_forward=self.jump_forward,
                      sparse_threshold=self._sparse_threshold(), reuse_prefix=self.reuse_prefix,
-                     speculate=self.speculate, admission=self.admission)
+                     speculate=self.speculate, admission=self.admission,
+                     chunked_prefill=self.chunked_prefill)
         schema = self.schema
         results: list[Optional[QPResult]] = [None] * len(queries)
         token_ids: list[Optional[list[int]]] = [None] * len(queries)
@@ -500,8 +507,11 @@ class Engine:
             if temperature > 0.0:
                 gen = torch.Generator(device=self.device)
                 gen.manual_seed(int(seed) if seed is not None else int(torch.seed()))
+            graphs = getattr(self.runner, "graphs", None)
+            at = graphs.positions if graphs is not None else 0
             self._loop(self._admission_order(seqs, bs), bs, temperature, top_p, gen, stats, results, token_ids,
                        progress)
+            stats["graph_positions"] = graphs.positions - at if graphs is not None else 0
         stats["errors"] = sum(1 for r in results if r is not None and r.error is not None)
         stats["forward_passes"] = (stats["prefix_forward_passes"] + stats["prefill_forward_passes"]
                                    + stats["decode_forward_passes"])
@@ -598,7 +608,7 @@ class Engine:
         """The order `seqs` enter a batch of `bs` rows in (see `admission`). Measured on CPU
         (bench/bench_admission.py, bench/RESULTS.md session 20): 256 shuffled test queries,
         batch 64, the default model: the CPU step 180 -> 169 decode passes (4.32 -> 3.87 s),
-        the CUDA-graph step run on the CPU 261 -> 228; the same row passes and tokens."""
+        the CUDA-graph step run on the CPU 269 -> 235; the same tokens."""
         if self.admission == "in_order" or len(seqs) <= bs:
             return seqs
         return sorted(seqs, key=lambda s: -s.matcher.remaining_min_tokens())
@@ -812,6 +822,10 @@ class Engine:
                     s.pending = list(s.suffix_ids)
                     new.append(s)
                 self._advance([(n_old + j, s, -1) for j, s in enumerate(new)], mask, stats)
+                if active and self.chunked_prefill and getattr(runner, "graphs", None) is not None:
+                    # chunked prefill: the new rows' suffixes go through the graph steps
+                    active, new = active + new, []
+                    n_old = len(active)
             rows = active + new
             # 2. forward (masks of this step filled by _advance, or now, in parallel)
             fut = None
