@@ -525,7 +525,8 @@ def test_triton_kernels_in_the_interpreter_give_the_same_tokens():
     triton is imported, hence a subprocess; the cascade layout then runs the shared-prefix
     kernels, plain and in the bucketed graph step; the kernels layout's graph step reads the
     prefix from slot 0, in pieces; and with its projections through kernels.linear, the
-    layers' norms and residual adds fused in) == the torch cascade path here."""
+    layers' norms and residual adds fused in; both graph steps at batch 2, where the third
+    query joins through chunked prefill) == the torch cascade path here."""
     import json
     import os
     import subprocess
@@ -547,14 +548,17 @@ def test_triton_kernels_in_the_interpreter_give_the_same_tokens():
         "qs = [QUERIES16[0], QUERIES16[9], QUERIES16[15]]\n"
         "want = json.loads(sys.argv[2])\n"
         "for kw in (dict(attention='kernels'), dict(attention='cascade'), dict(attention='cascade', cuda_graphs=True),\n"
-        "           dict(attention='kernels', cuda_graphs=True), dict(attention='kernels', cuda_graphs=True, proj=64)):\n"
-        "    args = {k: v for k, v in kw.items() if k != 'proj'}\n"
+        "           dict(attention='kernels', cuda_graphs=True), dict(attention='kernels', cuda_graphs=True, proj=64),\n"
+        "           dict(attention='kernels', cuda_graphs=True, bs=2), dict(attention='cascade', cuda_graphs=True, bs=2)):\n"
+        "    args = {k: v for k, v in kw.items() if k not in ('proj', 'bs')}\n"
         "    e = Engine(qwen3_model(), qwen_tokenizer(), device='cpu', **args)\n"
         "    if kw.get('proj'):\n"
         "        e.runner.set_projection_rows(kw['proj'])\n"
         "    assert e.runner.cascade_kernels == (kw['attention'] == 'cascade')\n"
-        "    e.generate(qs, max_new_tokens=48)\n"
-        "    assert e.last_token_ids == want, kw\n")
+        "    e.generate(qs, max_new_tokens=48, batch_size=kw.get('bs'))\n"
+        "    assert e.last_token_ids == want, kw\n"
+        "    if kw.get('bs'):\n"
+        "        assert e.last_stats['prefill_forward_passes'] == 1, kw   # the third query prefilled in graph steps\n")
     env = dict(os.environ, TRITON_INTERPRET="1")
     tests_dir = os.path.dirname(os.path.abspath(__file__))
     p = subprocess.run([sys.executable, "-c", code, tests_dir, json.dumps(ref.last_token_ids)], env=env,
