@@ -3,10 +3,13 @@
 The decode loop (one iteration = one batched forward pass, plus one more when new queries
 join):
 
-1. **admit** waiting queries into free KV slots; their pending tokens are the prompt suffix
-   (query + template tail) plus the output tokens the matcher forces from the start;
+1. **admit** waiting queries into free KV slots (longest first: `admission`); their pending
+   tokens are the prompt suffix (query + template tail) plus the output tokens the matcher
+   forces from the start;
 2. **forward** every active row's pending tokens in one call, on top of the shared-prefix
-   KV and the row's own cached tokens; the result is one hidden state per row;
+   KV and the row's own cached tokens; the result is one hidden state per row (new rows get
+   a prefill pass of their own, or with CUDA graphs, once a batch runs, join the graph steps
+   a few tokens at a time: `chunked_prefill`);
 3. **pick** one token per row under its bitmask (filled before the forward): rows with one
    allowed token take it without logits; rows with a few allowed tokens get logits for just
    those ids (gathered lm_head rows: *sparse logits*); the rest get full logits and
