@@ -808,6 +808,7 @@ class Engine:
               gen: Optional[torch.Generator], stats: dict, results: list, token_ids: list,
               progress: Optional[Callable[[int], Any]]) -> None:
         runner = self.runner
+        graphs = getattr(runner, "graphs", None) is not None   # the CUDA-graph step (or its CPU run)
         mask = self._mask_buffer(bs)
         waiting = deque(seqs)
         active: list[Sequence] = []          # active[i] lives in KV slot i
@@ -825,7 +826,7 @@ class Engine:
                     s.pending = list(s.suffix_ids)
                     new.append(s)
                 self._advance([(n_old + j, s, -1) for j, s in enumerate(new)], mask, stats)
-                if active and self.chunked_prefill and getattr(runner, "graphs", None) is not None:
+                if active and self.chunked_prefill and graphs:
                     # chunked prefill: the new rows' suffixes go through the graph steps
                     active, new = active + new, []
                     n_old = len(active)
@@ -838,7 +839,6 @@ class Engine:
             # with CUDA graphs, active rows take at most runner.step_tokens pending tokens a
             # step (the graphs' shapes); a row with more forced tokens left skips the pick
             # until they are in
-            graphs = getattr(runner, "graphs", None) is not None
             cap = runner.step_tokens(n_old) if graphs and active else None
             feeds = [s.pending[:cap] for s in active] + [s.pending for s in new]
             parts = []
