@@ -3,7 +3,7 @@
 # bench_admission.py on the GPU (batches that refill: admission order, chunked prefill);
 # then the cache layouts and step variants (bench_engine_layouts.py); then the engine's
 # CUDA tests. carry: .whl (the qpfast wheel + xgrammar and its deps), .devcache (the Qwen
-# tokenizer). Env: ADMISSION_ARGS, ADMISSION_TIMEOUT, LAYOUT_ARGS, LAYOUT_TIMEOUT, TEST_ARGS, TEST_TIMEOUT.
+# tokenizer), both made by `bash bench/gpu_prepare.sh` here first. Env: ADMISSION_ARGS, ADMISSION_TIMEOUT, LAYOUT_ARGS, LAYOUT_TIMEOUT, TEST_ARGS, TEST_TIMEOUT.
 source "$(dirname "$0")/gpu_setup.sh"
 if [ -n "${ADMISSION_ARGS:-}" ]; then
   timeout ${ADMISSION_TIMEOUT:-120} python3 bench/bench_admission.py --device cuda --json "$OUT/admission.json" \

@@ -2,7 +2,8 @@
 # One device session (see bench/RESULTS.md): install the prepared wheels, run the CUDA
 # correctness tests, then the kernel + engine benchmark. Everything lands in $OUT.
 # Env: TEST_K / TEST_ARGS (e.g. "-n 8": pytest-xdist is on the image) / TEST_TIMEOUT (tests), BENCH_ARGS / BENCH_TIMEOUT (benchmark), PROFILE=1 (engine profile).
-#   carry: .whl (qpfast cp312 wheel + xgrammar and its deps), .devcache (Qwen tokenizer dir)
+#   carry: .whl (qpfast cp312 wheel + xgrammar and its deps), .devcache (Qwen tokenizer dir),
+#   both made by `bash bench/gpu_prepare.sh` here first
 source "$(dirname "$0")/gpu_setup.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton, transformers, qpfast; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, 'qpfast', qpfast.__file__)" | tee -a "$OUT/gpu.txt"
