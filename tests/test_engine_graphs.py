@@ -100,3 +100,47 @@ def test_set_pdl_drops_the_graphs():
     g.set_pdl(True)
     assert g.pdl is True and not g._graphs
     torch.testing.assert_close(r.decode_step([4, 5], [2, 1]), want, rtol=0, atol=0)   # CPU: launches as before
+
+
+def test_step_indices_cross_in_one_contiguous_copy(monkeypatch):
+    """Each step's index rows (tokens, K/V write and rotary positions, lengths, pick rows)
+    reach the device in one copy between contiguous buffers (pinned on CUDA: asynchronous;
+    a strided slice would be staged through a pageable temporary and an extra kernel).
+    Steps of different shapes share the buffer's front, each writing its whole block:
+    alternating shapes give the plain forward's states."""
+    r = NativeRunner(qwen3_model(), "cpu", "kernels")
+    r.enable_graphs(capture=False)
+    r.reserve(3, 32)
+    r.forward(0, [[1, 2, 3], [4, 5], [6, 7, 8, 9]], [0, 0, 0])
+    saved = r.cache._k.clone(), r.cache._v.clone()
+    feeds = [([[20], [21], [22]], [3, 2, 4]), ([[23, 24], [25], [26, 27, 28]], [4, 3, 5]),
+             ([[29], [30]], [6, 4]), ([[31, 32], [33], [34]], [7, 5, 8])]
+
+    def run(step):
+        r.cache._k.copy_(saved[0])
+        r.cache._v.copy_(saved[1])
+        return [step(t, s) for t, s in feeds]
+
+    want = run(lambda t, s: r.forward(0, t, s))      # the plain forward: each row's last state
+    g = r.graphs
+    copies = []
+    real_copy = torch.Tensor.copy_
+
+    def spy(dst, src, *a, **k):
+        copies.append((dst, src))
+        return real_copy(dst, src, *a, **k)
+
+    monkeypatch.setattr(torch.Tensor, "copy_", spy)
+    got = run(lambda t, s: r.decode_step(t, s).clone())
+    monkeypatch.undo()
+    for a, b in zip(want, got):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    base = g._idx.data_ptr()
+    into_idx = [(d, s) for d, s in copies if d.data_ptr() == base]
+    assert len(into_idx) == len(feeds)
+    widths = []
+    for d, s in into_idx:
+        assert d.is_contiguous() and s.is_contiguous() and d.shape == s.shape and d.shape[0] == 5
+        assert s.data_ptr() == g._host.data_ptr()
+        widths.append(d.shape[1])
+    assert widths == [3, 12, 2, 6]         # bucket (3 slots) x token width: 3 x 1, 3 x 4, 2 x 1, 3 x 2

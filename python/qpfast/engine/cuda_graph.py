@@ -239,10 +239,11 @@ class DecodeGraphs:
         self._prepare()
         B = self.bucket(b)
         T = self.step_width(token_lists)
-        self.positions += B * T
+        n = B * T
+        self.positions += n
         plen = r.prefix_len
         self._wait_copied()
-        host = self._host.numpy()
+        host = self._rows(self._host, n).numpy()
         own = np.asarray(starts, dtype=np.int64)
         pos = own + plen if r.attention == "kernels" else own          # where the first new K/V goes
         if int((pos + lens).max()) > r.cache.capacity - SCRATCH:
@@ -252,7 +253,6 @@ class DecodeGraphs:
         flat = np.zeros((b, T), dtype=np.int64)
         for i, t in enumerate(token_lists):
             flat[i, :len(t)] = t
-        n = B * T
         host[0, :b * T] = flat.reshape(-1)                               # padding tokens: id 0
         host[1, :b * T] = (pos[:, None] + j).reshape(-1)                 # KV write positions
         host[2, :b * T] = (own[:, None] + plen + j).reshape(-1)          # rotary positions
@@ -262,7 +262,7 @@ class DecodeGraphs:
             raise ValueError("decode step: pick_at needs one index per row, within its tokens")
         host[4, :b] = np.arange(b) * T + at                              # the token each row picks after
         self._pad_rows(host, b, B, T)
-        self._idx[:, :n].copy_(self._host[:, :n], non_blocking=True)
+        self._rows(self._idx, n).copy_(self._rows(self._host, n), non_blocking=True)
         pick = mask is not None
         if pick_at is not None and not (pick and every):
             raise ValueError("decode step: pick_at goes with every=True and a mask")
@@ -289,6 +289,16 @@ class DecodeGraphs:
                 return out[0][:b * T].view(b, T, out[0].shape[-1]), out[1][:b]
             return out[:b * T].view(b, T, out.shape[-1])
         return (out[0][:b], out[1][:b]) if pick else out[:b]
+
+    @staticmethod
+    def _rows(buf: torch.Tensor, n: int) -> torch.Tensor:
+        """The index rows of a step of `n` query positions, `[5, n]`: the first `5 * n`
+        elements of the index buffer (host or device), contiguous, so that the step's
+        host-to-device copy is one asynchronous copy from pinned memory (a `[:, :n]` column
+        slice of the `[5, N]` buffer is strided: torch stages such a copy through a pageable
+        temporary and an extra copy kernel). Every shape's graph reads its own view; a
+        step writes all of it before replaying."""
+        return buf.view(-1)[:5 * n].view(5, n)
 
     def _wait_copied(self) -> None:
         """Waits for the last step's host-to-device copy (it may not have read the pinned host
@@ -340,8 +350,8 @@ class DecodeGraphs:
                 self._mask_buffer(mask_words)
             if (B, T, pick) in self._graphs:
                 continue
-            self._pad_rows(self._host.numpy(), 0, B, T)
-            self._idx[:, :B * T].copy_(self._host[:, :B * T])
+            self._pad_rows(self._rows(self._host, B * T).numpy(), 0, B, T)
+            self._rows(self._idx, B * T).copy_(self._rows(self._host, B * T))
             entry = self._graphs[(B, T, pick)] = self._record(B, T, pick)
             if entry[0] is None:
                 self._core(B, T, pick)
@@ -399,7 +409,7 @@ class DecodeGraphs:
         `step`). Returns what the next piece takes, `(x, h, seq_lens)`, or the output."""
         r = self.runner
         cache = r.cache
-        idx = self._idx[:, :B * T]
+        idx = self._rows(self._idx, B * T)
         lo, hi = self.pieces[k], self.pieces[k + 1]
         if k == 0:
             x, h, seq_lens = None, r.embed[idx[0]], idx[3, :B].to(torch.int32)
