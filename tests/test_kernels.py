@@ -903,24 +903,55 @@ def test_import_without_triton():
 
 @pytest.mark.skipif(INTERP, reason="the interpreter tests run in this process")
 @needs_triton
+def interp_shards(nodeids: list[str], cores: int | None) -> list[list[str]]:
+    """The interpreter tests cut into one shard per core (at most 2: CI's machines have 2),
+    dealt out in turn so that each gets its share of every parametrized test's cases."""
+    n = max(1, min(2, cores or 1, len(nodeids)))
+    return [nodeids[i::n] for i in range(n)]
+
+
 def test_kernel_suite_in_subprocess(request):
-    """Run every ``test_interp_*`` test in a fresh process with TRITON_INTERPRET=1."""
+    """Run every ``test_interp_*`` test in fresh processes with TRITON_INTERPRET=1: one per
+    core, in parallel (the interpreter is single-threaded Python; this process only waits)."""
     expected = [it.nodeid for it in request.session.items
                 if it.name.startswith("test_interp_") and it.path == request.node.path]
     if not expected:
         pytest.skip("no interpreter tests selected")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *expected]
     markexpr = request.config.getoption("markexpr")
-    if markexpr:                     # the same selection as this run (e.g. -m slow)
-        cmd += ["-m", markexpr]
+    shards = interp_shards(expected, os.cpu_count())
     env = dict(os.environ, TRITON_INTERPRET="1")
-    res = subprocess.run(cmd, cwd=request.config.rootpath, env=env,
-                         capture_output=True, text=True, timeout=900)
-    tail = (res.stdout + res.stderr)[-6000:]
-    assert res.returncode == 0, tail
-    m = re.search(r"(\d+) passed", res.stdout)
-    assert m and int(m.group(1)) == len(expected), f"expected {len(expected)} passed:\n{tail}"
-    assert " skipped" not in res.stdout, tail
+    if len(shards) > 1:                  # one torch thread a process: the shards take the cores
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    procs = []
+    for shard in shards:
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *shard]
+        if markexpr:                     # the same selection as this run (e.g. -m slow)
+            cmd += ["-m", markexpr]
+        procs.append(subprocess.Popen(cmd, cwd=request.config.rootpath, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    try:
+        outs = [p.communicate(timeout=900) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for shard, p, (stdout, stderr) in zip(shards, procs, outs):
+        tail = (stdout + stderr)[-6000:]
+        assert p.returncode == 0, tail
+        m = re.search(r"(\d+) passed", stdout)
+        assert m and int(m.group(1)) == len(shard), f"expected {len(shard)} passed:\n{tail}"
+        assert " skipped" not in stdout, tail
+
+
+def test_shards_of_the_interpreter_suite_cover_every_test_once():
+    ids = [f"t[{i}]" for i in range(7)]
+    assert interp_shards(ids, 2) == [ids[0::2], ids[1::2]]
+    assert interp_shards(ids, 16) == interp_shards(ids, 2)
+    assert interp_shards(ids, 1) == interp_shards(ids, None) == [ids]
+    assert interp_shards(ids[:1], 2) == [ids[:1]]
+    for cores in (1, 2, 3):
+        got = sorted(i for shard in interp_shards(ids, cores) for i in shard)
+        assert got == sorted(ids)
 
 
 # --------------------------------------------------------------------------------------
