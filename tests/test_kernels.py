@@ -901,8 +901,6 @@ def test_import_without_triton():
     assert res.stdout.strip() == "ok (3, 2, 16)"
 
 
-@pytest.mark.skipif(INTERP, reason="the interpreter tests run in this process")
-@needs_triton
 def interp_shards(nodeids: list[str], cores: int | None) -> list[list[str]]:
     """The interpreter tests cut into one shard per core (at most 2: CI's machines have 2),
     dealt out in turn so that each gets its share of every parametrized test's cases."""
@@ -910,6 +908,8 @@ def interp_shards(nodeids: list[str], cores: int | None) -> list[list[str]]:
     return [nodeids[i::n] for i in range(n)]
 
 
+@pytest.mark.skipif(INTERP, reason="the interpreter tests run in this process")
+@needs_triton
 def test_kernel_suite_in_subprocess(request):
     """Run every ``test_interp_*`` test in fresh processes with TRITON_INTERPRET=1: one per
     core, in parallel (the interpreter is single-threaded Python; this process only waits)."""
