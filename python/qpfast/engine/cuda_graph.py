@@ -243,7 +243,8 @@ class DecodeGraphs:
         self.positions += n
         plen = r.prefix_len
         self._wait_copied()
-        host = self._rows(self._host, n).numpy()
+        host_rows = self._rows(self._host, n)
+        host = host_rows.numpy()
         own = np.asarray(starts, dtype=np.int64)
         pos = own + plen if r.attention == "kernels" else own          # where the first new K/V goes
         if int((pos + lens).max()) > r.cache.capacity - SCRATCH:
@@ -262,7 +263,7 @@ class DecodeGraphs:
             raise ValueError("decode step: pick_at needs one index per row, within its tokens")
         host[4, :b] = np.arange(b) * T + at                              # the token each row picks after
         self._pad_rows(host, b, B, T)
-        self._rows(self._idx, n).copy_(self._rows(self._host, n), non_blocking=True)
+        self._rows(self._idx, n).copy_(host_rows, non_blocking=True)
         pick = mask is not None
         if pick_at is not None and not (pick and every):
             raise ValueError("decode step: pick_at goes with every=True and a mask")
@@ -350,8 +351,9 @@ class DecodeGraphs:
                 self._mask_buffer(mask_words)
             if (B, T, pick) in self._graphs:
                 continue
-            self._pad_rows(self._rows(self._host, B * T).numpy(), 0, B, T)
-            self._rows(self._idx, B * T).copy_(self._rows(self._host, B * T))
+            host_rows = self._rows(self._host, B * T)
+            self._pad_rows(host_rows.numpy(), 0, B, T)
+            self._rows(self._idx, B * T).copy_(host_rows)
             entry = self._graphs[(B, T, pick)] = self._record(B, T, pick)
             if entry[0] is None:
                 self._core(B, T, pick)
