@@ -943,6 +943,14 @@ def test_kernel_suite_in_subprocess(request):
         assert " skipped" not in stdout, tail
 
 
+def test_the_subprocess_runner_never_runs_inside_the_interpreter():
+    # run in a TRITON_INTERPRET=1 process, it would start the interpreter suite again
+    reasons = [m.kwargs.get("reason", "") for m in getattr(test_kernel_suite_in_subprocess, "pytestmark", [])
+               if m.name == "skipif"]
+    assert "the interpreter tests run in this process" in reasons and "triton is not installed" in reasons
+    assert not hasattr(interp_shards, "pytestmark")
+
+
 def test_shards_of_the_interpreter_suite_cover_every_test_once():
     ids = [f"t[{i}]" for i in range(7)]
     assert interp_shards(ids, 2) == [ids[0::2], ids[1::2]]
